@@ -1,0 +1,1 @@
+//! The CUSE transport: our own loop over `/dev/cuse`.

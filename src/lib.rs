@@ -1,0 +1,11 @@
+//! Linux deferred work in userspace, behind a real `/dev/deferred` served through CUSE.
+//!
+//! - [`kernel`]: the deferred-work runtime, one file per kernel facility, with the kernel's names
+//!   and rules (softirqs run in a real signal handler, work items on named worker threads, ...).
+//! - [`cuse`]: the transport, our own loop over `/dev/cuse`; it calls a [`kernel::fs::FileOperations`].
+//! - [`modules`]: the lab's modules written on the runtime: `timer` (1-2), `deferred` (3-4-5-7),
+//!   `kthread` (6).
+
+pub mod cuse;
+pub mod kernel;
+pub mod modules;

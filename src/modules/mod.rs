@@ -1,0 +1,1 @@
+//! The lab's modules, written on the runtime.
