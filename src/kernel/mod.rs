@@ -6,3 +6,4 @@
 //! allocates, takes a std lock, calls `log`, or panics.
 
 pub mod fs;
+pub mod task;

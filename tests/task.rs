@@ -1,0 +1,166 @@
+//! Counted process references: dead detection (zombies included), PID reuse, threads, scale.
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use deferred::kernel::task::{TaskRef, TaskWatch};
+use nix::errno::Errno;
+
+fn sleeper() -> Child {
+    Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("spawn sleep")
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_live_process_is_alive_and_named() {
+    let mut child = sleeper();
+    let task = TaskRef::get(child.id() as i32).unwrap();
+    assert_eq!(task.pid(), child.id() as i32);
+    assert_eq!(task.comm(), "sleep");
+    assert!(!task.is_dead());
+    assert!(!task.needs_polling());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_zombie_counts_as_dead_and_so_does_a_reaped_process() {
+    let mut child = sleeper();
+    let task = TaskRef::get(child.id() as i32).unwrap();
+    child.kill().unwrap();
+    // Not reaped yet: a zombie. TASK_DEAD covers it.
+    wait_until("zombie seen as dead", || task.is_dead());
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
+    assert!(
+        stat.contains(") Z "),
+        "child should still be a zombie: {stat}"
+    );
+    child.wait().unwrap();
+    assert!(task.is_dead());
+}
+
+#[test]
+fn a_pid_that_never_existed_is_esrch() {
+    let pid_max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(TaskRef::get(pid_max + 1).unwrap_err(), Errno::ESRCH);
+    assert_eq!(TaskRef::get(i32::MAX).unwrap_err(), Errno::ESRCH);
+}
+
+#[test]
+fn a_reaped_pid_is_esrch() {
+    let mut child = sleeper();
+    let pid = child.id() as i32;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(TaskRef::get(pid).unwrap_err(), Errno::ESRCH);
+}
+
+/// Forces the next fork to get `pid` by writing `pid - 1` to ns_last_pid (root only), retrying
+/// when another process of the machine takes it first.
+fn spawn_with_pid(pid: i32) -> Child {
+    for _ in 0..50 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .expect("PID reuse test needs root: cannot write /proc/sys/kernel/ns_last_pid");
+        let child = Command::new("sleep").arg("60").spawn().unwrap();
+        if child.id() as i32 == pid {
+            return child;
+        }
+        let mut child = child;
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    panic!("could not get pid {pid} reused");
+}
+
+#[test]
+fn pid_reuse_never_confuses_the_watched_process() {
+    let mut old = sleeper();
+    let pid = old.id() as i32;
+    let old_ref = TaskRef::get(pid).unwrap();
+    old.kill().unwrap();
+    old.wait().unwrap();
+
+    // A new process with the same number.
+    let mut new = spawn_with_pid(pid);
+    assert_eq!(new.id() as i32, pid);
+    // The old reference still names the old, dead process.
+    assert!(
+        old_ref.is_dead(),
+        "reference followed the pid number to a new process"
+    );
+    // A new lookup names the new, live one.
+    let new_ref = TaskRef::get(pid).unwrap();
+    assert!(!new_ref.is_dead());
+    new.kill().unwrap();
+    new.wait().unwrap();
+    assert!(new_ref.is_dead());
+}
+
+#[test]
+fn a_thread_id_is_watched_as_that_thread() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("watched-thread".into())
+        .spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tx.send(unsafe { libc::gettid() }).unwrap();
+            stop_rx.recv().unwrap();
+        })
+        .unwrap();
+    let tid = rx.recv().unwrap();
+    assert_ne!(tid, std::process::id() as i32);
+    let task = TaskRef::get(tid).unwrap();
+    assert!(task.needs_polling());
+    assert_eq!(task.comm(), "watched-thread");
+    assert!(!task.is_dead());
+    stop_tx.send(()).unwrap();
+    handle.join().unwrap();
+    wait_until("exited thread seen as dead", || task.is_dead());
+}
+
+#[test]
+fn watch_reports_exactly_the_exited_processes() {
+    let mut children: Vec<Child> = (0..100).map(|_| sleeper()).collect();
+    let watch = TaskWatch::new().unwrap();
+    let refs: Vec<TaskRef> = children
+        .iter()
+        .map(|c| TaskRef::get(c.id() as i32).unwrap())
+        .collect();
+    for (i, r) in refs.iter().enumerate() {
+        watch.add(r, i as u64).unwrap();
+    }
+    let mut out = [0u64; 256];
+    assert_eq!(watch.ready(&mut out), 0, "nothing exited yet");
+
+    let killed: Vec<u64> = (0..100).step_by(10).collect();
+    for &i in &killed {
+        children[i as usize].kill().unwrap();
+    }
+    let mut got = Vec::new();
+    wait_until("all killed children reported", || {
+        let n = watch.ready(&mut out);
+        got = out[..n].to_vec();
+        n == killed.len()
+    });
+    got.sort_unstable();
+    assert_eq!(got, killed);
+    for c in &mut children {
+        let _ = c.kill();
+        c.wait().unwrap();
+    }
+}
