@@ -5,4 +5,21 @@
 //! main); *softirq context* is the timer signal's handler (timers, tasklets), which never blocks,
 //! allocates, takes a std lock, calls `log`, or panics.
 
+// Core (interrupt side): owned by the runtime-core helper.
+pub mod alloc;
+pub mod jiffies;
+pub mod lockdep;
+pub mod printk;
+pub mod sched;
+pub mod softirq;
+pub mod spinlock;
+pub mod tasklet;
+pub mod timer;
+
+// Process side: owned by the runtime-process helper.
+pub mod atomic;
+pub mod kthread;
+pub mod wait;
+pub mod workqueue;
+
 pub mod fs;
