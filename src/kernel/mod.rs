@@ -23,3 +23,18 @@ pub mod wait;
 pub mod workqueue;
 
 pub mod fs;
+
+/// Start the runtime (the "boot"): the printk console thread, `ksoftirqd/0`, the timer
+/// signal's handler and the POSIX timer behind it. Idempotent: every caller may call it; the
+/// first does the work. Process context.
+pub fn start() -> std::io::Result<()> {
+    printk::start_console();
+    softirq::start()
+}
+
+/// Prepare for exit: hand every printk line to `log`. The interrupt machinery stays installed
+/// for the life of the process (as the kernel's does); timers still pending keep running, so
+/// owners `del_timer_sync` theirs first. Process context.
+pub fn stop() {
+    printk::flush();
+}

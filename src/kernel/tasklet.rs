@@ -1,1 +1,3 @@
-//! (being written)
+//! (being written: tasklets)
+
+pub(crate) fn init() {}
