@@ -226,10 +226,16 @@ pub fn set_comm(name: &str) {
 #[track_caller]
 #[must_use]
 pub fn might_sleep() -> bool {
+    might_sleep_at(Location::caller())
+}
+
+/// [`might_sleep`] reporting the given source location (for blocking calls that take
+/// `#[track_caller]` themselves).
+#[must_use]
+pub fn might_sleep_at(loc: &Location<'_>) -> bool {
     if !in_atomic() {
         return true;
     }
-    let loc = Location::caller();
     let t = current();
     let count = preempt_count();
     crate::pr_err!(
