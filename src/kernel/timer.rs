@@ -152,7 +152,7 @@ impl BaseGuard {
             .is_err()
         {
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 // SAFETY: sched_yield has no preconditions (a plain syscall, signal-safe).
                 unsafe { libc::sched_yield() };
             } else {
@@ -266,10 +266,8 @@ fn program_for_head(b: &mut BaseInner, min: Option<u64>) {
     }
     // SAFETY: `first` is a linked, live node.
     let mut at = unsafe { (*first).expires.load(Ordering::Relaxed) };
-    if let Some(m) = min {
-        if time_before(at, m) {
-            at = m;
-        }
+    if let Some(m) = min.filter(|&m| time_before(at, m)) {
+        at = m;
     }
     b.armed = Some(at);
     softirq::program_timer_interrupt(Some(jiffies::jiffies_to_monotonic_ns(at)));
@@ -523,7 +521,7 @@ impl<T> Timer<T> {
         let g = BaseGuard::lock();
         // SAFETY: lock held by `g`.
         let b = unsafe { g.inner() };
-        b.running == self.node_ptr() as *const Node && b.running_tid == sched::gettid()
+        std::ptr::eq(b.running, self.node_ptr()) && b.running_tid == sched::gettid()
     }
 }
 
