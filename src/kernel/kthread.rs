@@ -197,7 +197,8 @@ macro_rules! kthread_create {
     };
 }
 
-/// `kthread_run!(threadfn, data, "fmt", args...)`: [`kthread_create!`] then [`wake_up_process`].
+/// `kthread_run!(threadfn, data, "fmt", args...)`: [`kthread_create!`](crate::kthread_create!) then
+/// [`wake_up_process`].
 #[macro_export]
 macro_rules! kthread_run {
     ($threadfn:expr, $data:expr, $($fmt:tt)+) => {
