@@ -119,7 +119,11 @@ pub fn time_is_after_jiffies(a: u64) -> bool {
 }
 
 /// `msecs_to_jiffies`: rounds up, as the kernel does (a timeout never ends early).
+/// A negative value (as the kernel's `(int)m < 0`) gives `MAX_JIFFY_OFFSET`.
 pub const fn msecs_to_jiffies(ms: u64) -> u64 {
+    if (ms as i64) < 0 {
+        return MAX_JIFFY_OFFSET;
+    }
     let j = ms.saturating_mul(HZ).saturating_add(999) / 1000;
     if j > MAX_JIFFY_OFFSET {
         MAX_JIFFY_OFFSET
@@ -130,6 +134,9 @@ pub const fn msecs_to_jiffies(ms: u64) -> u64 {
 
 /// `usecs_to_jiffies`: rounds up.
 pub const fn usecs_to_jiffies(us: u64) -> u64 {
+    if (us as i64) < 0 {
+        return MAX_JIFFY_OFFSET;
+    }
     let j = us.saturating_mul(HZ).saturating_add(999_999) / 1_000_000;
     if j > MAX_JIFFY_OFFSET {
         MAX_JIFFY_OFFSET
