@@ -220,10 +220,16 @@ mod tests {
     #[test]
     fn defaults() {
         let a = Args::parse_from(["deferred"]);
-        assert_eq!((a.module.as_str(), a.name.as_str()), ("deferred", "deferred"));
+        assert_eq!(
+            (a.module.as_str(), a.name.as_str()),
+            ("deferred", "deferred")
+        );
         assert_eq!((a.major, a.minor, a.threads, a.mode), (42, 0, 4, None));
         assert!(Args::try_parse_from(["deferred", "nope"]).is_err());
         let a = Args::parse_from(["deferred", "timer", "--mode", "0666", "-vv"]);
-        assert_eq!((a.module.as_str(), a.mode, a.verbose), ("timer", Some(0o666), 2));
+        assert_eq!(
+            (a.module.as_str(), a.mode, a.verbose),
+            ("timer", Some(0o666), 2)
+        );
     }
 }

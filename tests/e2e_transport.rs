@@ -54,7 +54,9 @@ fn node_is_char_42_0_mode_0600_and_goes_on_sigterm() {
     assert_eq!(m.permissions().mode() & 0o7777, 0o600, "devtmpfs default");
     assert_eq!((m.uid(), m.gid()), (0, 0));
     assert_eq!(
-        std::fs::read_to_string("/sys/class/cuse/deferred/dev").unwrap().trim(),
+        std::fs::read_to_string("/sys/class/cuse/deferred/dev")
+            .unwrap()
+            .trim(),
         "42:0"
     );
     let log = d.stop();
@@ -127,7 +129,9 @@ fn unknown_commands_are_enotty_and_cmd_is_not_sign_extended() {
     assert_eq!(ioctl(&f, 0xc008_6b01, 0), Err(Errno::ENOTTY));
     assert_eq!(ioctl(&f, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
     drop(f);
-    d.wait_log("Unknown command", |l| l.contains("Command: Unknown command"));
+    d.wait_log("Unknown command", |l| {
+        l.contains("Command: Unknown command")
+    });
     d.stop();
 }
 
@@ -135,10 +139,20 @@ fn unknown_commands_are_enotty_and_cmd_is_not_sign_extended() {
 #[ignore = "needs /dev/cuse: run scripts/test"]
 fn read_and_write_are_einval() {
     let d = Daemon::start(&[]);
-    let mut f = OpenOptions::new().read(true).write(true).open(d.node()).unwrap();
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(d.node())
+        .unwrap();
     let mut buf = [0u8; 16];
-    assert_eq!(f.read(&mut buf).unwrap_err().raw_os_error(), Some(libc::EINVAL));
-    assert_eq!(f.write(b"x").unwrap_err().raw_os_error(), Some(libc::EINVAL));
+    assert_eq!(
+        f.read(&mut buf).unwrap_err().raw_os_error(),
+        Some(libc::EINVAL)
+    );
+    assert_eq!(
+        f.write(b"x").unwrap_err().raw_os_error(),
+        Some(libc::EINVAL)
+    );
     drop(f);
     d.stop();
 }
@@ -178,8 +192,16 @@ fn every_open_is_released_once() {
     drop(held);
     d.wait_log("20 releases", |l| l.matches("Device released").count() >= n);
     let log = d.stop();
-    assert_eq!(log.matches("[deferred_open] Device opened").count(), n, "{log}");
-    assert_eq!(log.matches("[deferred_release] Device released").count(), n, "{log}");
+    assert_eq!(
+        log.matches("[deferred_open] Device opened").count(),
+        n,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("[deferred_release] Device released").count(),
+        n,
+        "{log}"
+    );
 }
 
 #[test]
@@ -198,9 +220,8 @@ fn eight_concurrent_clients_are_all_answered() {
                     // Alternate commands; MON on our own pid is valid.
                     let r = match (i + j) % 3 {
                         0 => ioctl(&f, MY_IOCTL_TIMER_CANCEL, 0),
-                        1 => ioctl(&f, 0x6b05, 0).or_else(|e| {
-                            if e == Errno::ENOTTY { Ok(0) } else { Err(e) }
-                        }),
+                        1 => ioctl(&f, 0x6b05, 0)
+                            .or_else(|e| if e == Errno::ENOTTY { Ok(0) } else { Err(e) }),
                         _ => ioctl(&f, MY_IOCTL_TIMER_MON, u64::from(std::process::id())),
                     };
                     r.unwrap_or_else(|e| panic!("client {i} ioctl {j}: {e}"));
@@ -234,9 +255,20 @@ fn sigterm_with_clients_holding_the_node_open() {
     let t0 = Instant::now();
     d.signal(Signal::SIGTERM);
     let status = d.wait_exit(TIMEOUT);
-    assert!(status.is_some_and(|s| s.success()), "{status:?}; log:\n{}", d.log());
-    assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
-    assert!(wait_for(Duration::from_secs(5), || !d.node().exists()), "node still there");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}; log:\n{}",
+        d.log()
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || !d.node().exists()),
+        "node still there"
+    );
     for f in &held {
         let e = ioctl(f, MY_IOCTL_TIMER_CANCEL, 0).unwrap_err();
         assert!(matches!(e, Errno::ENODEV | Errno::ENOTCONN), "{e}");
@@ -265,7 +297,10 @@ fn a_second_instance_fails_with_one_line() {
     let status = third.wait_exit(TIMEOUT);
     assert_eq!(status.and_then(|s| s.code()), Some(1), "{}", third.log());
     let log = third.log();
-    let err: Vec<_> = log.lines().filter(|l| l.starts_with("deferred: ")).collect();
+    let err: Vec<_> = log
+        .lines()
+        .filter(|l| l.starts_with("deferred: "))
+        .collect();
     assert_eq!(err.len(), 1, "{log}");
     assert!(err[0].contains("the device number 42:0 is taken"), "{log}");
     assert!(!Path::new("/dev/deferred2").exists());
@@ -286,7 +321,11 @@ fn dynamic_major() {
     let sys = std::fs::read_to_string("/sys/class/cuse/deferred-dyn/dev").unwrap();
     assert_eq!(sys.trim(), format!("{major}:{minor}"));
     let out = ctl(&["--device", "/dev/deferred-dyn", "cancel"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     d.stop();
 }
 
@@ -311,7 +350,12 @@ fn the_daemon_does_not_leak_the_cuse_fd_to_clients_it_runs() {
             .find_map(|l| l.strip_prefix("flags:"))
             .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
             .unwrap();
-        assert_ne!(flags & libc::O_CLOEXEC as u32, 0, "fd {fd} ({}) is not CLOEXEC", target.display());
+        assert_ne!(
+            flags & libc::O_CLOEXEC as u32,
+            0,
+            "fd {fd} ({}) is not CLOEXEC",
+            target.display()
+        );
         if target == Path::new("/dev/cuse") {
             cuse_fds += 1;
         }
@@ -326,12 +370,22 @@ fn timer_and_kthread_modules_load_and_unload_without_a_device() {
     require_cuse();
     for m in ["timer", "kthread"] {
         let mut d = Daemon::spawn(&[m]);
-        d.wait_log("init line", |l| l.contains(&format!("[{m}_init] Init module")));
+        d.wait_log("init line", |l| {
+            l.contains(&format!("[{m}_init] Init module"))
+        });
         assert!(d.try_status().is_none(), "{}", d.log());
         d.signal(Signal::SIGINT);
         let status = d.wait_exit(TIMEOUT);
-        assert!(status.is_some_and(|s| s.success()), "{m}: {status:?}\n{}", d.log());
-        assert!(d.log().contains(&format!("[{m}_exit] Exit module")), "{}", d.log());
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{m}: {status:?}\n{}",
+            d.log()
+        );
+        assert!(
+            d.log().contains(&format!("[{m}_exit] Exit module")),
+            "{}",
+            d.log()
+        );
         assert!(!Path::new("/sys/class/cuse/deferred").exists());
     }
 }
@@ -358,15 +412,29 @@ fn load_and_unload_scripts() {
 fn run_scripts(load: &Path, unload: &Path) {
     let env = [("DEFERRED", common::bin("deferred"))];
     let out = Command::new(load)
-        .args(["--log", "/tmp/e2e-load.log", "--pidfile", "/tmp/e2e-load.pid"])
+        .args([
+            "--log",
+            "/tmp/e2e-load.log",
+            "--pidfile",
+            "/tmp/e2e-load.pid",
+        ])
         .envs(env.clone())
         .output()
         .unwrap();
-    assert!(out.status.success(), "load: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "load: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(devnum(Path::new("/dev/deferred")), (42, 0));
     // A second load fails with the daemon's one-line error.
     let out = Command::new(load)
-        .args(["--log", "/tmp/e2e-load2.log", "--pidfile", "/tmp/e2e-load2.pid"])
+        .args([
+            "--log",
+            "/tmp/e2e-load2.log",
+            "--pidfile",
+            "/tmp/e2e-load2.pid",
+        ])
         .envs(env)
         .stderr(Stdio::piped())
         .output()
@@ -374,8 +442,15 @@ fn run_scripts(load: &Path, unload: &Path) {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("the device name `deferred` is taken"), "{err}");
-    let out = Command::new(unload).args(["--pidfile", "/tmp/e2e-load.pid"]).output().unwrap();
-    assert!(out.status.success(), "unload: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(unload)
+        .args(["--pidfile", "/tmp/e2e-load.pid"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "unload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!Path::new("/dev/deferred").exists());
 }
 
@@ -425,25 +500,37 @@ impl Probe {
 
 impl FileOperations for Probe {
     fn open(&self, f: &DevFile) -> Result<(), Errno> {
-        self.calls.lock().unwrap().push(format!("open {} tid {}", f.fh, f.caller_tid));
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("open {} tid {}", f.fh, f.caller_tid));
         Ok(())
     }
     fn release(&self, f: &DevFile) {
         self.calls.lock().unwrap().push(format!("release {}", f.fh));
     }
     fn unlocked_ioctl(&self, f: &DevFile, cmd: u32, arg: u64) -> Result<i32, Errno> {
-        self.calls.lock().unwrap().push(format!("ioctl {} {cmd:#010x} {arg:#x}", f.fh));
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("ioctl {} {cmd:#010x} {arg:#x}", f.fh));
         if cmd == BLOCK {
             self.blocked.fetch_add(1, Ordering::SeqCst);
             let g = self.gate.lock().unwrap();
-            let _g = self.cv.wait_timeout_while(g, TIMEOUT, |open| !*open).unwrap();
+            let _g = self
+                .cv
+                .wait_timeout_while(g, TIMEOUT, |open| !*open)
+                .unwrap();
             self.finished.store(true, Ordering::SeqCst);
             return Ok(7);
         }
         Ok(i32::try_from(arg & 0x7fff_ffff).unwrap())
     }
     fn compat_ioctl(&self, _f: &DevFile, cmd: u32, arg: u64) -> Result<i32, Errno> {
-        self.calls.lock().unwrap().push(format!("compat {cmd:#010x} {arg:#x}"));
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("compat {cmd:#010x} {arg:#x}"));
         Ok(0)
     }
 }
@@ -469,13 +556,20 @@ fn cmd_and_arg_arrive_exactly() {
     let f = open(&dev.node());
     assert_eq!(ioctl(&f, MY_IOCTL_TIMER_SET, 3), Ok(3));
     assert_eq!(ioctl(&f, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
-    assert_eq!(ioctl(&f, MY_IOCTL_TIMER_ALLOC, 0x1234_5678_9abc), Ok(0x5678_9abc));
+    assert_eq!(
+        ioctl(&f, MY_IOCTL_TIMER_ALLOC, 0x1234_5678_9abc),
+        Ok(0x5678_9abc)
+    );
     assert_eq!(ioctl(&f, MY_IOCTL_TIMER_MON, 4242), Ok(4242));
     assert_eq!(ioctl(&f, 0xdead_6b01, u64::MAX), Ok(0x7fff_ffff));
     drop(f);
     let calls = probe.calls();
     let tid = nix::unistd::gettid().as_raw();
-    assert_eq!(calls[0], format!("open 1 tid {tid}"), "the caller's thread id");
+    assert_eq!(
+        calls[0],
+        format!("open 1 tid {tid}"),
+        "the caller's thread id"
+    );
     assert_eq!(
         calls[1..],
         [
@@ -519,7 +613,10 @@ fn a_signal_interrupts_a_request_being_served() {
     nix::sys::pthread::pthread_kill(tid, Signal::SIGUSR1).unwrap();
     let (r, f) = client.join().unwrap();
     assert_eq!(r, Err(Errno::EINTR));
-    assert!(!probe.finished.load(Ordering::SeqCst), "answered before the operation finished");
+    assert!(
+        !probe.finished.load(Ordering::SeqCst),
+        "answered before the operation finished"
+    );
     // The operation finishes later; its answer is dropped and the device keeps serving.
     probe.open_gate();
     assert!(wait_for(TIMEOUT, || probe.finished.load(Ordering::SeqCst)));
@@ -543,13 +640,18 @@ fn a_client_killed_while_its_request_is_served_dies_at_once() {
     let t0 = Instant::now();
     child.kill().unwrap(); // SIGKILL
     // Without INTERRUPT handling it would sleep (D state) until the operation finished.
-    let reaped = wait_for(Duration::from_secs(5), || child.try_wait().unwrap().is_some());
+    let reaped = wait_for(Duration::from_secs(5), || {
+        child.try_wait().unwrap().is_some()
+    });
     assert!(reaped, "the killed client is stuck in the kernel");
     assert!(!probe.finished.load(Ordering::SeqCst));
     println!("e2e: killed client reaped after {:?}", t0.elapsed());
     probe.open_gate();
     // Its open file was released, and others are still served.
-    assert!(wait_for(TIMEOUT, || probe.calls().iter().any(|c| c == "release 1")));
+    assert!(wait_for(TIMEOUT, || probe
+        .calls()
+        .iter()
+        .any(|c| c == "release 1")));
     let f = open(&dev.node());
     assert_eq!(ioctl(&f, MY_IOCTL_TIMER_MON, 9), Ok(9));
     drop(f);

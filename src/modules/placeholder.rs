@@ -63,7 +63,10 @@ impl FileOperations for DeferredFops {
         match Command::from_cmd(cmd) {
             Some(Command::Set | Command::Cancel | Command::Alloc) => Ok(0),
             Some(Command::Mon) => {
-                let pid = i32::try_from(arg).ok().filter(|&p| p > 0).ok_or(Errno::ESRCH)?;
+                let pid = i32::try_from(arg)
+                    .ok()
+                    .filter(|&p| p > 0)
+                    .ok_or(Errno::ESRCH)?;
                 match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
                     Ok(()) | Err(Errno::EPERM) => Ok(0),
                     Err(_) => Err(Errno::ESRCH),
@@ -93,7 +96,10 @@ mod tests {
         assert_eq!(f.compat_ioctl(&file, MY_IOCTL_TIMER_SET_32, 3), Ok(0));
         let me = u64::from(std::process::id());
         assert_eq!(f.unlocked_ioctl(&file, MY_IOCTL_TIMER_MON, me), Ok(0));
-        assert_eq!(f.unlocked_ioctl(&file, MY_IOCTL_TIMER_MON, 0), Err(Errno::ESRCH));
+        assert_eq!(
+            f.unlocked_ioctl(&file, MY_IOCTL_TIMER_MON, 0),
+            Err(Errno::ESRCH)
+        );
         assert_eq!(
             f.unlocked_ioctl(&file, MY_IOCTL_TIMER_MON, 4_194_304 + 1),
             Err(Errno::ESRCH)

@@ -45,7 +45,10 @@ pub fn require_cuse() {
     let m = std::fs::metadata("/dev/cuse").unwrap_or_else(|_| {
         panic!("/dev/cuse is missing: end-to-end tests need CUSE; run them with scripts/test (VM)")
     });
-    assert!(m.file_type().is_char_device(), "/dev/cuse is not a character device");
+    assert!(
+        m.file_type().is_char_device(),
+        "/dev/cuse is not a character device"
+    );
     assert!(
         nix::unistd::geteuid().is_root(),
         "end-to-end tests must run as root (they serve /dev/cuse)"
@@ -75,7 +78,10 @@ pub struct Daemon {
     status: Option<ExitStatus>,
 }
 
-fn capture(stream: impl Read + Send + 'static, log: Arc<Mutex<String>>) -> std::thread::JoinHandle<()> {
+fn capture(
+    stream: impl Read + Send + 'static,
+    log: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
@@ -260,6 +266,10 @@ pub fn ctl(args: &[&str]) -> Output {
 /// `(major, minor)` of a character device node.
 pub fn devnum(path: &Path) -> (u32, u32) {
     let m = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(m.file_type().is_char_device(), "{} is not a char device", path.display());
+    assert!(
+        m.file_type().is_char_device(),
+        "{} is not a char device",
+        path.display()
+    );
     (libc::major(m.rdev()), libc::minor(m.rdev()))
 }
