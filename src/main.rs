@@ -48,7 +48,8 @@ struct Args {
     /// Reader threads on /dev/cuse.
     #[arg(long, default_value_t = 4)]
     threads: usize,
-    /// Write the daemon's pid to this file (removed on exit).
+    /// Write the daemon's pid to this file once the device is ready (node present, with its
+    /// mode and group); removed on exit.
     #[arg(long)]
     pidfile: Option<PathBuf>,
     /// More logging (-v: debug, -vv: trace); RUST_LOG overrides.
@@ -102,6 +103,14 @@ fn resolve_group(group: &str) -> Result<u32, String> {
         Ok(None) => Err(format!("no group `{group}`")),
         Err(e) => Err(format!("looking up group `{group}`: {}", e.desc())),
     }
+}
+
+/// Writes the pid file atomically (a temporary file renamed): whoever sees it sees it whole.
+fn write_pidfile(path: &std::path::Path) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
+    std::fs::rename(&tmp, path)
 }
 
 fn main() -> ExitCode {
@@ -160,7 +169,7 @@ fn run(args: &Args) -> Result<(), String> {
         log::debug!("serving {} ({major}:{minor})", dev.node().display());
     }
     if let Some(path) = &args.pidfile
-        && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
+        && let Err(e) = write_pidfile(path)
     {
         log::warn!("cannot write pid file {}: {e}", path.display());
     }

@@ -15,6 +15,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+static PIDFILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Generous: timings in a TCG VM on a shared 2-core host are slow and noisy.
 pub const TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -138,7 +140,8 @@ impl Daemon {
         }
     }
 
-    /// Starts `deferred ARGS` and waits for its node; panics with the log if it does not appear.
+    /// Starts `deferred ARGS` and waits until it is ready: its node exists and its pid file
+    /// (written once the node has its mode and group) too. Panics with the log otherwise.
     pub fn start(args: &[&str]) -> Daemon {
         Daemon::start_env(args, &[])
     }
@@ -146,10 +149,20 @@ impl Daemon {
     /// [`Daemon::start`] with extra environment variables.
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         require_cuse();
-        let mut d = Daemon::spawn_env(args, env);
+        let pidfile = std::env::temp_dir().join(format!(
+            "e2e-deferred-{}-{}.pid",
+            std::process::id(),
+            PIDFILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&pidfile);
+        let pidfile_arg = pidfile.to_str().unwrap().to_string();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--pidfile", pidfile_arg.as_str()]);
+        let mut d = Daemon::spawn_env(&all, env);
         let node = d.node();
         let ok = wait_for(TIMEOUT, || {
-            std::fs::metadata(&node).is_ok_and(|m| m.file_type().is_char_device())
+            (pidfile.exists()
+                && std::fs::metadata(&node).is_ok_and(|m| m.file_type().is_char_device()))
                 || d.try_status().is_some()
         });
         assert!(
@@ -159,6 +172,12 @@ impl Daemon {
             d.status,
             d.log()
         );
+        let pid: u32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(pid, d.pid(), "the pid file names the daemon");
         d
     }
 
