@@ -366,6 +366,46 @@ fn the_daemon_does_not_leak_the_cuse_fd_to_clients_it_runs() {
 
 #[test]
 #[ignore = "needs /dev/cuse: run scripts/test"]
+fn not_root_is_a_one_line_error() {
+    use std::os::unix::process::CommandExt;
+    require_cuse();
+    let out = Command::new(common::bin("deferred"))
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "deferred: /dev/cuse: permission denied: serving a device needs root (try sudo)\n"
+    );
+    assert!(!Path::new("/dev/deferred").exists());
+}
+
+#[test]
+#[ignore = "needs /dev/cuse: run scripts/test"]
+fn reader_threads_are_named() {
+    let d = Daemon::start(&["--threads", "3"]);
+    // A new thread names itself when it first runs: give them a moment.
+    let names = || {
+        let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.unwrap().path().join("comm")).ok())
+            .map(|n| n.trim().to_string())
+            .filter(|n| n.starts_with("cuse/"))
+            .collect();
+        names.sort();
+        names
+    };
+    wait_for(TIMEOUT, || names().len() == 3);
+    let names = names();
+    assert_eq!(names, ["cuse/0", "cuse/1", "cuse/2"]);
+    d.stop();
+}
+
+#[test]
+#[ignore = "needs /dev/cuse: run scripts/test"]
 fn timer_and_kthread_modules_load_and_unload_without_a_device() {
     require_cuse();
     for m in ["timer", "kthread"] {
@@ -583,6 +623,54 @@ fn cmd_and_arg_arrive_exactly() {
     );
     dev.stop();
     assert!(!Path::new("/dev/dfr-probe").exists());
+}
+
+/// `ioctl(fd, cmd, arg)` made as a 32-bit program makes it: the i386 system call (`int 0x80`,
+/// `__NR_ioctl` = 54), so the kernel takes its compat path (`FUSE_IOCTL_COMPAT`).
+#[cfg(target_arch = "x86_64")]
+fn ioctl32(f: &File, cmd: u32, arg: u32) -> Result<i32, Errno> {
+    let fd = u64::try_from(f.as_raw_fd()).unwrap();
+    let ret: u64;
+    // SAFETY: the i386 ioctl system call with an open fd and plain values (no pointers). rbx
+    // (LLVM's) is swapped in and out around the call; int 0x80 preserves every register but eax
+    // (r8-r11 declared clobbered for kernels that cleared them).
+    unsafe {
+        std::arch::asm!(
+            "xchg {fd}, rbx",
+            "int 0x80",
+            "xchg {fd}, rbx",
+            fd = inout(reg) fd => _,
+            inlateout("rax") 54u64 => ret,
+            in("rcx") u64::from(cmd),
+            in("rdx") u64::from(arg),
+            out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+        );
+    }
+    let ret = ret as u32 as i32;
+    if ret < 0 {
+        Err(Errno::from_raw(-ret))
+    } else {
+        Ok(ret)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[ignore = "needs /dev/cuse: run scripts/test"]
+fn a_32_bit_caller_reaches_compat_ioctl() {
+    let probe = Arc::new(Probe::default());
+    let dev = serve("dfr-compat", &probe);
+    let f = open(&dev.node());
+    assert_eq!(ioctl32(&f, MY_IOCTL_TIMER_SET_32, 3), Ok(0));
+    assert_eq!(ioctl32(&f, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
+    drop(f);
+    let calls = probe.calls();
+    assert_eq!(
+        calls[1..3],
+        ["compat 0x40046b01 0x3", "compat 0x00006b02 0x0"],
+        "{calls:?}"
+    );
+    dev.stop();
 }
 
 extern "C" fn on_usr1(_: libc::c_int) {}
