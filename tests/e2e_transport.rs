@@ -120,6 +120,47 @@ fn monitor_of_a_missing_pid_is_esrch_in_one_line() {
 
 #[test]
 #[ignore = "needs /dev/cuse: run scripts/test"]
+fn the_labs_test_program_drives_the_device() {
+    let d = Daemon::start(&[]);
+    let test = common::bin("test");
+    let run = |args: &[&str]| {
+        Command::new(&test)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["s", "3"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        "Set timer to 3 seconds"
+    );
+    d.wait_log("Set timer", |l| l.contains("Command: Set timer"));
+    let out = run(&["c"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        "Cancel timer"
+    );
+    let out = run(&["p", "4194303"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        "Monitor PID 4194303."
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "ioctl monitor pid error: No such process\n"
+    );
+    let log = d.stop();
+    // Each run opened and released the device once.
+    assert_eq!(log.matches("Device opened").count(), 3, "{log}");
+    assert_eq!(log.matches("Device released").count(), 3, "{log}");
+}
+
+#[test]
+#[ignore = "needs /dev/cuse: run scripts/test"]
 fn unknown_commands_are_enotty_and_cmd_is_not_sign_extended() {
     let d = Daemon::start(&[]);
     let f = open(&d.node());
