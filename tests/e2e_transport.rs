@@ -258,12 +258,13 @@ fn eight_concurrent_clients_are_all_answered() {
             std::thread::spawn(move || {
                 let f = open(&node);
                 for j in 0..per {
-                    // Alternate commands; MON on our own pid is valid.
+                    // Alternate commands. Not MON: with the real module each one adds a watched
+                    // task (and its pidfd) to the list.
                     let r = match (i + j) % 3 {
                         0 => ioctl(&f, MY_IOCTL_TIMER_CANCEL, 0),
                         1 => ioctl(&f, 0x6b05, 0)
                             .or_else(|e| if e == Errno::ENOTTY { Ok(0) } else { Err(e) }),
-                        _ => ioctl(&f, MY_IOCTL_TIMER_MON, u64::from(std::process::id())),
+                        _ => ioctl(&f, MY_IOCTL_TIMER_SET, 3600),
                     };
                     r.unwrap_or_else(|e| panic!("client {i} ioctl {j}: {e}"));
                     ok.fetch_add(1, Ordering::Relaxed);
