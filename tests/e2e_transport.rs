@@ -284,6 +284,53 @@ fn eight_concurrent_clients_are_all_answered() {
 
 #[test]
 #[ignore = "needs /dev/cuse: run scripts/test"]
+fn clients_sigkilled_in_the_middle_of_ioctls() {
+    let d = Daemon::start_env(&[], &[("RUST_LOG", "warn,printk=info")]);
+    let f = open(&d.node());
+    let fd = f.as_raw_fd();
+    let mut children = Vec::new();
+    for _ in 0..4 {
+        // SAFETY: the child only makes raw system calls (ioctl, _exit): async-signal-safe, as
+        // required after fork in a multi-threaded process.
+        match unsafe { libc::fork() } {
+            0 => loop {
+                // SAFETY: `fd` is open in the child (inherited); CANCEL takes no pointer.
+                if unsafe { libc::ioctl(fd, MY_IOCTL_TIMER_CANCEL as libc::c_ulong, 0) } < 0 {
+                    // SAFETY: leaving the child without running the parent's destructors.
+                    unsafe { libc::_exit(3) };
+                }
+            },
+            -1 => panic!("fork: {}", Errno::last()),
+            pid => children.push(nix::unistd::Pid::from_raw(pid)),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for &pid in &children {
+        nix::sys::signal::kill(pid, Signal::SIGKILL).unwrap();
+    }
+    for &pid in &children {
+        let reaped = wait_for(Duration::from_secs(5), || {
+            !matches!(
+                nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+                Ok(nix::sys::wait::WaitStatus::StillAlive)
+            )
+        });
+        assert!(reaped, "child {pid} still not reaped 5 s after SIGKILL");
+    }
+    // Still served, on the shared open file and on a new one.
+    assert_eq!(ioctl(&f, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
+    drop(f);
+    let g = open(&d.node());
+    assert_eq!(ioctl(&g, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
+    drop(g);
+    d.wait_log("2 releases", |l| l.matches("Device released").count() >= 2);
+    let log = d.stop();
+    assert_eq!(log.matches("Device opened").count(), 2, "{log}");
+    assert_eq!(log.matches("Device released").count(), 2, "{log}");
+}
+
+#[test]
+#[ignore = "needs /dev/cuse: run scripts/test"]
 fn sigterm_with_clients_holding_the_node_open() {
     let mut d = Daemon::start(&[]);
     let held: Vec<File> = (0..3).map(|_| open(&d.node())).collect();
