@@ -120,6 +120,47 @@ fn monitor_of_a_missing_pid_is_esrch_in_one_line() {
 
 #[test]
 #[ignore = "needs /dev/cuse: run scripts/test"]
+fn the_labs_test_program_drives_the_device() {
+    let d = Daemon::start(&[]);
+    let test = common::bin("test");
+    let run = |args: &[&str]| {
+        Command::new(&test)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["s", "3"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        "Set timer to 3 seconds"
+    );
+    d.wait_log("Set timer", |l| l.contains("Command: Set timer"));
+    let out = run(&["c"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        "Cancel timer"
+    );
+    let out = run(&["p", "4194303"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        "Monitor PID 4194303."
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "ioctl monitor pid error: No such process\n"
+    );
+    let log = d.stop();
+    // Each run opened and released the device once.
+    assert_eq!(log.matches("Device opened").count(), 3, "{log}");
+    assert_eq!(log.matches("Device released").count(), 3, "{log}");
+}
+
+#[test]
+#[ignore = "needs /dev/cuse: run scripts/test"]
 fn unknown_commands_are_enotty_and_cmd_is_not_sign_extended() {
     let d = Daemon::start(&[]);
     let f = open(&d.node());
@@ -217,12 +258,13 @@ fn eight_concurrent_clients_are_all_answered() {
             std::thread::spawn(move || {
                 let f = open(&node);
                 for j in 0..per {
-                    // Alternate commands; MON on our own pid is valid.
+                    // Alternate commands. Not MON: with the real module each one adds a watched
+                    // task (and its pidfd) to the list.
                     let r = match (i + j) % 3 {
                         0 => ioctl(&f, MY_IOCTL_TIMER_CANCEL, 0),
                         1 => ioctl(&f, 0x6b05, 0)
                             .or_else(|e| if e == Errno::ENOTTY { Ok(0) } else { Err(e) }),
-                        _ => ioctl(&f, MY_IOCTL_TIMER_MON, u64::from(std::process::id())),
+                        _ => ioctl(&f, MY_IOCTL_TIMER_SET, 3600),
                     };
                     r.unwrap_or_else(|e| panic!("client {i} ioctl {j}: {e}"));
                     ok.fetch_add(1, Ordering::Relaxed);
@@ -238,6 +280,53 @@ fn eight_concurrent_clients_are_all_answered() {
     assert_eq!(ioctl(&f, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
     drop(f);
     d.stop();
+}
+
+#[test]
+#[ignore = "needs /dev/cuse: run scripts/test"]
+fn clients_sigkilled_in_the_middle_of_ioctls() {
+    let d = Daemon::start_env(&[], &[("RUST_LOG", "warn,printk=info")]);
+    let f = open(&d.node());
+    let fd = f.as_raw_fd();
+    let mut children = Vec::new();
+    for _ in 0..4 {
+        // SAFETY: the child only makes raw system calls (ioctl, _exit): async-signal-safe, as
+        // required after fork in a multi-threaded process.
+        match unsafe { libc::fork() } {
+            0 => loop {
+                // SAFETY: `fd` is open in the child (inherited); CANCEL takes no pointer.
+                if unsafe { libc::ioctl(fd, MY_IOCTL_TIMER_CANCEL as libc::c_ulong, 0) } < 0 {
+                    // SAFETY: leaving the child without running the parent's destructors.
+                    unsafe { libc::_exit(3) };
+                }
+            },
+            -1 => panic!("fork: {}", Errno::last()),
+            pid => children.push(nix::unistd::Pid::from_raw(pid)),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for &pid in &children {
+        nix::sys::signal::kill(pid, Signal::SIGKILL).unwrap();
+    }
+    for &pid in &children {
+        let reaped = wait_for(Duration::from_secs(5), || {
+            !matches!(
+                nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+                Ok(nix::sys::wait::WaitStatus::StillAlive)
+            )
+        });
+        assert!(reaped, "child {pid} still not reaped 5 s after SIGKILL");
+    }
+    // Still served, on the shared open file and on a new one.
+    assert_eq!(ioctl(&f, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
+    drop(f);
+    let g = open(&d.node());
+    assert_eq!(ioctl(&g, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
+    drop(g);
+    d.wait_log("2 releases", |l| l.matches("Device released").count() >= 2);
+    let log = d.stop();
+    assert_eq!(log.matches("Device opened").count(), 2, "{log}");
+    assert_eq!(log.matches("Device released").count(), 2, "{log}");
 }
 
 #[test]
@@ -361,6 +450,46 @@ fn the_daemon_does_not_leak_the_cuse_fd_to_clients_it_runs() {
         }
     }
     assert_eq!(cuse_fds, 1);
+    d.stop();
+}
+
+#[test]
+#[ignore = "needs /dev/cuse: run scripts/test"]
+fn not_root_is_a_one_line_error() {
+    use std::os::unix::process::CommandExt;
+    require_cuse();
+    let out = Command::new(common::bin("deferred"))
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "deferred: /dev/cuse: permission denied: serving a device needs root (try sudo)\n"
+    );
+    assert!(!Path::new("/dev/deferred").exists());
+}
+
+#[test]
+#[ignore = "needs /dev/cuse: run scripts/test"]
+fn reader_threads_are_named() {
+    let d = Daemon::start(&["--threads", "3"]);
+    // A new thread names itself when it first runs: give them a moment.
+    let names = || {
+        let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.unwrap().path().join("comm")).ok())
+            .map(|n| n.trim().to_string())
+            .filter(|n| n.starts_with("cuse/"))
+            .collect();
+        names.sort();
+        names
+    };
+    wait_for(TIMEOUT, || names().len() == 3);
+    let names = names();
+    assert_eq!(names, ["cuse/0", "cuse/1", "cuse/2"]);
     d.stop();
 }
 
@@ -583,6 +712,54 @@ fn cmd_and_arg_arrive_exactly() {
     );
     dev.stop();
     assert!(!Path::new("/dev/dfr-probe").exists());
+}
+
+/// `ioctl(fd, cmd, arg)` made as a 32-bit program makes it: the i386 system call (`int 0x80`,
+/// `__NR_ioctl` = 54), so the kernel takes its compat path (`FUSE_IOCTL_COMPAT`).
+#[cfg(target_arch = "x86_64")]
+fn ioctl32(f: &File, cmd: u32, arg: u32) -> Result<i32, Errno> {
+    let fd = u64::try_from(f.as_raw_fd()).unwrap();
+    let ret: u64;
+    // SAFETY: the i386 ioctl system call with an open fd and plain values (no pointers). rbx
+    // (LLVM's) is swapped in and out around the call; int 0x80 preserves every register but eax
+    // (r8-r11 declared clobbered for kernels that cleared them).
+    unsafe {
+        std::arch::asm!(
+            "xchg {fd}, rbx",
+            "int 0x80",
+            "xchg {fd}, rbx",
+            fd = inout(reg) fd => _,
+            inlateout("rax") 54u64 => ret,
+            in("rcx") u64::from(cmd),
+            in("rdx") u64::from(arg),
+            out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+        );
+    }
+    let ret = ret as u32 as i32;
+    if ret < 0 {
+        Err(Errno::from_raw(-ret))
+    } else {
+        Ok(ret)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[ignore = "needs /dev/cuse: run scripts/test"]
+fn a_32_bit_caller_reaches_compat_ioctl() {
+    let probe = Arc::new(Probe::default());
+    let dev = serve("dfr-compat", &probe);
+    let f = open(&dev.node());
+    assert_eq!(ioctl32(&f, MY_IOCTL_TIMER_SET_32, 3), Ok(0));
+    assert_eq!(ioctl32(&f, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
+    drop(f);
+    let calls = probe.calls();
+    assert_eq!(
+        calls[1..3],
+        ["compat 0x40046b01 0x3", "compat 0x00006b02 0x0"],
+        "{calls:?}"
+    );
+    dev.stop();
 }
 
 extern "C" fn on_usr1(_: libc::c_int) {}

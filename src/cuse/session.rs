@@ -381,15 +381,18 @@ fn init(chan: &Arc<Channel>, config: &Config, buf: &mut [u8]) -> Result<(), Erro
 fn confirm(chan: &Channel, config: &Config) -> Result<(u32, u32), Error> {
     let sysfs = config.sysfs();
     let deadline = Instant::now() + config.timeout;
+    let mut wait = Duration::ZERO;
     loop {
+        // The connection first: if our INIT was refused because another instance took the name
+        // in the meantime, sysfs shows *its* device.
+        let revents = wait_readable(chan.fd().as_fd(), wait)?;
+        if revents.intersects(PollFlags::POLLERR | PollFlags::POLLHUP) {
+            return Err(refused(config));
+        }
         if let Ok(dev) = fs::read_to_string(sysfs.join("dev")) {
             return parse_devnum(&dev).ok_or_else(|| {
                 Error::Protocol(format!("{}/dev: `{}`", sysfs.display(), dev.trim()))
             });
-        }
-        let revents = wait_readable(chan.fd().as_fd(), Duration::from_millis(20))?;
-        if revents.intersects(PollFlags::POLLERR | PollFlags::POLLHUP) {
-            return Err(refused(config));
         }
         if Instant::now() >= deadline {
             return Err(Error::Refused(format!(
@@ -397,6 +400,11 @@ fn confirm(chan: &Channel, config: &Config) -> Result<(u32, u32), Error> {
                 sysfs.display(),
                 config.timeout
             )));
+        }
+        // A pending request (POLLIN) must not make this spin.
+        wait = Duration::from_millis(20);
+        if !revents.is_empty() {
+            std::thread::sleep(wait);
         }
     }
 }
