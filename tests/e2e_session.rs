@@ -108,23 +108,23 @@ fn the_labs_session_matches_the_real_modules_transcript() {
     let cmd = |c: &str| format!("[deferred_ioctl] Command: {c}");
     // Everything but the ticks, strictly in order.
     let mut expected: Vec<String> = vec!["[deferred_init] Init module".into()];
-    let mut session = |ioctl: Option<&str>| {
+    let session = |expected: &mut Vec<String>, ioctl: Option<&str>| {
         expected.push(open.into());
         if let Some(c) = ioctl {
             expected.push(cmd(c));
         }
         expected.push(rel.into());
     };
-    session(Some("Set timer"));
-    session(Some("Set timer"));
-    session(Some("Cancel timer"));
-    session(Some("Allocate memory"));
+    session(&mut expected, Some("Set timer"));
+    session(&mut expected, Some("Set timer"));
+    session(&mut expected, Some("Cancel timer"));
+    session(&mut expected, Some("Allocate memory"));
     expected.push("Yawn! I've been sleeping for 5 seconds.".into());
-    session(Some("Monitor pid"));
+    session(&mut expected, Some("Monitor pid"));
     expected.push(dead.clone());
-    session(Some("Cancel timer"));
-    session(Some("Monitor pid"));
-    session(None); // test x: opened, wrong letter, released
+    session(&mut expected, Some("Cancel timer"));
+    session(&mut expected, Some("Monitor pid"));
+    session(&mut expected, None); // test x: opened, wrong letter, released
     expected.push(open.into());
     for _ in 0..2000 {
         expected.push(cmd("Cancel timer"));
@@ -174,11 +174,18 @@ fn the_labs_session_matches_the_real_modules_transcript() {
     let fired = idx(&is_tick, set1);
     let delay = lines[fired].t - lines[set1].t;
     assert!((0.95..3.0).contains(&delay), "SET 1 fired after {delay} s");
-    assert_eq!(ticks(set3, alloc), 0, "SET 3 then CANCEL after 1 s: no expiry\n{log}");
+    assert_eq!(
+        ticks(set3, alloc),
+        0,
+        "SET 3 then CANCEL after 1 s: no expiry\n{log}"
+    );
     assert_eq!(ticks(alloc, yawn), 1, "ALLOC 1 fires once\n{log}");
     let fired = idx(&is_tick, alloc);
     let delay = lines[fired].t - lines[alloc].t;
-    assert!((0.95..3.0).contains(&delay), "ALLOC 1 fired after {delay} s");
+    assert!(
+        (0.95..3.0).contains(&delay),
+        "ALLOC 1 fired after {delay} s"
+    );
     let slept = lines[yawn].t - lines[fired].t;
     assert!((4.99..8.0).contains(&slept), "alloc_io slept {slept} s");
     assert_eq!(ticks(yawn, mon), 0, "{log}");
@@ -188,7 +195,10 @@ fn the_labs_session_matches_the_real_modules_transcript() {
     assert!(is_tick(&lines[dead_at - 1]), "{log}");
     let first_tick = idx(&is_tick, mon);
     let delay = lines[first_tick].t - lines[mon].t;
-    assert!((0.95..3.0).contains(&delay), "first MON tick after {delay} s");
+    assert!(
+        (0.95..3.0).contains(&delay),
+        "first MON tick after {delay} s"
+    );
     // Two seconds between the death and the CANCEL: it keeps ticking.
     assert!(ticks(dead_at, cancel2) >= 1, "{log}");
     assert_eq!(ticks(cancel2 + 1, exit), 0, "a tick after CANCEL\n{log}");

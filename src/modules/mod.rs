@@ -12,7 +12,6 @@ use crate::kernel::fs::FileOperations;
 pub mod abi;
 pub mod deferred;
 pub mod kthread;
-pub mod placeholder;
 pub mod timer;
 
 /// A loaded module.
