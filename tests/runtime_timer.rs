@@ -251,3 +251,26 @@ fn drop_stops_a_pending_timer() {
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(fired, 0);
 }
+
+#[test]
+fn timers_on_consecutive_jiffies_each_fire_in_their_own_jiffy_or_later() {
+    let _g = setup();
+    let timers: Vec<_> = (0..20)
+        .map(|_| TimerList::new(record, Rec::default()))
+        .collect();
+    let base = jiffies();
+    for (i, t) in timers.iter().enumerate() {
+        t.mod_timer(base + 2 + i as u64);
+    }
+    assert!(wait_until(Duration::from_secs(5), || timers
+        .iter()
+        .all(|t| t.data().count.load(SeqCst) == 1)));
+    for (i, t) in timers.iter().enumerate() {
+        let at = t.data().at.load(SeqCst);
+        assert!(
+            time_after_eq(at, base + 2 + i as u64),
+            "timer {i} fired early at {at}"
+        );
+    }
+    assert_no_softirq_allocations();
+}
