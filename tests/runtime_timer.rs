@@ -111,7 +111,7 @@ fn slow_handler(t: &Timer<Slow>) {
 fn del_timer_sync_waits_for_a_handler_running_on_another_thread() {
     let _g = setup();
     // Keep the interrupt off this thread so the handler must run elsewhere.
-    softirq::block_timer_signal();
+    let flags = softirq::local_irq_save();
     let t = TimerList::new(
         slow_handler,
         Slow {
@@ -132,7 +132,7 @@ fn del_timer_sync_waits_for_a_handler_running_on_another_thread() {
         "del_timer_sync returned while the handler ran"
     );
     assert_ne!(t.data().tid.load(SeqCst), sched::gettid());
-    softirq::unblock_timer_signal();
+    softirq::local_irq_restore(flags);
 }
 
 struct SelfDel {

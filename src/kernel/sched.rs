@@ -233,6 +233,8 @@ pub fn might_sleep() -> bool {
 /// `#[track_caller]` themselves).
 #[must_use]
 pub fn might_sleep_at(loc: &Location<'_>) -> bool {
+    // Only the preemption count decides: a blocked timer signal (our "irqs disabled") is
+    // also how some threads simply keep the interrupt away, and must not count as atomic.
     if !in_atomic() {
         return true;
     }

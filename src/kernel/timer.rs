@@ -134,17 +134,14 @@ static EXPIRIES: AtomicU64 = AtomicU64::new(0);
 
 /// The base, locked. Dropping it unlocks (and unblocks the timer signal if we blocked it).
 struct BaseGuard {
-    unblock: bool,
+    flags: Option<softirq::IrqFlags>,
 }
 
 impl BaseGuard {
     fn lock() -> BaseGuard {
         // Block the timer signal unless it is already blocked on this thread: in interrupt
         // context, or with bottom halves disabled.
-        let unblock = !softirq::in_interrupt();
-        if unblock {
-            softirq::block_timer_signal();
-        }
+        let flags = (!softirq::in_interrupt()).then(softirq::local_irq_save);
         let mut spins = 0u32;
         while BASE
             .lock
@@ -159,7 +156,7 @@ impl BaseGuard {
                 std::hint::spin_loop();
             }
         }
-        let g = BaseGuard { unblock };
+        let g = BaseGuard { flags };
         // SAFETY: lock held; first use makes both sentinels empty circular lists.
         unsafe {
             let b = g.inner();
@@ -187,8 +184,8 @@ impl BaseGuard {
 impl Drop for BaseGuard {
     fn drop(&mut self) {
         BASE.lock.store(false, Ordering::Release);
-        if self.unblock {
-            softirq::unblock_timer_signal();
+        if let Some(f) = self.flags {
+            softirq::local_irq_restore(f);
         }
     }
 }
