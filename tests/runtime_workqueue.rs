@@ -143,12 +143,27 @@ fn schedule_work_runs_in_process_context_on_events_n_and_reaches_its_container()
         .unwrap();
     assert!(cpu < num_online_cpus());
     assert!(dev.may_sleep.load(SeqCst), "handler not in process context");
-    // The system queue has one worker per online CPU, visible as a thread name.
+    // The system queue has one worker per online CPU, visible as a thread name, in /proc and
+    // in `ps -eL -o tid,comm` (here restricted to this process).
     let names = thread_names();
+    let ps = std::process::Command::new("ps")
+        .args([
+            "-L",
+            "-p",
+            &std::process::id().to_string(),
+            "-o",
+            "tid=,comm=",
+        ])
+        .output()
+        .expect("ps (procps) is needed for this test");
+    let ps = String::from_utf8_lossy(&ps.stdout);
     for cpu in 0..num_online_cpus() {
+        let name = format!("events/{cpu}");
+        assert!(names.contains(&name), "{name} missing in /proc: {names:?}");
         assert!(
-            names.contains(&format!("events/{cpu}")),
-            "events/{cpu} missing: {names:?}"
+            ps.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(&name)),
+            "{name} missing in ps -L:\n{ps}"
         );
     }
 }

@@ -142,12 +142,6 @@ pub struct Work<T, const ID: u64 = 0> {
     _pin: PhantomPinned,
 }
 
-// SAFETY: the work item itself holds only atomics and function pointers. The handler receives
-// `&T` on a worker thread, which `HasWork: Sync` makes sound.
-unsafe impl<T, const ID: u64> Sync for Work<T, ID> {}
-// SAFETY: as above; moving an idle item between threads moves atomics and fn pointers.
-unsafe impl<T, const ID: u64> Send for Work<T, ID> {}
-
 impl<T, const ID: u64> core::fmt::Debug for Work<T, ID> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Work")
