@@ -274,3 +274,53 @@ fn timers_on_consecutive_jiffies_each_fire_in_their_own_jiffy_or_later() {
     }
     assert_no_softirq_allocations();
 }
+
+struct Late {
+    late_ns: AtomicU64,
+    fired: AtomicBool,
+}
+
+fn lateness(t: &Timer<Late>) {
+    let due = deferred::kernel::jiffies::jiffies_to_monotonic_ns(t.expires());
+    let now = deferred::kernel::jiffies::monotonic_ns();
+    t.data().late_ns.store(now.saturating_sub(due), SeqCst);
+    t.data().fired.store(true, SeqCst);
+}
+
+/// Prints the expiry latency (run with `--nocapture`); fails only if timers are grossly late.
+#[test]
+fn timers_fire_promptly_after_their_jiffy() {
+    let _g = setup();
+    let timers: Vec<_> = (0..100u64)
+        .map(|_| {
+            TimerList::new(
+                lateness,
+                Late {
+                    late_ns: AtomicU64::new(0),
+                    fired: AtomicBool::new(false),
+                },
+            )
+        })
+        .collect();
+    let base = jiffies();
+    for (i, t) in timers.iter().enumerate() {
+        t.mod_timer(base + 2 + (i as u64 * 7) % 50);
+    }
+    assert!(wait_until(Duration::from_secs(5), || timers
+        .iter()
+        .all(|t| t.data().fired.load(SeqCst))));
+    let mut late: Vec<u64> = timers
+        .iter()
+        .map(|t| t.data().late_ns.load(SeqCst))
+        .collect();
+    late.sort_unstable();
+    let p50 = late[late.len() / 2];
+    let p99 = late[late.len() * 99 / 100];
+    eprintln!(
+        "timer lateness after the jiffy starts: p50 {} us, p99 {} us, max {} us",
+        p50 / 1000,
+        p99 / 1000,
+        late[late.len() - 1] / 1000
+    );
+    assert!(p50 < 20_000_000, "median lateness {p50} ns");
+}
