@@ -269,3 +269,13 @@ fn exercise_6_two_wait_queues_and_two_atomic_flags() {
         task.pid()
     )));
 }
+
+#[test]
+fn a_woken_thread_stopped_at_once_still_runs_threadfn() {
+    // The kernel's contract: -EINTR only if wake_up_process() was never called.
+    watchdog();
+    for i in 0..50 {
+        let task = kthread_run!(|x: i32| x, i, "quick{}", i).unwrap();
+        assert_eq!(kthread_stop(&task), i, "round {i}");
+    }
+}
