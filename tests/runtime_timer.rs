@@ -9,6 +9,7 @@ use deferred::kernel::jiffies::{jiffies, msecs_to_jiffies, time_after_eq, time_b
 use deferred::kernel::printk;
 use deferred::kernel::sched;
 use deferred::kernel::softirq;
+use deferred::kernel::spinlock::SpinLock;
 use deferred::kernel::timer::{Timer, TimerList};
 use runtime_common::{assert_no_softirq_allocations, setup, wait_until};
 
