@@ -13,12 +13,24 @@ use deferred::kernel::spinlock::SpinLock;
 use deferred::kernel::timer::{Timer, TimerList};
 use runtime_common::{assert_no_softirq_allocations, setup, wait_until};
 
-#[derive(Default)]
 struct Rec {
     count: AtomicU64,
     at: AtomicU64,
     in_softirq: AtomicBool,
     tid: AtomicI32,
+    comm: SpinLock<[u8; 16]>,
+}
+
+impl Default for Rec {
+    fn default() -> Self {
+        Rec {
+            count: AtomicU64::new(0),
+            at: AtomicU64::new(0),
+            in_softirq: AtomicBool::new(false),
+            tid: AtomicI32::new(0),
+            comm: SpinLock::new("rec_comm", [0; 16]),
+        }
+    }
 }
 
 fn record(t: &Timer<Rec>) {
@@ -26,7 +38,12 @@ fn record(t: &Timer<Rec>) {
     r.at.store(jiffies(), SeqCst);
     r.in_softirq
         .store(softirq::in_serving_softirq() && !softirq::in_irq(), SeqCst);
-    r.tid.store(sched::current().pid(), SeqCst);
+    let c = sched::current();
+    let name = c.comm();
+    let mut comm = r.comm.lock();
+    comm[..name.as_str().len()].copy_from_slice(name.as_str().as_bytes());
+    drop(comm);
+    r.tid.store(c.pid(), SeqCst);
     r.count.fetch_add(1, SeqCst);
 }
 
@@ -57,6 +74,19 @@ fn one_shot_fires_once_not_before_its_jiffy() {
         "handler runs in softirq context"
     );
     assert!(!t.timer_pending());
+    // `current` in the handler is the interrupted thread of this process, with its name.
+    let tid = t.data().tid.load(SeqCst);
+    let recorded = *t.data().comm.lock_bh();
+    let end = recorded.iter().position(|&b| b == 0).unwrap_or(16);
+    let recorded = String::from_utf8_lossy(&recorded[..end]).into_owned();
+    let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"));
+    if let Ok(comm) = comm {
+        assert_eq!(
+            comm.trim_end(),
+            recorded,
+            "comm of the interrupted thread {tid}"
+        );
+    }
     assert_no_softirq_allocations();
 }
 
