@@ -33,9 +33,9 @@
 //!
 //! # The pending structure: a sorted intrusive list (not the kernel's wheel)
 //! The kernel (`kernel/time/timer.c`) keeps pending timers in a non-cascading wheel: levels of
-//! 64 buckets, each level 8 times coarser (at HZ = 250: level 0 has 4 ms buckets up to 252 ms,
-//! level 1 32 ms buckets up to 2 s, level 2 256 ms buckets up to 16 s, ...); insertion is O(1)
-//! and a timer at level >= 1 fires up to 12.5 % late. Here the pending timers are a doubly linked
+//! 64 buckets, each level 8 times coarser (its table at HZ = 250: level 0, 4 ms buckets,
+//! 0-255 ms; level 1, 32 ms, 256 ms-2047 ms; level 2, 256 ms, ~2 s-~16 s; ... 9 levels up to
+//! ~12 days); insertion is O(1) and a timer at level >= 1 fires up to 12.5 % late. Here the pending timers are a doubly linked
 //! list sorted by expiry, intrusive (the links live in the timer's node: no allocation, ever,
 //! on any path): the earliest expiry, which the tickless POSIX timer is armed for, is the head
 //! (O(1)); removal is O(1); insertion walks from the tail (O(n) worst case, O(1) for the
