@@ -202,3 +202,57 @@ fn kill_waits_for_the_scheduled_run_and_never_two_at_once() {
     std::thread::sleep(Duration::from_millis(80));
     assert_eq!(t.data().done.load(SeqCst), done);
 }
+
+struct Budget {
+    runs: AtomicU64,
+    here: AtomicU64,
+    on_ksoftirqd: AtomicU64,
+    owner: std::sync::atomic::AtomicI32,
+    upto: u64,
+}
+
+fn budget(t: Pin<&Tasklet<Budget>>) {
+    let b = t.data();
+    let c = deferred::kernel::sched::current();
+    if c.pid() == b.owner.load(SeqCst) {
+        b.here.fetch_add(1, SeqCst);
+    } else if c.comm().as_str() == "ksoftirqd/0" {
+        b.on_ksoftirqd.fetch_add(1, SeqCst);
+    }
+    if b.runs.fetch_add(1, SeqCst) + 1 < b.upto {
+        t.schedule();
+    }
+}
+
+#[test]
+fn softirq_overflow_goes_to_ksoftirqd_after_the_kernels_budget() {
+    let _g = setup();
+    let t = Box::pin(Tasklet::new(
+        budget,
+        Budget {
+            runs: AtomicU64::new(0),
+            here: AtomicU64::new(0),
+            on_ksoftirqd: AtomicU64::new(0),
+            owner: std::sync::atomic::AtomicI32::new(deferred::kernel::sched::gettid()),
+            upto: 200,
+        },
+    ));
+    local_bh_disable();
+    tasklet_schedule(t.as_ref());
+    local_bh_enable(); // runs here, at most MAX_SOFTIRQ_RESTART rounds, then ksoftirqd/0
+    let here = t.data().here.load(SeqCst);
+    assert!(
+        (1..=softirq::MAX_SOFTIRQ_RESTART as u64).contains(&here),
+        "{here} rounds on this thread"
+    );
+    assert!(wait_until(Duration::from_secs(5), || t
+        .data()
+        .runs
+        .load(SeqCst)
+        == 200));
+    assert!(
+        t.data().on_ksoftirqd.load(SeqCst) > 0,
+        "the rest ran on ksoftirqd/0"
+    );
+    assert_no_softirq_allocations();
+}

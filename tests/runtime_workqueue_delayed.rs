@@ -22,9 +22,25 @@ use deferred::{impl_has_delayed_work, impl_has_work, kernel};
 static ALLOC: alloc::CountingAllocator = alloc::CountingAllocator;
 
 fn start() {
+    watchdog();
     kernel::start().unwrap();
     kernel::workqueue::init().unwrap();
 }
+
+/// A hung test (a lost wake-up, a deadlock on a failure path) must fail, not hang: the first
+/// test to start arms a watchdog that ends the whole binary after a generous limit.
+fn watchdog() {
+    static ARMED: std::sync::Once = std::sync::Once::new();
+    ARMED.call_once(|| {
+        std::thread::spawn(|| {
+            std::thread::sleep(std::time::Duration::from_secs(WATCHDOG_SECS));
+            eprintln!("watchdog: test binary still running after {WATCHDOG_SECS} s: hung");
+            std::process::exit(101);
+        });
+    });
+}
+
+const WATCHDOG_SECS: u64 = 180;
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();

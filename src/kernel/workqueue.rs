@@ -19,6 +19,30 @@
 //! | `INIT_DELAYED_WORK`, `schedule_delayed_work(_on)`, `queue_delayed_work`, `cancel_delayed_work(_sync)` | same names, [`DelayedWork`] |
 //! | `schedule_on_each_cpu(func)`                         | `schedule_on_each_cpu(\|\| ...)`              |
 //!
+//! # Example: the lab's `my_device_data` (exercise 5's shape)
+//! ```
+//! use std::pin::Pin;
+//! use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+//! use deferred::impl_has_work;
+//! use deferred::kernel::workqueue::{Work, flush_scheduled_work, schedule_work};
+//!
+//! struct MyDeviceData {
+//!     my_work: Work<MyDeviceData>, // declared first: dropped (cancelled) first
+//!     counter: AtomicU32,
+//! }
+//! impl_has_work!(MyDeviceData, my_work);
+//!
+//! fn my_work_handler(my_data: &MyDeviceData) {
+//!     // container_of(work, struct my_device_data, my_work), done by the runtime
+//!     my_data.counter.fetch_add(1, SeqCst); // process context: may sleep, allocate
+//! }
+//!
+//! let dev = Box::pin(MyDeviceData { my_work: Work::new(my_work_handler), counter: AtomicU32::new(0) });
+//! schedule_work(dev.as_ref()); // also callable from a timer handler (softirq context)
+//! flush_scheduled_work();
+//! assert_eq!(dev.counter.load(SeqCst), 1);
+//! ```
+//!
 //! # Reaching the container (`container_of`, safely)
 //! As Rust-for-Linux's `kernel::workqueue` does: the containing type `T` implements
 //! [`HasWork<ID>`] (through [`impl_has_work!`](crate::impl_has_work), which computes the field's
@@ -98,6 +122,10 @@
 //! - `Pool::head`: pushes are CAS loops (no ABA: nobody pops single items; the worker swaps the
 //!   whole stack out). `pushed`/`done` are atomics; wake-ups are futex wakes.
 //! - The workqueue control block and the system queue are `'static`: the handler never frees.
+//! - A `futex(FUTEX_WAKE)` issued right after a CAS that let an owner go (its `Drop` may free the
+//!   item at once) can name memory that was just freed: FUTEX_WAKE only uses the address as a
+//!   key and writes nothing, so the worst case is a spurious wake-up, which every waiter
+//!   tolerates by re-checking.
 
 use core::marker::{PhantomData, PhantomPinned};
 use core::pin::Pin;
@@ -141,12 +169,6 @@ pub struct Work<T, const ID: u64 = 0> {
     _container: PhantomData<fn(&T)>,
     _pin: PhantomPinned,
 }
-
-// SAFETY: the work item itself holds only atomics and function pointers. The handler receives
-// `&T` on a worker thread, which `HasWork: Sync` makes sound.
-unsafe impl<T, const ID: u64> Sync for Work<T, ID> {}
-// SAFETY: as above; moving an idle item between threads moves atomics and fn pointers.
-unsafe impl<T, const ID: u64> Send for Work<T, ID> {}
 
 impl<T, const ID: u64> core::fmt::Debug for Work<T, ID> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
