@@ -275,3 +275,25 @@ fn work_queued_from_a_timer_handler_runs_and_nothing_allocates_in_softirq_contex
         "free in softirq context"
     );
 }
+
+#[test]
+fn a_delayed_work_whose_queue_was_destroyed_does_not_run_and_can_be_dropped() {
+    // The kernel calls this a bug (it WARNs); here the late timer finds the queue dead, the
+    // work is dropped from the queue, and nothing dangles or hangs.
+    start();
+    let wq = create_singlethread_workqueue("gone_wq").unwrap();
+    let dev = new_dev();
+    assert!(queue_delayed_work(&wq, dev.as_ref(), msecs_to_jiffies(100)));
+    destroy_workqueue(wq);
+    assert!(
+        dev.dwork.timer_pending(),
+        "destroy does not wait for a delay timer"
+    );
+    wait_until("the timer fired", Duration::from_secs(10), || {
+        !dev.dwork.timer_pending()
+    });
+    msleep(100);
+    assert_eq!(dev.runs.load(SeqCst), 0);
+    assert!(!dev.dwork.pending());
+    drop(dev);
+}

@@ -351,6 +351,8 @@ struct WqInner {
     name: String,
     pools: Box<[Pool]>,
     dead: AtomicBool,
+    /// Queueing calls between their `dead` check and their push (see [`live`]).
+    inflight: AtomicU32,
 }
 
 /// `struct workqueue_struct *`: a workqueue owned by its creator. Dropping it destroys it
@@ -420,6 +422,7 @@ impl Workqueue {
             name: name.to_owned(),
             pools,
             dead: AtomicBool::new(false),
+            inflight: AtomicU32::new(0),
         }));
         let wq = Workqueue { inner };
         for pool in inner.pools.iter() {
@@ -569,11 +572,23 @@ fn push(pool: &Pool, raw: &RawWork) {
     wake_up(&pool.more);
 }
 
+/// Runs `f` (which may link work on `wq`) unless `wq` is destroyed: a queueing call announces
+/// itself in `inflight` before it checks `dead`, and `destroy_workqueue` sets `dead` before it
+/// waits for `inflight` to reach 0 and stops the workers, so no item is ever linked on a list
+/// whose worker has gone (a `queue_work` that returned true always runs). Async-signal-safe.
+fn live<R>(wq: &WqInner, f: impl FnOnce() -> R) -> Option<R> {
+    wq.inflight.fetch_add(1, SeqCst);
+    let r = (!wq.dead.load(SeqCst)).then(f);
+    wq.inflight.fetch_sub(1, SeqCst);
+    r
+}
+
 /// Queues `raw` on `pool` unless pending or being cancelled. Async-signal-safe.
 fn queue_raw(wq: &WqInner, pool: &Pool, raw: &RawWork) -> bool {
-    if wq.dead.load(SeqCst) {
-        return false;
-    }
+    live(wq, || queue_live(pool, raw)).unwrap_or(false)
+}
+
+fn queue_live(pool: &Pool, raw: &RawWork) -> bool {
     match update(raw, |s| {
         (s & (PENDING | CANCELING) == 0).then_some(s | PENDING | LINKED)
     }) {
@@ -744,7 +759,13 @@ fn destroy_inner(wq: &'static WqInner) {
         return;
     }
     drain_inner(wq);
-    wq.dead.store(true, SeqCst);
+    if wq.dead.swap(true, SeqCst) {
+        return; // destroyed concurrently
+    }
+    // Queueing calls that passed the `dead` check finish linking (see `live`).
+    while wq.inflight.load(SeqCst) != 0 {
+        std::thread::yield_now();
+    }
     for pool in wq.pools.iter() {
         let task = pool.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(task) = task {
@@ -996,15 +1017,16 @@ fn delayed_work_timer_fn(t: &Timer<DelayTarget>) {
 
 /// The delay is over: link the work (if still pending) on `cpu`'s worker of `wq`.
 fn link_delayed(wq: &WqInner, cpu: usize, raw: &RawWork) {
-    if wq.dead.load(SeqCst) {
-        unpend(raw);
-        return;
-    }
-    if let Ok(old) = update(raw, |s| {
-        (s & PENDING != 0).then_some((s & !DELAYED) | LINKED)
-    }) && old & LINKED == 0
-    {
-        push(pool_for(wq, cpu), raw);
+    let linked = live(wq, || {
+        if let Ok(old) = update(raw, |s| {
+            (s & PENDING != 0).then_some((s & !DELAYED) | LINKED)
+        }) && old & LINKED == 0
+        {
+            push(pool_for(wq, cpu), raw);
+        }
+    });
+    if linked.is_none() {
+        unpend(raw); // the queue was destroyed under its timer: the work will not run
     }
 }
 
