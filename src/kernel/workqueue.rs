@@ -21,7 +21,6 @@
 //!
 //! # Example: the lab's `my_device_data` (exercise 5's shape)
 //! ```
-//! use std::pin::Pin;
 //! use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 //! use deferred::impl_has_work;
 //! use deferred::kernel::workqueue::{Work, flush_scheduled_work, schedule_work};
@@ -113,8 +112,9 @@
 //! - Handlers run in process context on the worker thread.
 //!
 //! # Ground rules (shared with signal context)
-//! - `RawWork::state`: every transition is one CAS; the signal path only sets `PENDING|LINKED`
-//!   and links, or fails. It never waits.
+//! - `RawWork::state`: every transition is one CAS; the signal path (`queue_*`, the delay
+//!   timer's handler, `cancel_delayed_work`) only sets `PENDING|LINKED` (or `DELAYED` ->
+//!   `LINKED`) and links, clears `PENDING`, or fails. It never waits.
 //! - `RawWork::next`: written only by whoever set `LINKED` (before publishing the item with the
 //!   CAS on `head`), read only by the worker that swapped the list out. An item cannot be linked
 //!   twice: linking requires `LINKED` clear, and the worker clears it (after reading `next`) only
@@ -122,6 +122,10 @@
 //! - `Pool::head`: pushes are CAS loops (no ABA: nobody pops single items; the worker swaps the
 //!   whole stack out). `pushed`/`done` are atomics; wake-ups are futex wakes.
 //! - The workqueue control block and the system queue are `'static`: the handler never frees.
+//! - `WqInner::dead`/`inflight`: a queueing call increments `inflight`, then checks `dead`, links,
+//!   decrements; `destroy_workqueue` sets `dead`, then waits for `inflight == 0` before stopping
+//!   the workers (both `SeqCst`: one of the two always sees the other), so nothing is ever
+//!   linked on a list whose worker has gone.
 //! - A `futex(FUTEX_WAKE)` issued right after a CAS that let an owner go (its `Drop` may free the
 //!   item at once) can name memory that was just freed: FUTEX_WAKE only uses the address as a
 //!   key and writes nothing, so the worst case is a spurious wake-up, which every waiter
