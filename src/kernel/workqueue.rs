@@ -61,6 +61,9 @@
 //!   container's own `Drop`): that is the contract of the unsafe trait [`HasWork`], stated again
 //!   on [`impl_has_work!`](crate::impl_has_work). `'static` containers (a `static`, a leaked box)
 //!   have nothing to worry about.
+//! - The kernel lets a handler `kfree()` its own container; here the handler borrows it for its
+//!   whole run, so dropping a work item from its own handler is reported (`BUG: work item freed
+//!   from its own handler`) and aborts, as the core's `TimerList` does for its handler.
 //! - A workqueue's control block is never freed ([`destroy_workqueue`] stops and joins its
 //!   workers, then leaves the block, a few hundred bytes, marked dead): a late timer handler
 //!   queueing on a destroyed queue finds memory that is still there, and is refused.
@@ -277,6 +280,14 @@ impl<T, const ID: u64> Work<T, ID> {
 impl<T, const ID: u64> Drop for Work<T, ID> {
     fn drop(&mut self) {
         let raw = &self.raw;
+        if ptr::eq(CURRENT_WORK.with(Cell::get), raw) {
+            // The handler receives `&T` for its whole run: freeing `T` under it is unsound (and
+            // waiting for our own run would deadlock). The kernel allows `kfree` here; Rust's
+            // borrow does not. Same policy as the core's `TimerList`.
+            crate::pr_emerg!("BUG: work item freed from its own handler");
+            crate::kernel::printk::flush();
+            std::process::abort();
+        }
         if raw.state.load(SeqCst) & (PENDING | LINKED | RUNNING) == 0 {
             return;
         }
