@@ -186,29 +186,11 @@ impl fmt::Write for LineBuf {
 }
 
 fn futex_wake(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE on the address of a live static atomic; no memory is written.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            i32::MAX,
-        )
-    };
+    crate::kernel::wait::futex_wake(word, i32::MAX);
 }
 
 fn futex_wait(word: &AtomicU32, expected: u32) {
-    // SAFETY: FUTEX_WAIT on the address of a live static atomic with no timeout; it returns on
-    // wake, on a value mismatch (EAGAIN) or on a signal (EINTR), all handled by our callers' loops.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            std::ptr::null::<libc::timespec>(),
-        )
-    };
+    crate::kernel::wait::futex_wait(word, expected, None);
 }
 
 /// Push one line into the ring. Async-signal-safe, lock-free, never allocates.
