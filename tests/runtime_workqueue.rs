@@ -5,9 +5,8 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::SeqCst};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use deferred::kernel::alloc;
 use deferred::kernel::sched::{self, msleep};
 use deferred::kernel::wait::{WaitQueueHead, wait_event, wake_up_all};
 use deferred::kernel::workqueue::{

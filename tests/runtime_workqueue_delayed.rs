@@ -3,7 +3,6 @@
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use deferred::kernel::alloc;
