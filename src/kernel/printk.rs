@@ -1,0 +1,495 @@
+//! printk: the kernel log, writable from any context, the timer signal's handler included.
+//!
+//! `pr_info!` and friends format with `core::fmt` into a fixed buffer on the caller's stack
+//! (truncating at [`LINE_MAX`] bytes, never allocating), stamp the line with the nanoseconds since
+//! the runtime started and its level, and push it into a preallocated lock-free ring. A console
+//! thread (`printk`) drains the ring into the `log` crate (target `"printk"`) as dmesg lines:
+//!
+//! ```text
+//! [    3.825922] [timer_handler] pid = 0, comm = swapper/1
+//! ```
+//!
+//! When the ring is full the line is dropped and counted; the console reports the count in the
+//! kernel's words, `** N printk messages dropped **`, before the next line it prints.
+//!
+//! # Ground rules (the ring, shared with signal context)
+//! - A bounded MPSC queue (Vyukov's): each slot has a sequence number. A producer claims position
+//!   `pos` by a CAS on `tail` when the slot's sequence equals `pos`, writes the slot, then
+//!   publishes it by storing `pos + 1` (Release). Only the claiming producer writes a claimed slot.
+//! - The consumer side is serialised by `CONSUMER` (a std mutex: process context only, the
+//!   console thread or [`flush`]). It reads a slot only after seeing `pos + 1` (Acquire) and hands
+//!   it back by storing `pos + SLOTS`.
+//! - A producer never waits: a slot still unconsumed from the previous lap means "full"; the
+//!   line is counted in `DROPPED`. A producer interrupted between claim and publish (by the
+//!   signal handler on its own thread) only delays the consumer; the handler's own pushes go to
+//!   later slots.
+//! - Wake-up of the console: a futex word bumped after every publish and woken when the console
+//!   sleeps (`futex(2)` is a plain syscall, async-signal-safe). The console never polls on a timer.
+
+use std::cell::UnsafeCell;
+use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::kernel::jiffies;
+
+/// Longest line kept (bytes); longer lines are truncated on a character boundary.
+pub const LINE_MAX: usize = 240;
+/// Slots in the ring.
+pub const SLOTS: usize = 2048;
+
+/// Log levels, the kernel's `KERN_*`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Level {
+    /// `KERN_EMERG`
+    Emerg = 0,
+    /// `KERN_ALERT`
+    Alert = 1,
+    /// `KERN_CRIT`
+    Crit = 2,
+    /// `KERN_ERR`
+    Err = 3,
+    /// `KERN_WARNING`
+    Warning = 4,
+    /// `KERN_NOTICE`
+    Notice = 5,
+    /// `KERN_INFO`
+    Info = 6,
+    /// `KERN_DEBUG`
+    Debug = 7,
+}
+
+impl Level {
+    fn from_u8(v: u8) -> Level {
+        match v {
+            0 => Level::Emerg,
+            1 => Level::Alert,
+            2 => Level::Crit,
+            3 => Level::Err,
+            4 => Level::Warning,
+            5 => Level::Notice,
+            6 => Level::Info,
+            _ => Level::Debug,
+        }
+    }
+
+    fn log_level(self) -> log::Level {
+        match self {
+            Level::Emerg | Level::Alert | Level::Crit | Level::Err => log::Level::Error,
+            Level::Warning => log::Level::Warn,
+            Level::Notice | Level::Info => log::Level::Info,
+            Level::Debug => log::Level::Debug,
+        }
+    }
+}
+
+struct Slot {
+    /// Sequence number minus the slot's index (so that the all-zero static is the initial state).
+    seq: AtomicU64,
+    level: UnsafeCell<u8>,
+    ts_ns: UnsafeCell<u64>,
+    len: UnsafeCell<u16>,
+    text: UnsafeCell<[u8; LINE_MAX]>,
+}
+
+impl Slot {
+    const fn new() -> Slot {
+        Slot {
+            seq: AtomicU64::new(0),
+            level: UnsafeCell::new(0),
+            ts_ns: UnsafeCell::new(0),
+            len: UnsafeCell::new(0),
+            text: UnsafeCell::new([0; LINE_MAX]),
+        }
+    }
+}
+
+struct Ring {
+    slots: [Slot; SLOTS],
+    /// Next position a producer claims.
+    tail: AtomicU64,
+    /// Next position the consumer reads (written under `CONSUMER` only).
+    head: AtomicU64,
+}
+
+// SAFETY: slot contents are written only by the producer that claimed the slot (CAS on `tail`)
+// and read only by the consumer after the Release/Acquire publish on `seq` (see Ground rules).
+unsafe impl Sync for Ring {}
+
+static RING: Ring = Ring {
+    slots: [const { Slot::new() }; SLOTS],
+    tail: AtomicU64::new(0),
+    head: AtomicU64::new(0),
+};
+
+/// Lines lost because the ring was full.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Futex word bumped after each publish.
+static WAKE: AtomicU32 = AtomicU32::new(0);
+/// 1 while the console thread sleeps on `WAKE`.
+static CONSOLE_WAITING: AtomicU32 = AtomicU32::new(0);
+static CONSOLE_STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Consumer-side state: serialises draining (process context only).
+struct Consumer {
+    dropped_reported: u64,
+}
+static CONSUMER: Mutex<Consumer> = Mutex::new(Consumer {
+    dropped_reported: 0,
+});
+
+type Sink = Arc<Mutex<Vec<Line>>>;
+static SUBSCRIBERS: Mutex<Vec<Sink>> = Mutex::new(Vec::new());
+
+/// One printed line, as the console hands it on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Line {
+    /// Its level.
+    pub level: Level,
+    /// Nanoseconds since the runtime started, when it was printed.
+    pub ts_ns: u64,
+    /// The message, without the timestamp.
+    pub text: String,
+}
+
+impl Line {
+    /// The line as dmesg shows it: `[    3.825922] message`.
+    pub fn dmesg(&self) -> String {
+        format!(
+            "[{:5}.{:06}] {}",
+            self.ts_ns / 1_000_000_000,
+            (self.ts_ns % 1_000_000_000) / 1000,
+            self.text
+        )
+    }
+}
+
+/// A stack buffer that `core::fmt` writes into, truncating on a character boundary.
+struct LineBuf {
+    buf: [u8; LINE_MAX],
+    len: usize,
+}
+
+impl fmt::Write for LineBuf {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = LINE_MAX - self.len;
+        let mut n = s.len().min(room);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        // Never an error: truncation is silent (an error would make `write` stop early anyway).
+        Ok(())
+    }
+}
+
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE on the address of a live static atomic; no memory is written.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+        )
+    };
+}
+
+fn futex_wait(word: &AtomicU32, expected: u32) {
+    // SAFETY: FUTEX_WAIT on the address of a live static atomic with no timeout; it returns on
+    // wake, on a value mismatch (EAGAIN) or on a signal (EINTR), all handled by our callers' loops.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            std::ptr::null::<libc::timespec>(),
+        )
+    };
+}
+
+/// Push one line into the ring. Async-signal-safe, lock-free, never allocates.
+/// Returns false if the ring was full (the line is counted as dropped).
+pub fn push(level: Level, ts_ns: u64, text: &[u8]) -> bool {
+    let mut pos = RING.tail.load(Ordering::Relaxed);
+    loop {
+        let idx = (pos % SLOTS as u64) as usize;
+        let slot = &RING.slots[idx];
+        let seq = slot.seq.load(Ordering::Acquire).wrapping_add(idx as u64);
+        let diff = seq.wrapping_sub(pos) as i64;
+        if diff == 0 {
+            match RING.tail.compare_exchange_weak(
+                pos,
+                pos + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    let n = text.len().min(LINE_MAX);
+                    // SAFETY: we claimed position `pos` by the CAS: until we publish, no other
+                    // producer and not the consumer touch this slot (Ground rules).
+                    unsafe {
+                        *slot.level.get() = level as u8;
+                        *slot.ts_ns.get() = ts_ns;
+                        *slot.len.get() = n as u16;
+                        (&mut *slot.text.get())[..n].copy_from_slice(&text[..n]);
+                    }
+                    slot.seq
+                        .store((pos + 1).wrapping_sub(idx as u64), Ordering::Release);
+                    WAKE.fetch_add(1, Ordering::SeqCst);
+                    if CONSOLE_WAITING.load(Ordering::SeqCst) != 0 {
+                        futex_wake(&WAKE);
+                    }
+                    return true;
+                }
+                Err(cur) => pos = cur,
+            }
+        } else if diff < 0 {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return false;
+        } else {
+            pos = RING.tail.load(Ordering::Relaxed);
+        }
+    }
+}
+
+/// Format and push one line: the body of every `pr_*!` macro. Usable from any context.
+pub fn printk(level: Level, args: fmt::Arguments<'_>) {
+    let ts = jiffies::uptime_ns();
+    let mut line = LineBuf {
+        buf: [0; LINE_MAX],
+        len: 0,
+    };
+    match args.as_str() {
+        Some(s) => {
+            let _ = line.write_str(s);
+        }
+        None => {
+            let _ = fmt::write(&mut line, args);
+        }
+    }
+    let mut n = line.len;
+    if n > 0 && line.buf[n - 1] == b'\n' {
+        n -= 1;
+    }
+    push(level, ts, &line.buf[..n]);
+}
+
+/// Lines dropped so far because the ring was full.
+pub fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+fn emit(line: Line) {
+    log::log!(target: "printk", line.level.log_level(), "{}", line.dmesg());
+    let subs = SUBSCRIBERS.lock().unwrap_or_else(|e| e.into_inner());
+    for s in subs.iter() {
+        s.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(line.clone());
+    }
+}
+
+/// Drain published lines up to position `until` (or while lines are ready when `until` is None).
+/// Process context; the caller holds `CONSUMER`.
+fn drain(c: &mut Consumer, until: Option<u64>) {
+    let deadline = jiffies::monotonic_ns() + 1_000_000_000;
+    loop {
+        let dropped = DROPPED.load(Ordering::Relaxed);
+        if dropped != c.dropped_reported {
+            let n = dropped - c.dropped_reported;
+            c.dropped_reported = dropped;
+            emit(Line {
+                level: Level::Warning,
+                ts_ns: jiffies::uptime_ns(),
+                text: format!("** {n} printk messages dropped **"),
+            });
+        }
+        let pos = RING.head.load(Ordering::Relaxed);
+        if until.is_some_and(|u| pos >= u) {
+            return;
+        }
+        let idx = (pos % SLOTS as u64) as usize;
+        let slot = &RING.slots[idx];
+        let seq = slot.seq.load(Ordering::Acquire).wrapping_add(idx as u64);
+        if seq != pos + 1 {
+            // Not published yet.
+            if until.is_none() || jiffies::monotonic_ns() > deadline {
+                return;
+            }
+            std::thread::yield_now();
+            continue;
+        }
+        // SAFETY: the slot is published for `pos` (Acquire above) and we are the only consumer
+        // (CONSUMER held); producers do not touch it until we hand it back below.
+        let line = unsafe {
+            let len = (*slot.len.get() as usize).min(LINE_MAX);
+            Line {
+                level: Level::from_u8(*slot.level.get()),
+                ts_ns: *slot.ts_ns.get(),
+                text: String::from_utf8_lossy(&(&*slot.text.get())[..len]).into_owned(),
+            }
+        };
+        slot.seq.store(
+            (pos + SLOTS as u64).wrapping_sub(idx as u64),
+            Ordering::Release,
+        );
+        RING.head.store(pos + 1, Ordering::Relaxed);
+        emit(line);
+    }
+}
+
+/// Wait until every line pushed before this call has been handed to `log` (and to captures).
+/// Process context only.
+pub fn flush() {
+    let target = RING.tail.load(Ordering::SeqCst);
+    let mut c = CONSUMER.lock().unwrap_or_else(|e| e.into_inner());
+    drain(&mut c, Some(target));
+}
+
+/// Holds the console: nothing is drained while the guard lives (the kernel's `console_lock()`).
+/// Lines keep going into the ring and are dropped (and counted) once it is full.
+#[must_use]
+pub struct ConsoleLockGuard(#[allow(dead_code)] MutexGuard<'static, Consumer>);
+
+/// The kernel's `console_lock()`: stop the console from printing until the guard drops.
+/// Process context only.
+pub fn console_lock() -> ConsoleLockGuard {
+    ConsoleLockGuard(CONSUMER.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Start the console thread (`printk`). Idempotent.
+pub fn start_console() {
+    if CONSOLE_STARTED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("printk".into())
+        .spawn(console_thread);
+    if spawned.is_err() {
+        CONSOLE_STARTED.store(false, Ordering::SeqCst);
+    }
+}
+
+fn console_thread() {
+    crate::kernel::sched::set_comm("printk");
+    loop {
+        let seen = WAKE.load(Ordering::SeqCst);
+        {
+            let mut c = CONSUMER.lock().unwrap_or_else(|e| e.into_inner());
+            drain(&mut c, None);
+        }
+        CONSOLE_WAITING.store(1, Ordering::SeqCst);
+        if WAKE.load(Ordering::SeqCst) == seen {
+            futex_wait(&WAKE, seen);
+        }
+        CONSOLE_WAITING.store(0, Ordering::SeqCst);
+    }
+}
+
+/// A capture of printed lines, for tests: every line the console hands on while it lives.
+pub struct Capture {
+    sink: Sink,
+}
+
+/// Start capturing printed lines (process context).
+pub fn capture() -> Capture {
+    let sink: Sink = Arc::new(Mutex::new(Vec::new()));
+    SUBSCRIBERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(sink.clone());
+    Capture { sink }
+}
+
+impl Capture {
+    /// Flush, then return every captured line so far.
+    pub fn lines(&self) -> Vec<Line> {
+        flush();
+        self.sink.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Flush, then return the captured messages (text only).
+    pub fn texts(&self) -> Vec<String> {
+        self.lines().into_iter().map(|l| l.text).collect()
+    }
+
+    /// Flush, then tell whether some captured message contains `needle`.
+    pub fn contains(&self, needle: &str) -> bool {
+        self.lines().iter().any(|l| l.text.contains(needle))
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let mut subs = SUBSCRIBERS.lock().unwrap_or_else(|e| e.into_inner());
+        subs.retain(|s| !Arc::ptr_eq(s, &self.sink));
+    }
+}
+
+/// `pr_emerg!`: print at `KERN_EMERG`. Any context.
+#[macro_export]
+macro_rules! pr_emerg {
+    ($($arg:tt)*) => {
+        $crate::kernel::printk::printk($crate::kernel::printk::Level::Emerg, ::core::format_args!($($arg)*))
+    };
+}
+
+/// `pr_alert!`: print at `KERN_ALERT`. Any context.
+#[macro_export]
+macro_rules! pr_alert {
+    ($($arg:tt)*) => {
+        $crate::kernel::printk::printk($crate::kernel::printk::Level::Alert, ::core::format_args!($($arg)*))
+    };
+}
+
+/// `pr_crit!`: print at `KERN_CRIT`. Any context.
+#[macro_export]
+macro_rules! pr_crit {
+    ($($arg:tt)*) => {
+        $crate::kernel::printk::printk($crate::kernel::printk::Level::Crit, ::core::format_args!($($arg)*))
+    };
+}
+
+/// `pr_err!`: print at `KERN_ERR`. Any context.
+#[macro_export]
+macro_rules! pr_err {
+    ($($arg:tt)*) => {
+        $crate::kernel::printk::printk($crate::kernel::printk::Level::Err, ::core::format_args!($($arg)*))
+    };
+}
+
+/// `pr_warn!`: print at `KERN_WARNING`. Any context.
+#[macro_export]
+macro_rules! pr_warn {
+    ($($arg:tt)*) => {
+        $crate::kernel::printk::printk($crate::kernel::printk::Level::Warning, ::core::format_args!($($arg)*))
+    };
+}
+
+/// `pr_notice!`: print at `KERN_NOTICE`. Any context.
+#[macro_export]
+macro_rules! pr_notice {
+    ($($arg:tt)*) => {
+        $crate::kernel::printk::printk($crate::kernel::printk::Level::Notice, ::core::format_args!($($arg)*))
+    };
+}
+
+/// `pr_info!`: print at `KERN_INFO`. Any context.
+#[macro_export]
+macro_rules! pr_info {
+    ($($arg:tt)*) => {
+        $crate::kernel::printk::printk($crate::kernel::printk::Level::Info, ::core::format_args!($($arg)*))
+    };
+}
+
+/// `pr_debug!`: print at `KERN_DEBUG` (the console hands it to `log` at debug level). Any context.
+#[macro_export]
+macro_rules! pr_debug {
+    ($($arg:tt)*) => {
+        $crate::kernel::printk::printk($crate::kernel::printk::Level::Debug, ::core::format_args!($($arg)*))
+    };
+}

@@ -1,0 +1,354 @@
+//! The scheduler side: `current`, the preemption count, `might_sleep`, sleeping.
+//!
+//! # The preemption count
+//! As in the kernel (`include/linux/preempt.h`), each thread has a `preempt_count` whose bit
+//! fields say which context it is in:
+//!
+//! ```text
+//!   PREEMPT_MASK  0x000000ff   preempt_disable() depth (spin_lock holds one)
+//!   SOFTIRQ_MASK  0x0000ff00   bit 8 (SOFTIRQ_OFFSET): serving a softirq;
+//!                              +0x200 (SOFTIRQ_DISABLE_OFFSET) per local_bh_disable()
+//!   HARDIRQ_MASK  0x000f0000   inside the timer signal's handler, before softirqs run
+//! ```
+//!
+//! `in_atomic()` is "any bit set". The count is a `const`-initialised thread-local atomic: no
+//! allocation on first touch, readable and writable from the signal handler (which always
+//! leaves it as it found it).
+//!
+//! # current
+//! [`current()`] is the running thread, or in softirq context the thread the signal
+//! interrupted (as the kernel's `current` in a timer handler is the interrupted task). Its
+//! `comm` is kept in a per-thread buffer set by [`set_comm`], so it is readable in the handler
+//! without allocating.
+//!
+//! # Sleeping
+//! Every blocking call starts with [`might_sleep()`]: in atomic context it prints the kernel's
+//! two BUG reports and returns false, and the caller returns at once instead of sleeping. Sleeps
+//! use `clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME)` and go back to sleep on EINTR (the
+//! timer signal interrupts sleeps all the time).
+
+use std::cell::Cell;
+use std::fmt;
+use std::panic::Location;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::kernel::jiffies;
+
+/// Preemption-disable depth field.
+pub const PREEMPT_MASK: u32 = 0x0000_00ff;
+/// Softirq field.
+pub const SOFTIRQ_MASK: u32 = 0x0000_ff00;
+/// Hardirq field.
+pub const HARDIRQ_MASK: u32 = 0x000f_0000;
+/// NMI field (never set here; kept for the kernel's masks).
+pub const NMI_MASK: u32 = 0x00f0_0000;
+/// One preempt_disable().
+pub const PREEMPT_OFFSET: u32 = 1;
+/// Serving a softirq.
+pub const SOFTIRQ_OFFSET: u32 = 0x100;
+/// One local_bh_disable().
+pub const SOFTIRQ_DISABLE_OFFSET: u32 = 2 * SOFTIRQ_OFFSET;
+/// Inside the interrupt (signal handler) proper.
+pub const HARDIRQ_OFFSET: u32 = 0x1_0000;
+
+/// `MAX_SCHEDULE_TIMEOUT`: sleep without a timeout.
+pub const MAX_SCHEDULE_TIMEOUT: u64 = i64::MAX as u64;
+
+/// Longest comm, as the kernel's `TASK_COMM_LEN - 1`.
+pub const TASK_COMM_LEN: usize = 16;
+
+thread_local! {
+    static PREEMPT_COUNT: AtomicU32 = const { AtomicU32::new(0) };
+    static COMM: Cell<[u8; TASK_COMM_LEN]> = const { Cell::new([0; TASK_COMM_LEN]) };
+}
+
+/// This thread's preemption count.
+#[inline]
+pub fn preempt_count() -> u32 {
+    PREEMPT_COUNT.with(|c| c.load(Ordering::Relaxed))
+}
+
+/// Add to this thread's preemption count (the kernel's `preempt_count_add`).
+#[inline]
+pub fn preempt_count_add(v: u32) {
+    PREEMPT_COUNT.with(|c| c.fetch_add(v, Ordering::Relaxed));
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+}
+
+/// Subtract from this thread's preemption count (`preempt_count_sub`).
+#[inline]
+pub fn preempt_count_sub(v: u32) {
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    PREEMPT_COUNT.with(|c| c.fetch_sub(v, Ordering::Relaxed));
+}
+
+/// `preempt_disable()`: enter atomic context (no sleeping).
+pub fn preempt_disable() {
+    preempt_count_add(PREEMPT_OFFSET);
+}
+
+/// `preempt_enable()`.
+pub fn preempt_enable() {
+    preempt_count_sub(PREEMPT_OFFSET);
+}
+
+/// `in_atomic()`: preemption disabled, bottom halves disabled, or in interrupt context.
+pub fn in_atomic() -> bool {
+    preempt_count() != 0
+}
+
+/// `softirq_count()`: the softirq field of the preemption count.
+pub fn softirq_count() -> u32 {
+    preempt_count() & SOFTIRQ_MASK
+}
+
+/// `hardirq_count()`.
+pub fn hardirq_count() -> u32 {
+    preempt_count() & HARDIRQ_MASK
+}
+
+/// `in_task()`: process context (not in an interrupt, not serving a softirq).
+pub fn in_task() -> bool {
+    preempt_count() & (NMI_MASK | HARDIRQ_MASK | SOFTIRQ_OFFSET) == 0
+}
+
+/// A thread's name as the kernel keeps it: at most 15 bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Comm {
+    bytes: [u8; TASK_COMM_LEN],
+    len: u8,
+}
+
+impl Comm {
+    fn from_bytes(b: &[u8]) -> Comm {
+        let mut bytes = [0; TASK_COMM_LEN];
+        let n = b
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(b.len())
+            .min(TASK_COMM_LEN - 1);
+        bytes[..n].copy_from_slice(&b[..n]);
+        Comm {
+            bytes,
+            len: n as u8,
+        }
+    }
+
+    /// The name (the valid UTF-8 prefix, if a truncation split a character).
+    pub fn as_str(&self) -> &str {
+        let b = &self.bytes[..self.len as usize];
+        match std::str::from_utf8(b) {
+            Ok(s) => s,
+            // SAFETY: `valid_up_to` bytes were just checked to be valid UTF-8.
+            Err(e) => unsafe { std::str::from_utf8_unchecked(&b[..e.valid_up_to()]) },
+        }
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// A snapshot of a thread: the kernel's `task_struct` as far as the lab looks at it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Task {
+    pid: i32,
+    comm: Comm,
+}
+
+impl Task {
+    /// The thread id (`gettid()`), the kernel's `task->pid`.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The thread's name (`task->comm`).
+    pub fn comm(&self) -> Comm {
+        self.comm
+    }
+}
+
+/// `gettid()`. Async-signal-safe.
+pub fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// `current`: the running thread (in softirq context, the interrupted one). Async-signal-safe,
+/// allocation-free.
+pub fn current() -> Task {
+    let mut comm = COMM.with(|c| c.get());
+    if comm[0] == 0 {
+        // Not named through set_comm: ask the kernel (into a stack buffer) and remember it.
+        let mut buf = [0u8; TASK_COMM_LEN];
+        // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer we pass.
+        unsafe { libc::prctl(libc::PR_GET_NAME, buf.as_mut_ptr()) };
+        comm = buf;
+        COMM.with(|c| c.set(buf));
+    }
+    Task {
+        pid: gettid(),
+        comm: Comm::from_bytes(&comm),
+    }
+}
+
+/// Truncate `name` to the kernel's comm length (15 bytes, on a character boundary).
+pub fn comm_truncate(name: &str) -> &str {
+    let mut n = name.len().min(TASK_COMM_LEN - 1);
+    while !name.is_char_boundary(n) {
+        n -= 1;
+    }
+    &name[..n]
+}
+
+/// Name the calling thread (`set_task_comm` on current): `prctl(PR_SET_NAME)` plus the
+/// per-thread copy that `current()` reads. Truncated to 15 bytes as the kernel does.
+pub fn set_comm(name: &str) {
+    let name = comm_truncate(name);
+    let mut buf = [0u8; TASK_COMM_LEN];
+    buf[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: `buf` is NUL-terminated (at most 15 name bytes in 16).
+    unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
+    COMM.with(|c| c.set(buf));
+}
+
+/// `might_sleep()`: the check at the top of every blocking call. In atomic context it prints
+/// the kernel's BUG reports (from `__might_resched` and `__schedule_bug`) and returns false:
+/// the caller must not sleep and returns at once. Otherwise true.
+#[track_caller]
+#[must_use]
+pub fn might_sleep() -> bool {
+    might_sleep_at(Location::caller())
+}
+
+/// [`might_sleep`] reporting the given source location (for blocking calls that take
+/// `#[track_caller]` themselves).
+#[must_use]
+pub fn might_sleep_at(loc: &Location<'_>) -> bool {
+    if !in_atomic() {
+        return true;
+    }
+    let t = current();
+    let count = preempt_count();
+    crate::pr_err!(
+        "BUG: sleeping function called from invalid context at {}:{}",
+        loc.file(),
+        loc.line()
+    );
+    crate::pr_err!(
+        "in_atomic(): {}, irqs_disabled(): {}, non_block: {}, pid: {}, name: {}",
+        1,
+        0,
+        0,
+        t.pid(),
+        t.comm()
+    );
+    crate::pr_err!("preempt_count: {:x}, expected: {:x}", count, 0);
+    crate::pr_err!(
+        "BUG: scheduling while atomic: {}/{}/0x{:08x}",
+        t.comm(),
+        t.pid(),
+        count
+    );
+    false
+}
+
+/// Sleep until the `CLOCK_MONOTONIC` instant `deadline_ns`, going back to sleep on EINTR.
+/// No might_sleep check: callers do it.
+pub fn sleep_until_ns(deadline_ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: (deadline_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (deadline_ns % 1_000_000_000) as libc::c_long,
+    };
+    loop {
+        // SAFETY: `ts` is a valid timespec; the remaining-time pointer may be null with
+        // TIMER_ABSTIME.
+        let rc = unsafe {
+            libc::clock_nanosleep(
+                libc::CLOCK_MONOTONIC,
+                libc::TIMER_ABSTIME,
+                &ts,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc != libc::EINTR {
+            return;
+        }
+    }
+}
+
+/// `schedule_timeout(timeout)`: sleep `timeout` jiffies; returns the jiffies left (0 when the
+/// whole timeout elapsed). In atomic context: the BUG report, no sleep, returns `timeout`.
+/// `MAX_SCHEDULE_TIMEOUT` sleeps for ever.
+#[track_caller]
+pub fn schedule_timeout(timeout: u64) -> u64 {
+    if !might_sleep() {
+        return timeout;
+    }
+    if timeout >= MAX_SCHEDULE_TIMEOUT {
+        loop {
+            sleep_until_ns(u64::MAX / 2);
+        }
+    }
+    let expire = jiffies::jiffies().wrapping_add(timeout);
+    sleep_until_ns(jiffies::jiffies_to_monotonic_ns(expire));
+    let now = jiffies::jiffies();
+    if jiffies::time_before(now, expire) {
+        expire.wrapping_sub(now)
+    } else {
+        0
+    }
+}
+
+/// `schedule_timeout_interruptible`: as [`schedule_timeout`]. No signal is ever "pending" for
+/// a runtime thread in the kernel's sense (the timer signal is the interrupt), so it sleeps the
+/// whole timeout too.
+#[track_caller]
+pub fn schedule_timeout_interruptible(timeout: u64) -> u64 {
+    schedule_timeout(timeout)
+}
+
+/// `schedule_timeout_uninterruptible`.
+#[track_caller]
+pub fn schedule_timeout_uninterruptible(timeout: u64) -> u64 {
+    schedule_timeout(timeout)
+}
+
+/// `msleep(ms)`: sleep at least `ms` milliseconds (not in atomic context).
+#[track_caller]
+pub fn msleep(ms: u64) {
+    if !might_sleep() {
+        return;
+    }
+    sleep_until_ns(jiffies::monotonic_ns().saturating_add(ms.saturating_mul(1_000_000)));
+}
+
+/// `ssleep(s)`: sleep `s` seconds (not in atomic context).
+#[track_caller]
+pub fn ssleep(s: u64) {
+    if !might_sleep() {
+        return;
+    }
+    sleep_until_ns(jiffies::monotonic_ns().saturating_add(s.saturating_mul(1_000_000_000)));
+}
+
+/// `udelay(us)`: busy-wait (allowed in atomic context, as the kernel's).
+pub fn udelay(us: u64) {
+    let end = jiffies::monotonic_ns().saturating_add(us.saturating_mul(1000));
+    while jiffies::monotonic_ns() < end {
+        std::hint::spin_loop();
+    }
+}
+
+/// `mdelay(ms)`: busy-wait (allowed in atomic context).
+pub fn mdelay(ms: u64) {
+    udelay(ms.saturating_mul(1000));
+}

@@ -1,0 +1,410 @@
+//! Wait queues: `wait_queue_head_t`, `wait_event*()` and `wake_up*()`.
+//!
+//! A process-context thread sleeps until a condition becomes true; whoever makes it true calls
+//! `wake_up()` on the same queue, from process context or from softirq context (a timer, a
+//! tasklet: the timer signal's handler).
+//!
+//! | C                                                | Rust                                   |
+//! |--------------------------------------------------|----------------------------------------|
+//! | `DECLARE_WAIT_QUEUE_HEAD(wq);`                   | `static WQ: WaitQueueHead = WaitQueueHead::new();` |
+//! | `init_waitqueue_head(&wq)`                       | `WaitQueueHead::new()`                 |
+//! | `wait_event(wq, cond)`                           | `wait_event(&wq, \|\| cond)`           |
+//! | `wait_event_interruptible(wq, cond)` (0/-ERESTARTSYS) | `wait_event_interruptible(&wq, \|\| cond)` (`Ok`/`Err(ERESTARTSYS)`) |
+//! | `wait_event_timeout(wq, cond, timeout)`          | `wait_event_timeout(&wq, \|\| cond, timeout)` |
+//! | `wake_up(&wq)`, `wake_up_interruptible(&wq)`, `wake_up_all(&wq)` | same names        |
+//!
+//! # The model
+//! The kernel keeps a list of sleeping tasks under a spin lock. Here a queue is a 32-bit
+//! *sequence word* plus a count of sleepers, and sleeping is `futex(FUTEX_WAIT)` on the sequence
+//! word:
+//!
+//! ```text
+//! waiter                                  waker
+//! sleepers += 1                           (make cond true)
+//! loop {                                  seq += 1
+//!     s = seq                             if sleepers > 0 { futex_wake(&seq, all) }
+//!     if cond() { break }
+//!     futex_wait(&seq, s)   // returns at once if seq != s
+//! }
+//! sleepers -= 1
+//! ```
+//!
+//! No wake-up is lost: a waiter that checked `cond` before the waker made it true read `seq`
+//! before the waker bumped it, so its `futex_wait` either returns at once (the word changed) or
+//! is already asleep and gets woken. All operations are `SeqCst`; the waker skips the system call
+//! when nobody sleeps. A signal interrupting `futex_wait` (EINTR) just goes round the loop.
+//!
+//! Every waiter re-checks its own condition, so `wake_up` wakes all sleepers of the queue (the
+//! kernel's non-exclusive waiters): `wake_up`, `wake_up_interruptible` and `wake_up_all` do the
+//! same thing here. Waking an uninterruptible sleeper from `wake_up_interruptible` is a spurious
+//! wake-up it absorbs by re-checking its condition.
+//!
+//! # `wake_up_process` and interruptions
+//! A kthread ([`crate::kernel::kthread`]) owns a [`WaitSlot`]: while it sleeps in any `wait_event*`
+//! the slot names the sequence word it sleeps on, so `wake_up_process()`/`kthread_stop()` can wake
+//! it out of any queue and make it re-evaluate its condition, as the kernel's
+//! `wake_up_process()` does. What interrupts `wait_event_interruptible` (the kernel: a pending
+//! signal) is, for a userspace kthread, a pending `kthread_stop()`: it returns
+//! `Err(ERESTARTSYS)` then, so `wait_event_interruptible(&wq, || cond)` in a kthread loop ends
+//! when the kthread is stopped even if `cond` never forgets `kthread_should_stop()`. Threads that
+//! are not kthreads are never interrupted (the runtime's signals are its own, not the process's).
+//!
+//! # Contexts
+//! - `wait_event*`: process context only. They call `might_sleep()` first; in atomic context
+//!   that prints the kernel's BUG report and the call returns at once without sleeping
+//!   (`wait_event` returns, `wait_event_interruptible` returns `Err(ERESTARTSYS)`,
+//!   `wait_event_timeout` returns what it would return on a timeout after one check).
+//! - `wake_up*`, `WaitSlot::kick`: any context, softirq (signal handler) included.
+//!
+//! # Ground rules (shared with signal context)
+//! - [`WaitQueueHead`]: `seq` and `sleepers` are atomics; a waker only increments `seq`, reads
+//!   `sleepers` and calls `futex(FUTEX_WAKE)`: no lock, no allocation, errno saved and restored.
+//! - [`WaitSlot`]: `waiting_on` is published by its owner thread only while that thread is inside
+//!   a `wait_event*` on that queue, i.e. while the queue is borrowed and alive. A kicker announces
+//!   itself in `kickers` *before* reading `waiting_on`; the owner clears `waiting_on` and then
+//!   waits for `kickers == 0` before leaving `wait_event*`, so a kicker never touches a queue that
+//!   has gone (a one-slot hazard pointer).
+
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering::SeqCst};
+use std::cell::Cell;
+
+use super::{jiffies, sched};
+
+/// `ERESTARTSYS` (kernel-internal errno 512): `wait_event_interruptible` was interrupted.
+pub const ERESTARTSYS: i32 = 512;
+
+/// The error of an interrupted `wait_event_interruptible`: [`ERESTARTSYS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interrupted;
+
+impl Interrupted {
+    /// The kernel's return value for it: `-ERESTARTSYS`.
+    pub const fn to_errno(self) -> i32 {
+        -ERESTARTSYS
+    }
+}
+
+impl core::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("interrupted (ERESTARTSYS)")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// `wait_queue_head_t`: where threads sleep until a condition holds.
+///
+/// Const-constructible (`DECLARE_WAIT_QUEUE_HEAD`): `static WQ: WaitQueueHead = WaitQueueHead::new();`.
+/// See the module docs for the model and its ground rules.
+#[derive(Debug, Default)]
+pub struct WaitQueueHead {
+    /// Bumped by every wake-up; sleepers `futex_wait` on it.
+    seq: AtomicU32,
+    /// Threads inside a `wait_event*` on this queue (lets wakers skip the system call).
+    sleepers: AtomicU32,
+}
+
+impl WaitQueueHead {
+    /// `init_waitqueue_head` / `DECLARE_WAIT_QUEUE_HEAD`: an empty queue.
+    pub const fn new() -> Self {
+        Self {
+            seq: AtomicU32::new(0),
+            sleepers: AtomicU32::new(0),
+        }
+    }
+
+    /// Wakes every sleeper so it re-checks its condition. Async-signal-safe.
+    fn wake(&self) {
+        self.seq.fetch_add(1, SeqCst);
+        if self.sleepers.load(SeqCst) != 0 {
+            futex_wake(&self.seq, i32::MAX);
+        }
+    }
+
+    /// `waitqueue_active`: true if some thread sleeps (or is about to) on this queue.
+    pub fn active(&self) -> bool {
+        self.sleepers.load(SeqCst) != 0
+    }
+}
+
+/// `wake_up(&wq)`: wakes the queue's sleepers; each re-checks its condition.
+/// Any context, signal handler included.
+pub fn wake_up(wq: &WaitQueueHead) {
+    wq.wake();
+}
+
+/// `wake_up_interruptible(&wq)`: as [`wake_up`] (see the module docs).
+pub fn wake_up_interruptible(wq: &WaitQueueHead) {
+    wq.wake();
+}
+
+/// `wake_up_all(&wq)`: as [`wake_up`] (there are no exclusive waiters here).
+pub fn wake_up_all(wq: &WaitQueueHead) {
+    wq.wake();
+}
+
+/// `wait_event(wq, condition)`: sleeps until `cond()` is true. Process context.
+///
+/// `cond` is evaluated in the caller's thread, before sleeping and after every wake-up.
+/// In atomic context: the BUG report, then returns at once.
+#[track_caller]
+pub fn wait_event(wq: &WaitQueueHead, cond: impl FnMut() -> bool) {
+    if !sched::might_sleep() {
+        return;
+    }
+    let _ = wait_common(wq, cond, false, None);
+}
+
+/// `wait_event_interruptible(wq, condition)`: as [`wait_event`], but a pending `kthread_stop()`
+/// of the calling kthread interrupts it: `Err(Interrupted)` (the kernel's `-ERESTARTSYS`).
+/// A true condition wins over a pending stop.
+#[track_caller]
+pub fn wait_event_interruptible(
+    wq: &WaitQueueHead,
+    cond: impl FnMut() -> bool,
+) -> Result<(), Interrupted> {
+    if !sched::might_sleep() {
+        return Err(Interrupted);
+    }
+    match wait_common(wq, cond, true, None) {
+        WaitResult::Condition(_) => Ok(()),
+        WaitResult::Interrupted => Err(Interrupted),
+        WaitResult::TimedOut => unreachable!("no timeout given"),
+    }
+}
+
+/// `wait_event_timeout(wq, condition, timeout)`: sleeps until `cond()` is true or `timeout`
+/// jiffies have passed. Returns 0 if the timeout elapsed with `cond` false, otherwise the
+/// remaining jiffies, at least 1 (the kernel's contract).
+///
+/// In atomic context: the BUG report, then one check of `cond` without sleeping.
+#[track_caller]
+pub fn wait_event_timeout(wq: &WaitQueueHead, mut cond: impl FnMut() -> bool, timeout: u64) -> u64 {
+    if !sched::might_sleep() {
+        return u64::from(cond());
+    }
+    let deadline = jiffies::jiffies().wrapping_add(timeout);
+    match wait_common(wq, cond, false, Some(deadline)) {
+        WaitResult::Condition(remaining) => remaining,
+        WaitResult::TimedOut | WaitResult::Interrupted => 0,
+    }
+}
+
+/// `wait_event_interruptible_timeout`: both of the above. `Ok(remaining)` as
+/// [`wait_event_timeout`]; `Err(Interrupted)` on a pending `kthread_stop()`.
+#[track_caller]
+pub fn wait_event_interruptible_timeout(
+    wq: &WaitQueueHead,
+    mut cond: impl FnMut() -> bool,
+    timeout: u64,
+) -> Result<u64, Interrupted> {
+    if !sched::might_sleep() {
+        return if cond() { Ok(1) } else { Err(Interrupted) };
+    }
+    let deadline = jiffies::jiffies().wrapping_add(timeout);
+    match wait_common(wq, cond, true, Some(deadline)) {
+        WaitResult::Condition(remaining) => Ok(remaining),
+        WaitResult::TimedOut => Ok(0),
+        WaitResult::Interrupted => Err(Interrupted),
+    }
+}
+
+enum WaitResult {
+    /// The condition held; remaining jiffies (>= 1) when a deadline was given.
+    Condition(u64),
+    TimedOut,
+    Interrupted,
+}
+
+/// The sleep loop shared by every `wait_event*`.
+fn wait_common(
+    wq: &WaitQueueHead,
+    mut cond: impl FnMut() -> bool,
+    interruptible: bool,
+    deadline: Option<u64>,
+) -> WaitResult {
+    // Fast path: no registration when the condition already holds.
+    if cond() {
+        return WaitResult::Condition(deadline.map_or(0, remaining));
+    }
+    let slot = current_slot();
+    let _registration = Registration::new(wq, slot);
+    loop {
+        let s = wq.seq.load(SeqCst);
+        if cond() {
+            return WaitResult::Condition(deadline.map_or(0, remaining));
+        }
+        if interruptible && slot.is_some_and(|s| s.interrupt.load(SeqCst) != 0) {
+            return WaitResult::Interrupted;
+        }
+        match deadline {
+            None => futex_wait(&wq.seq, s, None),
+            Some(d) => {
+                if jiffies::time_after_eq(jiffies::jiffies(), d) {
+                    return WaitResult::TimedOut;
+                }
+                futex_wait(&wq.seq, s, Some(jiffies::jiffies_to_monotonic_ns(d)));
+            }
+        }
+    }
+}
+
+/// Remaining jiffies before `deadline`, at least 1 (the condition held in time).
+fn remaining(deadline: u64) -> u64 {
+    let left = deadline.wrapping_sub(jiffies::jiffies()) as i64;
+    left.max(1) as u64
+}
+
+/// A sleeper's registration on a queue (and in its [`WaitSlot`]); undone on every exit path.
+struct Registration<'a> {
+    wq: &'a WaitQueueHead,
+    slot: Option<&'a WaitSlot>,
+}
+
+impl<'a> Registration<'a> {
+    fn new(wq: &'a WaitQueueHead, slot: Option<&'a WaitSlot>) -> Self {
+        wq.sleepers.fetch_add(1, SeqCst);
+        if let Some(slot) = slot {
+            slot.waiting_on
+                .store(ptr::from_ref(&wq.seq).cast_mut(), SeqCst);
+        }
+        Self { wq, slot }
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot {
+            slot.waiting_on.store(ptr::null_mut(), SeqCst);
+            // A kicker that read `waiting_on` before the store above may still touch `wq.seq`:
+            // wait until it is done (a few instructions and one futex call).
+            while slot.kickers.load(SeqCst) != 0 {
+                std::thread::yield_now();
+            }
+        }
+        self.wq.sleepers.fetch_sub(1, SeqCst);
+    }
+}
+
+/// A thread's wake-up slot: lets another thread (or a signal handler) wake it out of whatever
+/// `wait_event*` it sleeps in, as the kernel's `wake_up_process()` does, and interrupt its
+/// `wait_event_interruptible`. Owned by a kthread; see the module's ground rules.
+#[derive(Debug, Default)]
+pub struct WaitSlot {
+    /// The sequence word of the queue the owner sleeps on, or null.
+    waiting_on: AtomicPtr<AtomicU32>,
+    /// Kickers between reading `waiting_on` and their last touch of it.
+    kickers: AtomicU32,
+    /// Non-zero: `wait_event_interruptible` returns `Err(Interrupted)` (a pending stop).
+    interrupt: AtomicU32,
+}
+
+impl WaitSlot {
+    /// An idle slot.
+    pub const fn new() -> Self {
+        Self {
+            waiting_on: AtomicPtr::new(ptr::null_mut()),
+            kickers: AtomicU32::new(0),
+            interrupt: AtomicU32::new(0),
+        }
+    }
+
+    /// Wakes the owner out of its current `wait_event*`, if any, so it re-checks its condition.
+    /// Set the state the owner should see (a flag) *before* calling this. Async-signal-safe.
+    pub fn kick(&self) {
+        self.kickers.fetch_add(1, SeqCst);
+        let seq = self.waiting_on.load(SeqCst);
+        if !seq.is_null() {
+            // SAFETY: `seq` was published by the owner, which is inside `wait_event*` on that
+            // queue and cannot leave it (nor can the queue be dropped, it is borrowed) until
+            // `kickers` drops to 0 after our decrement below.
+            let seq = unsafe { &*seq };
+            seq.fetch_add(1, SeqCst);
+            futex_wake(seq, i32::MAX);
+        }
+        self.kickers.fetch_sub(1, SeqCst);
+    }
+
+    /// Marks the owner interrupted (its `wait_event_interruptible` returns `Err`) and kicks it.
+    pub fn interrupt(&self) {
+        self.interrupt.store(1, SeqCst);
+        self.kick();
+    }
+
+    /// True once [`interrupt`](Self::interrupt) was called.
+    pub fn interrupted(&self) -> bool {
+        self.interrupt.load(SeqCst) != 0
+    }
+}
+
+thread_local! {
+    /// The calling thread's wake-up slot (kthreads only), set by [`set_current_slot`].
+    /// Const-initialised: touching it never allocates.
+    static CURRENT_SLOT: Cell<*const WaitSlot> = const { Cell::new(ptr::null()) };
+}
+
+/// Installs `slot` as the calling thread's wake-up slot (null: none).
+///
+/// # Safety
+/// `slot` must stay valid until this thread calls `set_current_slot(null)` or exits, whichever
+/// comes first (the kthread keeps its own `Arc` alive for its whole run).
+pub(crate) unsafe fn set_current_slot(slot: *const WaitSlot) {
+    CURRENT_SLOT.with(|c| c.set(slot));
+}
+
+fn current_slot<'a>() -> Option<&'a WaitSlot> {
+    let p = CURRENT_SLOT.with(Cell::get);
+    // SAFETY: per `set_current_slot`'s contract the slot outlives every use on this thread, and
+    // the returned reference is only used during the current wait, on this thread.
+    unsafe { p.as_ref() }
+}
+
+/// `futex(FUTEX_WAIT_BITSET)` on `word` while it holds `val`, until woken, a signal, or the
+/// absolute `CLOCK_MONOTONIC` instant `deadline_ns`. Errors (EAGAIN, EINTR, ETIMEDOUT) are not
+/// reported: every caller re-checks its condition. Process context.
+pub(crate) fn futex_wait(word: &AtomicU32, val: u32, deadline_ns: Option<u64>) {
+    let ts;
+    let ts_ptr = match deadline_ns {
+        Some(ns) => {
+            ts = libc::timespec {
+                tv_sec: (ns / 1_000_000_000) as libc::time_t,
+                tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+            };
+            ptr::from_ref(&ts)
+        }
+        None => ptr::null(),
+    };
+    // SAFETY: `word` is a valid, aligned u32 for the duration of the call; `ts_ptr` is null or
+    // points to a timespec that outlives the call. FUTEX_WAIT_BITSET takes an absolute
+    // CLOCK_MONOTONIC timeout (no FUTEX_CLOCK_REALTIME), ignores uaddr2 and uses val3 as mask.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT_BITSET | libc::FUTEX_PRIVATE_FLAG,
+            val,
+            ts_ptr,
+            ptr::null::<u32>(),
+            libc::FUTEX_BITSET_MATCH_ANY,
+        );
+    }
+}
+
+/// `futex(FUTEX_WAKE)`: wakes up to `n` threads waiting on `word`. Async-signal-safe (errno is
+/// saved and restored, so a signal handler calling it leaves the interrupted code's errno alone).
+pub(crate) fn futex_wake(word: &AtomicU32, n: i32) {
+    // SAFETY: reading errno's location is always valid for the calling thread.
+    let errno = unsafe { *libc::__errno_location() };
+    // SAFETY: FUTEX_WAKE only uses the address as a key; `word` is valid for the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            n,
+        );
+    }
+    // SAFETY: as above; restores the interrupted code's errno.
+    unsafe { *libc::__errno_location() = errno };
+}

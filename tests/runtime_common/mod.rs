@@ -1,0 +1,47 @@
+//! Shared by the runtime test binaries: the counting allocator, the runtime start, and a lock
+//! that serialises tests sharing the one timer signal.
+#![allow(dead_code)]
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static ALLOC: deferred::kernel::alloc::CountingAllocator =
+    deferred::kernel::alloc::CountingAllocator;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Start the runtime (idempotent) and take the binary-wide test lock.
+pub fn setup() -> MutexGuard<'static, ()> {
+    let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    deferred::kernel::start().expect("runtime start");
+    g
+}
+
+/// Poll `cond` every ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// No allocator call was made in softirq or hardirq context by this process so far.
+pub fn assert_no_softirq_allocations() {
+    assert_eq!(
+        deferred::kernel::alloc::softirq_allocations(),
+        0,
+        "allocations in softirq context"
+    );
+    assert_eq!(
+        deferred::kernel::alloc::softirq_frees(),
+        0,
+        "frees in softirq context"
+    );
+}

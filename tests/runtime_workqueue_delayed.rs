@@ -1,0 +1,261 @@
+//! Delayed work and work queued from timer handlers (softirq context, a real signal handler).
+
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use deferred::kernel::alloc;
+use deferred::kernel::jiffies::{jiffies, msecs_to_jiffies};
+use deferred::kernel::sched::{self, msleep};
+use deferred::kernel::softirq;
+use deferred::kernel::timer::{Timer, TimerList};
+use deferred::kernel::workqueue::{
+    DelayedWork, Work, cancel_delayed_work, cancel_delayed_work_sync,
+    create_singlethread_workqueue, destroy_workqueue, flush_scheduled_work, flush_workqueue,
+    queue_delayed_work, schedule_delayed_work, schedule_delayed_work_on, schedule_work,
+};
+use deferred::{impl_has_delayed_work, impl_has_work, kernel};
+
+#[global_allocator]
+static ALLOC: alloc::CountingAllocator = alloc::CountingAllocator;
+
+fn start() {
+    kernel::start().unwrap();
+    kernel::workqueue::init().unwrap();
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "{what}: not true after {limit:?}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+struct Dev {
+    dwork: DelayedWork<Dev>,
+    runs: AtomicU32,
+    ran_at_ns: AtomicU64,
+    ran_jiffies: AtomicU64,
+    comm: Mutex<String>,
+}
+impl_has_delayed_work!(Dev, dwork);
+
+fn dev_handler(d: &Dev) {
+    d.ran_at_ns.store(now_ns(), SeqCst);
+    d.ran_jiffies.store(jiffies(), SeqCst);
+    *d.comm.lock().unwrap() = sched::current().comm().to_string();
+    d.runs.fetch_add(1, SeqCst);
+}
+
+fn now_ns() -> u64 {
+    deferred::kernel::jiffies::monotonic_ns()
+}
+
+fn new_dev() -> Pin<Box<Dev>> {
+    Box::pin(Dev {
+        dwork: DelayedWork::new(dev_handler),
+        runs: AtomicU32::new(0),
+        ran_at_ns: AtomicU64::new(0),
+        ran_jiffies: AtomicU64::new(0),
+        comm: Mutex::new(String::new()),
+    })
+}
+
+#[test]
+fn delayed_work_runs_after_at_least_its_delay() {
+    start();
+    let dev = new_dev();
+    let t0 = now_ns();
+    let j0 = jiffies();
+    let delay = msecs_to_jiffies(300);
+    assert!(schedule_delayed_work(dev.as_ref(), delay));
+    assert!(dev.dwork.pending());
+    assert!(dev.dwork.timer_pending());
+    assert!(
+        !schedule_delayed_work(dev.as_ref(), delay),
+        "queued while pending: false"
+    );
+    wait_until("delayed work ran", Duration::from_secs(10), || {
+        dev.runs.load(SeqCst) == 1
+    });
+    let ran_ns = dev.ran_at_ns.load(SeqCst);
+    // Jiffies are 4 ms: the expiry is at least `delay` jiffies after j0, whose start may be up
+    // to one jiffy before t0.
+    assert!(
+        ran_ns - t0 >= 296_000_000,
+        "ran after {} ms",
+        (ran_ns - t0) / 1_000_000
+    );
+    assert!(dev.ran_jiffies.load(SeqCst).wrapping_sub(j0) >= delay);
+    assert!(dev.comm.lock().unwrap().starts_with("events/"));
+    msleep(50);
+    assert_eq!(dev.runs.load(SeqCst), 1, "ran once");
+    assert!(!dev.dwork.pending());
+}
+
+#[test]
+fn cancel_delayed_work_sync_prevents_it() {
+    start();
+    let dev = new_dev();
+    assert!(schedule_delayed_work(dev.as_ref(), msecs_to_jiffies(150)));
+    assert!(cancel_delayed_work_sync(&dev.dwork), "was pending");
+    assert!(!dev.dwork.timer_pending());
+    msleep(400);
+    assert_eq!(
+        dev.runs.load(SeqCst),
+        0,
+        "ran after cancel_delayed_work_sync"
+    );
+    assert!(!cancel_delayed_work_sync(&dev.dwork));
+    // And it can be scheduled again afterwards.
+    assert!(schedule_delayed_work(dev.as_ref(), 1));
+    wait_until("re-scheduled work ran", Duration::from_secs(10), || {
+        dev.runs.load(SeqCst) == 1
+    });
+}
+
+#[test]
+fn cancel_delayed_work_async_prevents_a_pending_timer() {
+    start();
+    let dev = new_dev();
+    assert!(schedule_delayed_work(dev.as_ref(), msecs_to_jiffies(100)));
+    assert!(cancel_delayed_work(&dev.dwork));
+    msleep(300);
+    assert_eq!(dev.runs.load(SeqCst), 0);
+}
+
+#[test]
+fn flush_does_not_wait_for_a_delayed_work_whose_timer_is_pending() {
+    // The seed: "For delayed work items, cancel_delayed_work must be called before
+    // flush_scheduled_work()": flush only waits for work already queued.
+    start();
+    let wq = create_singlethread_workqueue("flush_delayed").unwrap();
+    let dev = new_dev();
+    assert!(queue_delayed_work(
+        &wq,
+        dev.as_ref(),
+        msecs_to_jiffies(2000)
+    ));
+    let t0 = Instant::now();
+    flush_workqueue(&wq);
+    flush_scheduled_work();
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "flush waited for the timer"
+    );
+    assert_eq!(dev.runs.load(SeqCst), 0);
+    assert!(
+        dev.dwork.timer_pending(),
+        "the timer is still armed after the flush"
+    );
+    assert!(cancel_delayed_work_sync(&dev.dwork));
+    destroy_workqueue(wq);
+}
+
+#[test]
+fn schedule_delayed_work_on_runs_on_that_cpus_worker() {
+    start();
+    let dev = new_dev();
+    let cpu = deferred::kernel::workqueue::num_online_cpus() - 1;
+    assert!(schedule_delayed_work_on(
+        cpu,
+        dev.as_ref(),
+        msecs_to_jiffies(20)
+    ));
+    wait_until("ran", Duration::from_secs(10), || {
+        dev.runs.load(SeqCst) == 1
+    });
+    assert_eq!(*dev.comm.lock().unwrap(), format!("events/{cpu}"));
+}
+
+#[test]
+fn dropping_a_container_with_an_armed_delayed_work_stops_its_timer() {
+    start();
+    static RUNS: AtomicU32 = AtomicU32::new(0);
+    struct Short {
+        dwork: DelayedWork<Short>,
+    }
+    impl_has_delayed_work!(Short, dwork);
+    let s = Box::pin(Short {
+        dwork: DelayedWork::new(|_: &Short| {
+            RUNS.fetch_add(1, SeqCst);
+        }),
+    });
+    assert!(schedule_delayed_work(s.as_ref(), msecs_to_jiffies(50)));
+    drop(s);
+    msleep(300);
+    assert_eq!(RUNS.load(SeqCst), 0);
+}
+
+/// The lab's exercise 5 shape: a timer handler (softirq context) schedules a work item that
+/// sleeps in process context.
+struct Lab {
+    work: Work<Lab>,
+    runs: AtomicU32,
+    in_process_context: AtomicBool,
+    queued_from_softirq: AtomicU32,
+    not_in_softirq: AtomicU32,
+}
+impl_has_work!(Lab, work);
+
+static LAB: Lab = Lab {
+    work: Work::new(|lab: &Lab| {
+        lab.in_process_context
+            .store(sched::in_task() && !softirq::in_interrupt(), SeqCst);
+        msleep(1); // blocking is fine here
+        lab.runs.fetch_add(1, SeqCst);
+    }),
+    runs: AtomicU32::new(0),
+    in_process_context: AtomicBool::new(false),
+    queued_from_softirq: AtomicU32::new(0),
+    not_in_softirq: AtomicU32::new(0),
+};
+
+fn lab_timer(t: &Timer<&'static Lab>) {
+    let lab = *t.data();
+    if !softirq::in_softirq() {
+        lab.not_in_softirq.fetch_add(1, SeqCst);
+    }
+    if schedule_work(Pin::static_ref(lab)) {
+        lab.queued_from_softirq.fetch_add(1, SeqCst);
+    }
+    if lab.queued_from_softirq.load(SeqCst) < 50 {
+        t.mod_timer(jiffies() + 2);
+    }
+}
+
+#[test]
+fn work_queued_from_a_timer_handler_runs_and_nothing_allocates_in_softirq_context() {
+    start();
+    let before = alloc::softirq_allocations();
+    let before_frees = alloc::softirq_frees();
+    let timer = TimerList::new(lab_timer, &LAB);
+    timer.mod_timer(jiffies() + 1);
+    wait_until(
+        "50 works queued from the timer",
+        Duration::from_secs(30),
+        || LAB.queued_from_softirq.load(SeqCst) >= 50,
+    );
+    flush_scheduled_work();
+    drop(timer);
+    assert_eq!(
+        LAB.not_in_softirq.load(SeqCst),
+        0,
+        "the timer handler was not in softirq context"
+    );
+    assert_eq!(LAB.runs.load(SeqCst), 50, "every queued work ran once");
+    assert!(LAB.in_process_context.load(SeqCst));
+    assert_eq!(
+        alloc::softirq_allocations() - before,
+        0,
+        "allocation in softirq context"
+    );
+    assert_eq!(
+        alloc::softirq_frees() - before_frees,
+        0,
+        "free in softirq context"
+    );
+}
