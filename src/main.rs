@@ -1,4 +1,244 @@
-fn main() {
-    eprintln!("deferred: not built yet");
-    std::process::exit(1);
+//! `deferred`: load one of the lab's modules; its device appears as `/dev/<name>` through CUSE.
+//! SIGINT/SIGTERM unloads it (the device disappears) and exits 0.
+
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use deferred::cuse::{Config, Cuse};
+use deferred::modules::{self, MODULES};
+
+fn modules_help() -> String {
+    let mut s = String::from("Modules:\n");
+    for m in MODULES {
+        s += &format!("  {:<10}{}\n", m.name, m.about);
+    }
+    s += "\nStart = insmod (the node appears, no mknod); SIGINT/SIGTERM = rmmod (the node goes).";
+    s
+}
+
+/// Load a lab module in userspace; its device is served through CUSE.
+#[derive(Parser, Debug)]
+#[command(name = "deferred", version, after_help = modules_help())]
+struct Args {
+    /// The module to load.
+    #[arg(default_value = "deferred", value_parser = MODULES.iter().map(|m| m.name).collect::<Vec<_>>())]
+    module: String,
+    /// Device name: the node is /dev/NAME.
+    #[arg(long, default_value = "deferred")]
+    name: String,
+    /// Device major (0: allocate one dynamically).
+    #[arg(long, default_value_t = 42)]
+    major: u32,
+    /// Device minor.
+    #[arg(long, default_value_t = 0)]
+    minor: u32,
+    /// Mode of the node, octal (default: as devtmpfs makes it, 0600).
+    #[arg(long, value_parser = parse_octal)]
+    mode: Option<u32>,
+    /// Group of the node (name or number).
+    #[arg(long)]
+    group: Option<String>,
+    /// Reader threads on /dev/cuse.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+    /// Write the daemon's pid to this file once the device is ready (node present, with its
+    /// mode and group); removed on exit.
+    #[arg(long)]
+    pidfile: Option<PathBuf>,
+    /// More logging (-v: debug, -vv: trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn parse_octal(s: &str) -> Result<u32, String> {
+    let t = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(t, 8) {
+        Ok(m) if m <= 0o7777 => Ok(m),
+        _ => Err(format!("`{s}` is not an octal mode (e.g. 0666)")),
+    }
+}
+
+/// Logging, in one place. Kernel-style lines (target `printk`) carry their own `[    3.825922] `
+/// prefix and are printed as they are; the daemon's own messages read `deferred: ...`.
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => log::LevelFilter::Info,
+        1 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_env("RUST_LOG")
+        .format(|buf, record| {
+            if record.target() == "printk" {
+                writeln!(buf, "{}", record.args())
+            } else if record.level() <= log::Level::Warn {
+                writeln!(buf, "deferred: {}", record.args())
+            } else {
+                writeln!(
+                    buf,
+                    "deferred: [{} {}] {}",
+                    record.level(),
+                    record.target(),
+                    record.args()
+                )
+            }
+        })
+        .init();
+}
+
+fn resolve_group(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("no group `{group}`")),
+        Err(e) => Err(format!("looking up group `{group}`: {}", e.desc())),
+    }
+}
+
+/// Writes the pid file atomically (a temporary file renamed): whoever sees it sees it whole.
+fn write_pidfile(path: &std::path::Path) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
+    std::fs::rename(&tmp, path)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.verbose);
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("deferred: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    // Block the stop signals before any thread exists, so every thread inherits the mask and only
+    // the signalfd sees them.
+    let mut stop = SigSet::empty();
+    stop.add(Signal::SIGINT);
+    stop.add(Signal::SIGTERM);
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&stop), None)
+        .map_err(|e| format!("blocking SIGINT/SIGTERM: {}", e.desc()))?;
+    let signals = SignalFd::with_flags(&stop, SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("signalfd: {}", e.desc()))?;
+
+    let info = modules::info(&args.module).ok_or("unknown module")?;
+    // Open /dev/cuse before init: a missing CUSE or a second instance fails without side effects.
+    let cuse = if info.has_device {
+        let config = Config {
+            name: args.name.clone(),
+            major: args.major,
+            minor: args.minor,
+            threads: args.threads,
+            mode: args.mode,
+            gid: args.group.as_deref().map(resolve_group).transpose()?,
+            ..Config::default()
+        };
+        Some(Cuse::open(config).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+
+    let module = modules::load(&args.module).map_err(|e| e.to_string())?;
+    let device = match (cuse, module.file_operations()) {
+        (Some(cuse), Some(fops)) => match cuse.start(fops) {
+            Ok(dev) => Some(dev),
+            Err(e) => {
+                module.exit();
+                return Err(e.to_string());
+            }
+        },
+        _ => None,
+    };
+    if let Some(dev) = &device {
+        let (major, minor) = dev.devnum();
+        log::debug!("serving {} ({major}:{minor})", dev.node().display());
+    }
+    if let Some(path) = &args.pidfile
+        && let Err(e) = write_pidfile(path)
+    {
+        log::warn!("cannot write pid file {}: {e}", path.display());
+    }
+
+    // Wait for SIGINT/SIGTERM, or for the connection to vanish under us.
+    let lost = loop {
+        let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        if let Some(dev) = &device {
+            fds.push(PollFd::new(dev.gone_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("poll: {}", e.desc())),
+        }
+        if fds.get(1).is_some_and(|f| f.any().unwrap_or(false)) {
+            break true;
+        }
+        if fds[0].any().unwrap_or(false) {
+            if let Ok(Some(sig)) = signals.read_signal() {
+                log::debug!("signal {}: unloading", sig.ssi_signo);
+            }
+            break false;
+        }
+    };
+
+    if let Some(dev) = device {
+        dev.stop();
+    }
+    module.exit();
+    if let Some(path) = &args.pidfile {
+        let _ = std::fs::remove_file(path);
+    }
+    if lost {
+        return Err("the connection to /dev/cuse was lost; the device is gone".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn octal_modes() {
+        assert_eq!(parse_octal("0666"), Ok(0o666));
+        assert_eq!(parse_octal("600"), Ok(0o600));
+        assert!(parse_octal("0999").is_err());
+        assert!(parse_octal("77777").is_err());
+    }
+
+    #[test]
+    fn defaults() {
+        let a = Args::parse_from(["deferred"]);
+        assert_eq!(
+            (a.module.as_str(), a.name.as_str()),
+            ("deferred", "deferred")
+        );
+        assert_eq!((a.major, a.minor, a.threads, a.mode), (42, 0, 4, None));
+        assert!(Args::try_parse_from(["deferred", "nope"]).is_err());
+        let a = Args::parse_from(["deferred", "timer", "--mode", "0666", "-vv"]);
+        assert_eq!(
+            (a.module.as_str(), a.mode, a.verbose),
+            ("timer", Some(0o666), 2)
+        );
+    }
 }
