@@ -103,7 +103,8 @@ def main():
     plots = []  # (title, [(label, cdf_us)])
 
     w(f"# Benchmark results\n\n{meta.get('date', '')} on `{meta.get('host', '?')}` "
-      f"({meta.get('cpus', '?')} CPUs, kernel {meta.get('kernel', '?')}); commit `{meta.get('commit', '?')}`. "
+      f"({meta.get('cpus', '?')} CPUs, kernel {meta.get('kernel', '?')}, load average {meta.get('load', '?')}); "
+      f"commit `{meta.get('commit', '?')}`. "
       f"Latencies in microseconds. Benchmarks report: noise is not a failure.\n")
 
     # --- latency comparisons: ours vs reference -------------------------------------------------
@@ -130,12 +131,24 @@ def main():
         nr = len(pick(recs, case, "ours"))
         w(f"| {title} | ours{f' (median of {nr} rounds)' if nr > 1 else ''} | {fmt(od and od.get('samples'))} | "
           + " | ".join(stats_cells(od)) + f" | {fmt(r50, 2)} | {fmt(r99, 2)} | {tgt} | {verdict(ok)} |")
-        w(f"| | {refname} | {fmt(fd and fd.get('samples'))} | " + " | ".join(stats_cells(fd)) + " | | | | |")
+        nf = len(pick(recs, case, "ref"))
+        w(f"| | {refname}{f' (median of {nf})' if nf > 1 else ''} | {fmt(fd and fd.get('samples'))} | "
+          + " | ".join(stats_cells(fd)) + " | | | | |")
+        fl = median_round(pick(recs, case, "floor"))
+        if fl:
+            fld = fl["data"]
+            w(f"| | floor: bare signal handler (sig_lateness) | {fmt(fld.get('samples'))} | " + " | ".join(stats_cells(fld))
+              + f" | {fmt(ratio(od and od.get('p50_us'), fld.get('p50_us')), 2)} | {fmt(ratio(od and od.get('p99_us'), fld.get('p99_us')), 2)} | (ours / floor) | |")
+            if fl.get("cmd"):
+                cmds.append(fl["cmd"])
         series = []
         if od and od.get("cdf_us"):
             series.append(("ours", od["cdf_us"]))
         if fd and fd.get("cdf_us"):
             series.append((refname, fd["cdf_us"]))
+        fl = median_round(pick(recs, case, "floor"))
+        if fl and fl["data"].get("cdf_us"):
+            series.append(("bare signal handler", fl["data"]["cdf_us"]))
         plots.append((title, series))
         for rr in (o, f):
             if rr and rr.get("cmd"):
