@@ -134,6 +134,11 @@ def main():
         nf = len(pick(recs, case, "ref"))
         w(f"| | {refname}{f' (median of {nf})' if nf > 1 else ''} | {fmt(fd and fd.get('samples'))} | "
           + " | ".join(stats_cells(fd)) + " | | | | |")
+        q = median_round(pick(recs, case, "quiet"))
+        if q:
+            qd = q["data"]
+            w(f"| | ours, logging off (RUST_LOG=warn) | {fmt(qd.get('samples'))} | " + " | ".join(stats_cells(qd))
+              + f" | {fmt(ratio(qd.get('p50_us'), fd and fd.get('p50_us')), 2)} | {fmt(ratio(qd.get('p99_us'), fd and fd.get('p99_us')), 2)} | (quiet / ref) | |")
         fl = median_round(pick(recs, case, "floor"))
         if fl:
             fld = fl["data"]
@@ -159,13 +164,19 @@ def main():
     tput = [(t, pick(recs, f"tput{t}", "ours"), pick(recs, f"tput{t}", "ref")) for t in (1, 2, 4, 8)]
     if any(o or f for _, o, f in tput):
         w("## ioctl throughput through CUSE (VM), calls/s, median of rounds\n")
-        w("| client threads | ours | cuse_ref | ratio | target | |")
-        w("|---|---|---|---|---|---|")
+        quiet = any(pick(recs, f"tput{t}", "quiet") for t in (1, 2, 4, 8))
+        w("| client threads | ours | cuse_ref | ratio | target | |" + (" ours, logging off | ratio |" if quiet else ""))
+        w("|---|---|---|---|---|---|" + ("---|---|" if quiet else ""))
         for t, o, f in tput:
             om = statistics.median(r["data"]["calls_per_s"] for r in o) if o else None
             fm = statistics.median(r["data"]["calls_per_s"] for r in f) if f else None
             rt = ratio(om, fm)
-            w(f"| {t} | {fmt(om)} | {fmt(fm)} | {fmt(rt, 2)} | >= 1.0x | {verdict(None if rt is None else rt >= 1.0)} |")
+            line = f"| {t} | {fmt(om)} | {fmt(fm)} | {fmt(rt, 2)} | >= 1.0x | {verdict(None if rt is None else rt >= 1.0)} |"
+            if quiet:
+                qs = pick(recs, f"tput{t}", "quiet")
+                qm = statistics.median(r["data"]["calls_per_s"] for r in qs) if qs else None
+                line += f" {fmt(qm)} | {fmt(ratio(qm, fm), 2)} |"
+            w(line)
         w("")
 
     # --- monitoring at scale ----------------------------------------------------------------------
@@ -204,7 +215,7 @@ def main():
             ok = None
             if r["impl"] == "ours":
                 ok = d["wakeups_per_s"] == 0 and d["rss_kb"] <= 8 * 1024
-            name = "ours (deferred)" if r["impl"] == "ours" else "cuse_ref"
+            name = {"ours": "ours (deferred)", "ref": "cuse_ref", "quiet": "ours, logging off"}.get(r["impl"], r["impl"])
             w(f"| {name} | {d['seconds']} | {d['switches']} | {d['wakeups_per_s']} | {d['threads']} | {d['rss_kb']:,} | "
               f"{'0/s, RSS <= 8 MB' if r['impl'] == 'ours' else ''} | {verdict(ok)} |")
         for r in recs:

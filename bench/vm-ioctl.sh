@@ -6,7 +6,9 @@
 #   idle:  both servers idle for IDLE_S seconds: context switches of all their threads, VmRSS
 #   lat:   ROUNDS x CALLS CANCEL ioctls from 1 thread, ref and ours alternating
 #   tput:  1/2/4/8 client threads, ROUNDS x TPUT_CALLS calls each, alternating
-# Each result is one line: "BENCH <case> <impl> <json>" (impl = ref | ours).
+# Each result is one line: "BENCH <case> <impl> <json>" (impl = ref | ours | quiet).
+# With BENCH_QUIET=1 in the environment a third server runs too: ours with logging off
+# (RUST_LOG=warn, /dev/deferred_quiet, dynamic major), to show what logging each ioctl costs.
 CALLS=${1:-20000} TPUT=${2:-8000} ROUNDS=${3:-3} IDLE_S=${4:-10}
 CANCEL=0x00006b02
 
@@ -31,11 +33,19 @@ cuse_ref >/tmp/cuse_ref.log 2>&1 &
 REF=$!
 deferred >/tmp/deferred.log 2>&1 &
 OURS=$!
+QUIET=
+if [ "${BENCH_QUIET:-0}" = 1 ]; then
+	RUST_LOG=warn deferred --name deferred_quiet --major 0 >/tmp/deferred_quiet.log 2>&1 &
+	QUIET=$!
+fi
 IMPLS=
 if wait_node cuse_ref $REF; then IMPLS="ref"; else echo "BENCH error ref {\"error\":\"cuse_ref did not start\"}"; cat /tmp/cuse_ref.log; fi
 if wait_node deferred $OURS; then IMPLS="$IMPLS ours"; else echo "BENCH error ours {\"error\":\"deferred did not start\"}"; tail -5 /tmp/deferred.log; fi
-dev() { if [ "$1" = ref ]; then echo /dev/cuse_ref; else echo /dev/deferred; fi; }
-pid() { if [ "$1" = ref ]; then echo $REF; else echo $OURS; fi; }
+if [ -n "$QUIET" ]; then
+	if wait_node deferred_quiet $QUIET; then IMPLS="$IMPLS quiet"; else echo "BENCH error quiet {\"error\":\"deferred --name deferred_quiet did not start\"}"; tail -5 /tmp/deferred_quiet.log; fi
+fi
+dev() { case $1 in ref) echo /dev/cuse_ref ;; ours) echo /dev/deferred ;; quiet) echo /dev/deferred_quiet ;; esac; }
+pid() { case $1 in ref) echo $REF ;; ours) echo $OURS ;; quiet) echo $QUIET ;; esac; }
 
 # Idle first: nothing has been asked of either server yet.
 sleep 1
@@ -70,9 +80,7 @@ for i in $IMPLS; do
 	p=$(pid $i)
 	echo "BENCH rss_after $i {\"bench\":\"rss\",\"rss_kb\":$(rss_kb $p),\"threads\":$(threads $p)}"
 done
-kill -INT $OURS 2>/dev/null
-kill -INT $REF 2>/dev/null
+for p in $OURS $REF $QUIET; do kill -INT $p 2>/dev/null; done
 sleep 1
-kill -KILL $OURS 2>/dev/null
-kill -KILL $REF 2>/dev/null
+for p in $OURS $REF $QUIET; do kill -KILL $p 2>/dev/null; done
 echo "BENCH done - {}"
