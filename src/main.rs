@@ -12,7 +12,12 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use deferred::cuse::{Config, Cuse};
-use deferred::modules::{self, MODULES};
+use deferred::kernel;
+use deferred::modules::{self, MODULES, Params};
+
+/// Counts allocations made in softirq context: there must be none (reported at exit).
+#[global_allocator]
+static ALLOCATOR: kernel::alloc::CountingAllocator = kernel::alloc::CountingAllocator;
 
 fn modules_help() -> String {
     let mut s = String::from("Modules:\n");
@@ -52,6 +57,13 @@ struct Args {
     /// mode and group); removed on exit.
     #[arg(long)]
     pidfile: Option<PathBuf>,
+    /// timer: exercise 1, one message (default: exercise 2, one a second).
+    #[arg(long)]
+    once: bool,
+    /// deferred: exercise 4, call alloc_io() right in the timer handler (the kernel's BUG
+    /// reports) instead of through a work item (exercise 5).
+    #[arg(long)]
+    alloc_io_direct: bool,
     /// More logging (-v: debug, -vv: trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -113,6 +125,17 @@ fn write_pidfile(path: &std::path::Path) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Each monitored process holds a pidfd: let thousands be watched (soft limit up to the hard one).
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        log::debug!("cannot raise the descriptor limit to {hard}: {}", e.desc());
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.verbose);
@@ -153,12 +176,26 @@ fn run(args: &Args) -> Result<(), String> {
         None
     };
 
-    let module = modules::load(&args.module).map_err(|e| e.to_string())?;
+    // Boot the runtime (printk console, ksoftirqd/0, the timer signal), then insmod.
+    raise_fd_limit();
+    kernel::start().map_err(|e| format!("starting the runtime: {e}"))?;
+    let params = Params {
+        once: args.once,
+        alloc_io_direct: args.alloc_io_direct,
+    };
+    let module = match modules::load(&args.module, params) {
+        Ok(m) => m,
+        Err(e) => {
+            kernel::stop();
+            return Err(e.to_string());
+        }
+    };
     let device = match (cuse, module.file_operations()) {
         (Some(cuse), Some(fops)) => match cuse.start(fops) {
             Ok(dev) => Some(dev),
             Err(e) => {
                 module.exit();
+                kernel::stop();
                 return Err(e.to_string());
             }
         },
@@ -199,6 +236,11 @@ fn run(args: &Args) -> Result<(), String> {
         dev.stop();
     }
     module.exit();
+    kernel::stop();
+    let bad = kernel::alloc::softirq_allocations();
+    if bad != 0 {
+        log::error!("BUG: {bad} allocations were made in softirq context");
+    }
     if let Some(path) = &args.pidfile {
         let _ = std::fs::remove_file(path);
     }

@@ -5,7 +5,7 @@
 //! a missing `/dev/cuse` is a failure. Run them one at a time (`--test-threads=1`): most use the
 //! default device `deferred` 42:0.
 //!
-//! Two kinds: the `deferred` daemon (the placeholder or real `deferred` module behind it; only
+//! Two kinds: the `deferred` daemon (the real `deferred` module behind it; only
 //! what the lab module also does is checked: its log lines and its answers), and the transport
 //! served in-process by this test binary with file operations that record or block (exact
 //! `cmd`/`arg` delivery, INTERRUPT, a client killed while its request is being served).

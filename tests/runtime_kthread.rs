@@ -22,7 +22,23 @@ fn comm_of(tid: i32) -> Option<String> {
         .map(|s| s.trim_end().to_owned())
 }
 
+/// A hung test (a lost wake-up, a deadlock on a failure path) must fail, not hang: the first
+/// test to start arms a watchdog that ends the whole binary after a generous limit.
+fn watchdog() {
+    static ARMED: std::sync::Once = std::sync::Once::new();
+    ARMED.call_once(|| {
+        std::thread::spawn(|| {
+            std::thread::sleep(std::time::Duration::from_secs(WATCHDOG_SECS));
+            eprintln!("watchdog: test binary still running after {WATCHDOG_SECS} s: hung");
+            std::process::exit(101);
+        });
+    });
+}
+
+const WATCHDOG_SECS: u64 = 180;
+
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    watchdog();
     let t0 = Instant::now();
     while !f() {
         assert!(t0.elapsed() < limit, "{what}: not true after {limit:?}");
@@ -42,6 +58,7 @@ fn assert_gone(task: &TaskStruct) {
 
 #[test]
 fn kthread_create_does_not_run_until_wake_up_process() {
+    watchdog();
     static RAN: AtomicBool = AtomicBool::new(false);
     fn threadfn(data: i32) -> i32 {
         RAN.store(true, SeqCst);
@@ -67,6 +84,7 @@ fn kthread_create_does_not_run_until_wake_up_process() {
 
 #[test]
 fn kthread_run_names_the_thread_and_kthread_stop_returns_the_result() {
+    watchdog();
     static SEEN_PID: AtomicI32 = AtomicI32::new(0);
     let task = kthread_run!(
         |_: ()| {
@@ -109,6 +127,7 @@ fn kthread_run_names_the_thread_and_kthread_stop_returns_the_result() {
 
 #[test]
 fn names_follow_the_kernel_comm_rules() {
+    watchdog();
     let task = kthread_create!(|_: ()| 0, (), "{}-{}", "a_very_long_thread", "name").unwrap();
     assert_eq!(task.comm(), "a_very_long_thr", "at most 15 bytes");
     assert_eq!(comm_of(task.pid()).as_deref(), Some("a_very_long_thr"));
@@ -117,6 +136,7 @@ fn names_follow_the_kernel_comm_rules() {
 
 #[test]
 fn a_thread_stopped_before_it_was_woken_never_runs_and_returns_eintr() {
+    watchdog();
     static RAN: AtomicBool = AtomicBool::new(false);
     let task = kthread_create!(
         |_: ()| {
@@ -134,6 +154,7 @@ fn a_thread_stopped_before_it_was_woken_never_runs_and_returns_eintr() {
 
 #[test]
 fn a_thread_that_returns_by_itself_still_gives_its_result_to_kthread_stop() {
+    watchdog();
     let task = kthread_run!(|x: i32| x * 2, 21, "selfexit").unwrap();
     wait_until("thread exits", Duration::from_secs(5), || task.has_exited());
     assert_eq!(kthread_stop(&task), 42);
@@ -141,6 +162,7 @@ fn a_thread_that_returns_by_itself_still_gives_its_result_to_kthread_stop() {
 
 #[test]
 fn kthread_stop_interrupts_wait_event_interruptible() {
+    watchdog();
     static WQ: WaitQueueHead = WaitQueueHead::new();
     let task = kthread_run!(
         |_: ()| match wait_event_interruptible(&WQ, || false) {
@@ -157,6 +179,7 @@ fn kthread_stop_interrupts_wait_event_interruptible() {
 
 #[test]
 fn wake_up_process_makes_a_sleeping_kthread_recheck_its_condition() {
+    watchdog();
     // The condition changes without any wake_up on the queue: only wake_up_process (and
     // kthread_stop) reach the sleeper, as in the kernel.
     static WQ: WaitQueueHead = WaitQueueHead::new();
@@ -183,6 +206,7 @@ fn wake_up_process_makes_a_sleeping_kthread_recheck_its_condition() {
 
 #[test]
 fn kthread_stop_wakes_a_wait_event_whose_condition_checks_kthread_should_stop() {
+    watchdog();
     static WQ: WaitQueueHead = WaitQueueHead::new();
     let task = kthread_run!(
         |_: ()| {
@@ -201,6 +225,7 @@ fn kthread_stop_wakes_a_wait_event_whose_condition_checks_kthread_should_stop() 
 /// sets the terminated flag and wakes the other queue; module exit does the mirror image.
 #[test]
 fn exercise_6_two_wait_queues_and_two_atomic_flags() {
+    watchdog();
     static WQ_STOP_THREAD: WaitQueueHead = WaitQueueHead::new();
     static WQ_THREAD_TERMINATED: WaitQueueHead = WaitQueueHead::new();
     static FLAG_STOP_THREAD: Atomic = Atomic::new(0);
@@ -243,4 +268,14 @@ fn exercise_6_two_wait_queues_and_two_atomic_flags() {
         "[my_thread_f] Current process id is {} (mykthread0)",
         task.pid()
     )));
+}
+
+#[test]
+fn a_woken_thread_stopped_at_once_still_runs_threadfn() {
+    // The kernel's contract: -EINTR only if wake_up_process() was never called.
+    watchdog();
+    for i in 0..50 {
+        let task = kthread_run!(|x: i32| x, i, "quick{}", i).unwrap();
+        assert_eq!(kthread_stop(&task), i, "round {i}");
+    }
 }

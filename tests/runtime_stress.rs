@@ -1,5 +1,5 @@
 //! Stress: 200 timers re-arming at a high rate (from their handlers and from process threads),
-//! tasklets scheduled from timers, process threads churning the allocator and sharing locks
+//! tasklets and work scheduled from timers, process threads churning the allocator and sharing locks
 //! with the handlers through lock_bh. Bounded (~4 s). No deadlock (a watchdog aborts), no lost
 //! or early expiry (fires + cancelled == arms, each fire at or after its jiffy), no allocation
 //! in softirq context, no lockdep report.
@@ -15,6 +15,7 @@ use deferred::kernel::softirq;
 use deferred::kernel::spinlock::SpinLock;
 use deferred::kernel::tasklet::Tasklet;
 use deferred::kernel::timer::{Timer, TimerList};
+use deferred::kernel::workqueue::{Work, flush_scheduled_work, schedule_work};
 use runtime_common::{assert_no_softirq_allocations, setup, wait_until};
 
 const TIMERS: usize = 200;
@@ -38,6 +39,25 @@ fn tasklet_fn(_t: Pin<&Tasklet<()>>) {
     *SHARED[3].lock() += 1;
 }
 static TASKLET: Tasklet<()> = Tasklet::new(tasklet_fn, ());
+
+/// A work item queued from timer handlers: its handler runs in process context and may
+/// allocate and sleep.
+struct Deferred {
+    work: Work<Deferred>,
+    runs: AtomicU64,
+}
+deferred::impl_has_work!(Deferred, work);
+
+fn deferred_work(d: &Deferred) {
+    assert!(deferred::kernel::sched::in_task());
+    let v: Vec<u64> = (0..64).collect();
+    d.runs.fetch_add(v.len() as u64 / 64, SeqCst);
+}
+
+static DEFERRED: Deferred = Deferred {
+    work: Work::new(deferred_work),
+    runs: AtomicU64::new(0),
+};
 
 struct Item {
     idx: u64,
@@ -66,6 +86,9 @@ fn handler(t: &Timer<Item>) {
     *SHARED[(it.idx % 3) as usize].lock() += 1;
     if it.idx.is_multiple_of(16) {
         Pin::static_ref(&TASKLET).schedule();
+    }
+    if it.idx.is_multiple_of(8) {
+        schedule_work(Pin::static_ref(&DEFERRED));
     }
     deferred::pr_debug!("stress timer {} fired at {}", it.idx, now);
     if !STOP.load(SeqCst) {
@@ -161,14 +184,16 @@ fn many_timers_rearming_with_process_threads_sharing_locks() {
     for t in &timers {
         t.del_timer_sync();
     }
+    flush_scheduled_work();
     let arms = ARMS.load(SeqCst);
     let fires = FIRES.load(SeqCst);
     let cancelled = cancelled.load(SeqCst);
     eprintln!(
         "stress: arms {arms} fires {fires} cancelled {cancelled} interrupts {} tasklet runs {} \
-         bh sections {} ksoftirqd wakeups {}",
+         work runs {} bh sections {} ksoftirqd wakeups {}",
         softirq::timer_interrupts() - interrupts0,
         TASKLET_RUNS.load(SeqCst),
+        DEFERRED.runs.load(SeqCst),
         bh_sections.load(SeqCst),
         softirq::ksoftirqd_wakeups()
     );
@@ -180,6 +205,10 @@ fn many_timers_rearming_with_process_threads_sharing_locks() {
     );
     assert_eq!(EARLY.load(SeqCst), 0, "a timer fired before its jiffy");
     assert!(TASKLET_RUNS.load(SeqCst) > 0);
+    assert!(
+        DEFERRED.runs.load(SeqCst) > 0,
+        "work queued from timers ran"
+    );
     for l in &SHARED {
         assert!(
             !l.class().reported(),

@@ -21,9 +21,25 @@ use deferred::{impl_has_work, kernel};
 static ALLOC: alloc::CountingAllocator = alloc::CountingAllocator;
 
 fn start() {
+    watchdog();
     kernel::start().unwrap();
     kernel::workqueue::init().unwrap();
 }
+
+/// A hung test (a lost wake-up, a deadlock on a failure path) must fail, not hang: the first
+/// test to start arms a watchdog that ends the whole binary after a generous limit.
+fn watchdog() {
+    static ARMED: std::sync::Once = std::sync::Once::new();
+    ARMED.call_once(|| {
+        std::thread::spawn(|| {
+            std::thread::sleep(std::time::Duration::from_secs(WATCHDOG_SECS));
+            eprintln!("watchdog: test binary still running after {WATCHDOG_SECS} s: hung");
+            std::process::exit(101);
+        });
+    });
+}
+
+const WATCHDOG_SECS: u64 = 180;
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
@@ -127,12 +143,27 @@ fn schedule_work_runs_in_process_context_on_events_n_and_reaches_its_container()
         .unwrap();
     assert!(cpu < num_online_cpus());
     assert!(dev.may_sleep.load(SeqCst), "handler not in process context");
-    // The system queue has one worker per online CPU, visible as a thread name.
+    // The system queue has one worker per online CPU, visible as a thread name, in /proc and
+    // in `ps -eL -o tid,comm` (here restricted to this process).
     let names = thread_names();
+    let ps = std::process::Command::new("ps")
+        .args([
+            "-L",
+            "-p",
+            &std::process::id().to_string(),
+            "-o",
+            "tid=,comm=",
+        ])
+        .output()
+        .expect("ps (procps) is needed for this test");
+    let ps = String::from_utf8_lossy(&ps.stdout);
     for cpu in 0..num_online_cpus() {
+        let name = format!("events/{cpu}");
+        assert!(names.contains(&name), "{name} missing in /proc: {names:?}");
         assert!(
-            names.contains(&format!("events/{cpu}")),
-            "events/{cpu} missing: {names:?}"
+            ps.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(&name)),
+            "{name} missing in ps -L:\n{ps}"
         );
     }
 }

@@ -12,7 +12,7 @@ use deferred::kernel::sched::{self, msleep};
 use deferred::kernel::softirq;
 use deferred::kernel::timer::{Timer, TimerList};
 use deferred::kernel::workqueue::{
-    DelayedWork, Work, cancel_delayed_work, cancel_delayed_work_sync,
+    DelayedWork, Work, cancel_delayed_work, cancel_delayed_work_sync, cancel_work_sync,
     create_singlethread_workqueue, destroy_workqueue, flush_scheduled_work, flush_workqueue,
     queue_delayed_work, schedule_delayed_work, schedule_delayed_work_on, schedule_work,
 };
@@ -22,9 +22,25 @@ use deferred::{impl_has_delayed_work, impl_has_work, kernel};
 static ALLOC: alloc::CountingAllocator = alloc::CountingAllocator;
 
 fn start() {
+    watchdog();
     kernel::start().unwrap();
     kernel::workqueue::init().unwrap();
 }
+
+/// A hung test (a lost wake-up, a deadlock on a failure path) must fail, not hang: the first
+/// test to start arms a watchdog that ends the whole binary after a generous limit.
+fn watchdog() {
+    static ARMED: std::sync::Once = std::sync::Once::new();
+    ARMED.call_once(|| {
+        std::thread::spawn(|| {
+            std::thread::sleep(std::time::Duration::from_secs(WATCHDOG_SECS));
+            eprintln!("watchdog: test binary still running after {WATCHDOG_SECS} s: hung");
+            std::process::exit(101);
+        });
+    });
+}
+
+const WATCHDOG_SECS: u64 = 180;
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
@@ -258,4 +274,55 @@ fn work_queued_from_a_timer_handler_runs_and_nothing_allocates_in_softirq_contex
         0,
         "free in softirq context"
     );
+}
+
+#[test]
+fn a_delayed_work_whose_queue_was_destroyed_does_not_run_and_can_be_dropped() {
+    // The kernel calls this a bug (it WARNs); here the late timer finds the queue dead, the
+    // work is dropped from the queue, and nothing dangles or hangs.
+    start();
+    let wq = create_singlethread_workqueue("gone_wq").unwrap();
+    let dev = new_dev();
+    assert!(queue_delayed_work(&wq, dev.as_ref(), msecs_to_jiffies(100)));
+    destroy_workqueue(wq);
+    assert!(
+        dev.dwork.timer_pending(),
+        "destroy does not wait for a delay timer"
+    );
+    wait_until("the timer fired", Duration::from_secs(10), || {
+        !dev.dwork.timer_pending()
+    });
+    msleep(100);
+    assert_eq!(dev.runs.load(SeqCst), 0);
+    assert!(!dev.dwork.pending());
+    drop(dev);
+}
+
+#[test]
+fn blocking_workqueue_calls_in_a_timer_handler_report_the_bug_and_return() {
+    start();
+    static DONE: AtomicBool = AtomicBool::new(false);
+    static IDLE: Lab = Lab {
+        work: Work::new(|_: &Lab| {}),
+        runs: AtomicU32::new(0),
+        in_process_context: AtomicBool::new(false),
+        queued_from_softirq: AtomicU32::new(0),
+        not_in_softirq: AtomicU32::new(0),
+    };
+    fn blocking_timer(_: &Timer<()>) {
+        flush_scheduled_work(); // would sleep
+        cancel_work_sync(&IDLE.work); // would sleep
+        DONE.store(true, SeqCst);
+    }
+    let cap = deferred::kernel::printk::capture();
+    let allocs = alloc::softirq_allocations();
+    let timer = TimerList::new(blocking_timer, ());
+    timer.mod_timer(jiffies() + 1);
+    wait_until("the handler returned", Duration::from_secs(10), || {
+        DONE.load(SeqCst)
+    });
+    drop(timer);
+    assert!(cap.contains("BUG: sleeping function called from invalid context"));
+    assert!(cap.contains("BUG: scheduling while atomic"));
+    assert_eq!(alloc::softirq_allocations() - allocs, 0);
 }

@@ -28,6 +28,27 @@
 //! `threadfn` is any `FnOnce(D) -> i32` (a plain `fn(D) -> i32` as in C, or a closure);
 //! `do_exit(code)` is `return code`.
 //!
+//! # Example: the lab's exercise 6 thread
+//! ```
+//! use deferred::kernel::kthread::{kthread_should_stop, kthread_stop};
+//! use deferred::kernel::wait::{WaitQueueHead, wait_event_interruptible};
+//! use deferred::kthread_run;
+//!
+//! static WQ: WaitQueueHead = WaitQueueHead::new();
+//!
+//! fn my_thread_f(_data: ()) -> i32 {
+//!     let me = deferred::kernel::sched::current();
+//!     deferred::pr_info!("[my_thread_f] Current process id is {} ({})", me.pid(), me.comm());
+//!     // Sleeps until kthread_stop (which interrupts the wait and sets kthread_should_stop).
+//!     let _ = wait_event_interruptible(&WQ, kthread_should_stop);
+//!     0
+//! }
+//!
+//! let task = kthread_run!(my_thread_f, (), "{}kthread{}", "my", 0).unwrap();
+//! assert_eq!(task.comm(), "mykthread0");
+//! assert_eq!(kthread_stop(&task), 0);
+//! ```
+//!
 //! # Waking and stopping
 //! `wake_up_process` starts a created thread, and wakes a running one out of any `wait_event*`
 //! so it re-checks its condition (the kernel's semantics). `kthread_stop` sets the stop flag,
@@ -168,7 +189,10 @@ where
     wait_event(&me.events, || {
         me.state.load(SeqCst) & (WOKEN | SHOULD_STOP) != 0
     });
-    let result = if me.state.load(SeqCst) & SHOULD_STOP != 0 {
+    // As the kernel documents it: -EINTR only if wake_up_process() was never called. A thread
+    // woken and stopped before it got going still runs threadfn (kthread_should_stop() is
+    // already true there).
+    let result = if me.state.load(SeqCst) & WOKEN == 0 {
         -EINTR
     } else {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| threadfn(data))) {

@@ -26,11 +26,13 @@ pub mod fs;
 pub mod task;
 
 /// Start the runtime (the "boot"): the printk console thread, `ksoftirqd/0`, the timer
-/// signal's handler and the POSIX timer behind it. Idempotent: every caller may call it; the
-/// first does the work. Process context.
+/// signal's handler and the POSIX timer behind it, and the system workqueue (`events/N`, so
+/// timer handlers can `schedule_work`). Idempotent: every caller may call it; the first does
+/// the work. Process context.
 pub fn start() -> std::io::Result<()> {
     printk::start_console();
-    softirq::start()
+    softirq::start()?;
+    workqueue::init().map_err(std::io::Error::from_raw_os_error)
 }
 
 /// Prepare for exit: hand every printk line to `log`. The interrupt machinery stays installed

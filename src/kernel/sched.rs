@@ -21,6 +21,15 @@
 //! `comm` is kept in a per-thread buffer set by [`set_comm`], so it is readable in the handler
 //! without allocating.
 //!
+//! # Ground rules (per-thread state, shared with the signal handler on the same thread)
+//! - `PREEMPT_COUNT` is a `const` thread-local atomic; the handler adds and removes exactly what
+//!   it adds before returning, so an interrupted read-modify-write in process context sees the
+//!   value it expects. A compiler fence orders it against the code it guards.
+//! - `COMM` is a `const` thread-local byte array written by `set_comm` (or lazily by
+//!   `current()`); a handler reading it mid-write sees at worst a mix of two names, never
+//!   invalid memory, and never allocates.
+//! - No other thread reads another thread's state: `current()` is always "this thread".
+//!
 //! # Sleeping
 //! Every blocking call starts with [`might_sleep()`]: in atomic context it prints the kernel's
 //! two BUG reports and returns false, and the caller returns at once instead of sleeping. Sleeps
@@ -233,6 +242,8 @@ pub fn might_sleep() -> bool {
 /// `#[track_caller]` themselves).
 #[must_use]
 pub fn might_sleep_at(loc: &Location<'_>) -> bool {
+    // Only the preemption count decides: a blocked timer signal (our "irqs disabled") is
+    // also how some threads simply keep the interrupt away, and must not count as atomic.
     if !in_atomic() {
         return true;
     }

@@ -223,26 +223,68 @@ fn sigset_of(sig: i32) -> libc::sigset_t {
     set
 }
 
-fn sigmask(how: i32) {
+fn sigmask(how: i32) -> bool {
     let sig = TIMER_SIGNAL.load(Ordering::Acquire);
     if sig == 0 {
-        return;
+        return false;
     }
     let set = sigset_of(sig);
-    // SAFETY: valid set pointer, null old-set; pthread_sigmask is async-signal-safe.
-    unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) };
+    // SAFETY: a zeroed sigset_t is a valid out-parameter.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid set pointers; pthread_sigmask is async-signal-safe.
+    unsafe { libc::pthread_sigmask(how, &set, &mut old) };
+    // SAFETY: `old` was filled in by pthread_sigmask.
+    unsafe { libc::sigismember(&old, sig) == 1 }
 }
 
-/// Block the timer signal on this thread (the `local_irq_disable` of this model).
-pub fn block_timer_signal() {
-    sigmask(libc::SIG_BLOCK);
+/// Block the timer signal on this thread (raw; prefer [`local_irq_save`]). Returns whether it
+/// was already blocked.
+pub fn block_timer_signal() -> bool {
+    sigmask(libc::SIG_BLOCK)
 }
 
-/// Unblock the timer signal on this thread.
+/// Unblock the timer signal on this thread (raw; prefer [`local_irq_restore`]). Never on
+/// `ksoftirqd/0`, which keeps it blocked for good.
 pub fn unblock_timer_signal() {
     if !SIGNAL_ALWAYS_BLOCKED.with(|b| b.get()) {
         sigmask(libc::SIG_UNBLOCK);
     }
+}
+
+/// The saved interrupt state of [`local_irq_save`].
+#[derive(Clone, Copy, Debug)]
+#[must_use = "give it back to local_irq_restore"]
+pub struct IrqFlags {
+    was_blocked: bool,
+}
+
+/// `local_irq_save()`: keep the timer interrupt off this thread (block its signal), returning
+/// the previous state. Nests. Async-signal-safe.
+pub fn local_irq_save() -> IrqFlags {
+    IrqFlags {
+        was_blocked: block_timer_signal(),
+    }
+}
+
+/// `local_irq_restore(flags)`: put back the state `local_irq_save` returned.
+pub fn local_irq_restore(flags: IrqFlags) {
+    if !flags.was_blocked {
+        unblock_timer_signal();
+    }
+}
+
+/// `irqs_disabled()`: is the timer signal blocked on this thread? (One syscall.)
+pub fn irqs_disabled() -> bool {
+    let sig = TIMER_SIGNAL.load(Ordering::Acquire);
+    if sig == 0 {
+        return false;
+    }
+    // SAFETY: a zeroed sigset_t is a valid out-parameter.
+    let mut cur: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: querying only (null new set).
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur) };
+    // SAFETY: `cur` was filled in by pthread_sigmask.
+    unsafe { libc::sigismember(&cur, sig) == 1 }
 }
 
 /// `__do_softirq()`: run pending softirqs, within the budget, if no other thread is.
@@ -294,16 +336,16 @@ pub fn do_softirq() {
     if in_interrupt() || PENDING.load(Ordering::SeqCst) == 0 {
         return;
     }
-    block_timer_signal();
+    let flags = local_irq_save();
     do_softirq_core();
-    unblock_timer_signal();
+    local_irq_restore(flags);
 }
 
 /// `local_bh_disable()`: disable softirqs on this thread (nests). The first level blocks the
 /// timer signal on this thread. Any context (nesting inside a softirq is allowed).
 pub fn local_bh_disable() {
     if sched::softirq_count() == 0 {
-        block_timer_signal();
+        let _ = block_timer_signal();
     }
     sched::preempt_count_add(SOFTIRQ_DISABLE_OFFSET);
 }
@@ -384,7 +426,7 @@ pub fn timer_programmings() -> u64 {
 fn ksoftirqd() {
     sched::set_comm("ksoftirqd/0");
     SIGNAL_ALWAYS_BLOCKED.with(|b| b.set(true));
-    block_timer_signal();
+    let _ = block_timer_signal();
     loop {
         let seen = KSOFTIRQD_WAKE.load(Ordering::SeqCst);
         if PENDING.load(Ordering::SeqCst) != 0 {

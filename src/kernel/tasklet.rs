@@ -174,15 +174,20 @@ impl<T> Tasklet<T> {
 
     /// `tasklet_kill`: wait until the tasklet is neither scheduled nor running (a scheduled
     /// one runs first; a disabled scheduled one is simply unscheduled). It may be scheduled
-    /// again afterwards. Process context; from interrupt context the kernel's notice is printed
-    /// and it returns.
+    /// again afterwards. Process context (bottom halves may be off: ksoftirqd/0 runs it);
+    /// from softirq context the kernel's notice is printed and it returns.
     pub fn kill(&self) {
-        if softirq::in_interrupt() {
+        if softirq::in_serving_softirq() || softirq::in_irq() {
             crate::pr_notice!("Attempt to kill tasklet from interrupt");
             return;
         }
         let st = &self.node.state;
         let mut spins = 0u32;
+        // If it was scheduled with bottom halves off and nothing woke ksoftirqd/0 yet, make
+        // sure someone runs it while we wait.
+        if st.load(Ordering::SeqCst) & SCHED != 0 {
+            softirq::wakeup_softirqd();
+        }
         loop {
             let s = st.fetch_or(SCHED, Ordering::SeqCst);
             if s & SCHED == 0 {
@@ -214,7 +219,7 @@ impl<T> Tasklet<T> {
 
 impl<T> Drop for Tasklet<T> {
     fn drop(&mut self) {
-        if softirq::in_interrupt() {
+        if softirq::in_serving_softirq() || softirq::in_irq() {
             if self.is_scheduled() || self.is_running() {
                 crate::pr_emerg!("BUG: tasklet freed in interrupt context while scheduled");
                 std::process::abort();

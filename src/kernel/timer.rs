@@ -33,9 +33,9 @@
 //!
 //! # The pending structure: a sorted intrusive list (not the kernel's wheel)
 //! The kernel (`kernel/time/timer.c`) keeps pending timers in a non-cascading wheel: levels of
-//! 64 buckets, each level 8 times coarser (at HZ = 250: level 0 has 4 ms buckets up to 252 ms,
-//! level 1 32 ms buckets up to 2 s, level 2 256 ms buckets up to 16 s, ...); insertion is O(1)
-//! and a timer at level >= 1 fires up to 12.5 % late. Here the pending timers are a doubly linked
+//! 64 buckets, each level 8 times coarser (its table at HZ = 250: level 0, 4 ms buckets,
+//! 0-255 ms; level 1, 32 ms, 256 ms-2047 ms; level 2, 256 ms, ~2 s-~16 s; ... 9 levels up to
+//! ~12 days); insertion is O(1) and a timer at level >= 1 fires up to 12.5 % late. Here the pending timers are a doubly linked
 //! list sorted by expiry, intrusive (the links live in the timer's node: no allocation, ever,
 //! on any path): the earliest expiry, which the tickless POSIX timer is armed for, is the head
 //! (O(1)); removal is O(1); insertion walks from the tail (O(n) worst case, O(1) for the
@@ -134,17 +134,14 @@ static EXPIRIES: AtomicU64 = AtomicU64::new(0);
 
 /// The base, locked. Dropping it unlocks (and unblocks the timer signal if we blocked it).
 struct BaseGuard {
-    unblock: bool,
+    flags: Option<softirq::IrqFlags>,
 }
 
 impl BaseGuard {
     fn lock() -> BaseGuard {
         // Block the timer signal unless it is already blocked on this thread: in interrupt
         // context, or with bottom halves disabled.
-        let unblock = !softirq::in_interrupt();
-        if unblock {
-            softirq::block_timer_signal();
-        }
+        let flags = (!softirq::in_interrupt()).then(softirq::local_irq_save);
         let mut spins = 0u32;
         while BASE
             .lock
@@ -159,7 +156,7 @@ impl BaseGuard {
                 std::hint::spin_loop();
             }
         }
-        let g = BaseGuard { unblock };
+        let g = BaseGuard { flags };
         // SAFETY: lock held; first use makes both sentinels empty circular lists.
         unsafe {
             let b = g.inner();
@@ -187,8 +184,8 @@ impl BaseGuard {
 impl Drop for BaseGuard {
     fn drop(&mut self) {
         BASE.lock.store(false, Ordering::Release);
-        if self.unblock {
-            softirq::unblock_timer_signal();
+        if let Some(f) = self.flags {
+            softirq::local_irq_restore(f);
         }
     }
 }

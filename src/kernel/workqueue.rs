@@ -19,6 +19,29 @@
 //! | `INIT_DELAYED_WORK`, `schedule_delayed_work(_on)`, `queue_delayed_work`, `cancel_delayed_work(_sync)` | same names, [`DelayedWork`] |
 //! | `schedule_on_each_cpu(func)`                         | `schedule_on_each_cpu(\|\| ...)`              |
 //!
+//! # Example: the lab's `my_device_data` (exercise 5's shape)
+//! ```
+//! use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+//! use deferred::impl_has_work;
+//! use deferred::kernel::workqueue::{Work, flush_scheduled_work, schedule_work};
+//!
+//! struct MyDeviceData {
+//!     my_work: Work<MyDeviceData>, // declared first: dropped (cancelled) first
+//!     counter: AtomicU32,
+//! }
+//! impl_has_work!(MyDeviceData, my_work);
+//!
+//! fn my_work_handler(my_data: &MyDeviceData) {
+//!     // container_of(work, struct my_device_data, my_work), done by the runtime
+//!     my_data.counter.fetch_add(1, SeqCst); // process context: may sleep, allocate
+//! }
+//!
+//! let dev = Box::pin(MyDeviceData { my_work: Work::new(my_work_handler), counter: AtomicU32::new(0) });
+//! schedule_work(dev.as_ref()); // also callable from a timer handler (softirq context)
+//! flush_scheduled_work();
+//! assert_eq!(dev.counter.load(SeqCst), 1);
+//! ```
+//!
 //! # Reaching the container (`container_of`, safely)
 //! As Rust-for-Linux's `kernel::workqueue` does: the containing type `T` implements
 //! [`HasWork<ID>`] (through [`impl_has_work!`](crate::impl_has_work), which computes the field's
@@ -38,6 +61,9 @@
 //!   container's own `Drop`): that is the contract of the unsafe trait [`HasWork`], stated again
 //!   on [`impl_has_work!`](crate::impl_has_work). `'static` containers (a `static`, a leaked box)
 //!   have nothing to worry about.
+//! - The kernel lets a handler `kfree()` its own container; here the handler borrows it for its
+//!   whole run, so dropping a work item from its own handler is reported (`BUG: work item freed
+//!   from its own handler`) and aborts, as the core's `TimerList` does for its handler.
 //! - A workqueue's control block is never freed ([`destroy_workqueue`] stops and joins its
 //!   workers, then leaves the block, a few hundred bytes, marked dead): a late timer handler
 //!   queueing on a destroyed queue finds memory that is still there, and is refused.
@@ -89,8 +115,9 @@
 //! - Handlers run in process context on the worker thread.
 //!
 //! # Ground rules (shared with signal context)
-//! - `RawWork::state`: every transition is one CAS; the signal path only sets `PENDING|LINKED`
-//!   and links, or fails. It never waits.
+//! - `RawWork::state`: every transition is one CAS; the signal path (`queue_*`, the delay
+//!   timer's handler, `cancel_delayed_work`) only sets `PENDING|LINKED` (or `DELAYED` ->
+//!   `LINKED`) and links, clears `PENDING`, or fails. It never waits.
 //! - `RawWork::next`: written only by whoever set `LINKED` (before publishing the item with the
 //!   CAS on `head`), read only by the worker that swapped the list out. An item cannot be linked
 //!   twice: linking requires `LINKED` clear, and the worker clears it (after reading `next`) only
@@ -98,6 +125,14 @@
 //! - `Pool::head`: pushes are CAS loops (no ABA: nobody pops single items; the worker swaps the
 //!   whole stack out). `pushed`/`done` are atomics; wake-ups are futex wakes.
 //! - The workqueue control block and the system queue are `'static`: the handler never frees.
+//! - `WqInner::dead`/`inflight`: a queueing call increments `inflight`, then checks `dead`, links,
+//!   decrements; `destroy_workqueue` sets `dead`, then waits for `inflight == 0` before stopping
+//!   the workers (both `SeqCst`: one of the two always sees the other), so nothing is ever
+//!   linked on a list whose worker has gone.
+//! - A `futex(FUTEX_WAKE)` issued right after a CAS that let an owner go (its `Drop` may free the
+//!   item at once) can name memory that was just freed: FUTEX_WAKE only uses the address as a
+//!   key and writes nothing, so the worst case is a spurious wake-up, which every waiter
+//!   tolerates by re-checking.
 
 use core::marker::{PhantomData, PhantomPinned};
 use core::pin::Pin;
@@ -141,12 +176,6 @@ pub struct Work<T, const ID: u64 = 0> {
     _container: PhantomData<fn(&T)>,
     _pin: PhantomPinned,
 }
-
-// SAFETY: the work item itself holds only atomics and function pointers. The handler receives
-// `&T` on a worker thread, which `HasWork: Sync` makes sound.
-unsafe impl<T, const ID: u64> Sync for Work<T, ID> {}
-// SAFETY: as above; moving an idle item between threads moves atomics and fn pointers.
-unsafe impl<T, const ID: u64> Send for Work<T, ID> {}
 
 impl<T, const ID: u64> core::fmt::Debug for Work<T, ID> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -251,6 +280,14 @@ impl<T, const ID: u64> Work<T, ID> {
 impl<T, const ID: u64> Drop for Work<T, ID> {
     fn drop(&mut self) {
         let raw = &self.raw;
+        if ptr::eq(CURRENT_WORK.with(Cell::get), raw) {
+            // The handler receives `&T` for its whole run: freeing `T` under it is unsound (and
+            // waiting for our own run would deadlock). The kernel allows `kfree` here; Rust's
+            // borrow does not. Same policy as the core's `TimerList`.
+            crate::pr_emerg!("BUG: work item freed from its own handler");
+            crate::kernel::printk::flush();
+            std::process::abort();
+        }
         if raw.state.load(SeqCst) & (PENDING | LINKED | RUNNING) == 0 {
             return;
         }
@@ -329,6 +366,8 @@ struct WqInner {
     name: String,
     pools: Box<[Pool]>,
     dead: AtomicBool,
+    /// Queueing calls between their `dead` check and their push (see [`live`]).
+    inflight: AtomicU32,
 }
 
 /// `struct workqueue_struct *`: a workqueue owned by its creator. Dropping it destroys it
@@ -398,6 +437,7 @@ impl Workqueue {
             name: name.to_owned(),
             pools,
             dead: AtomicBool::new(false),
+            inflight: AtomicU32::new(0),
         }));
         let wq = Workqueue { inner };
         for pool in inner.pools.iter() {
@@ -547,11 +587,23 @@ fn push(pool: &Pool, raw: &RawWork) {
     wake_up(&pool.more);
 }
 
+/// Runs `f` (which may link work on `wq`) unless `wq` is destroyed: a queueing call announces
+/// itself in `inflight` before it checks `dead`, and `destroy_workqueue` sets `dead` before it
+/// waits for `inflight` to reach 0 and stops the workers, so no item is ever linked on a list
+/// whose worker has gone (a `queue_work` that returned true always runs). Async-signal-safe.
+fn live<R>(wq: &WqInner, f: impl FnOnce() -> R) -> Option<R> {
+    wq.inflight.fetch_add(1, SeqCst);
+    let r = (!wq.dead.load(SeqCst)).then(f);
+    wq.inflight.fetch_sub(1, SeqCst);
+    r
+}
+
 /// Queues `raw` on `pool` unless pending or being cancelled. Async-signal-safe.
 fn queue_raw(wq: &WqInner, pool: &Pool, raw: &RawWork) -> bool {
-    if wq.dead.load(SeqCst) {
-        return false;
-    }
+    live(wq, || queue_live(pool, raw)).unwrap_or(false)
+}
+
+fn queue_live(pool: &Pool, raw: &RawWork) -> bool {
     match update(raw, |s| {
         (s & (PENDING | CANCELING) == 0).then_some(s | PENDING | LINKED)
     }) {
@@ -722,7 +774,13 @@ fn destroy_inner(wq: &'static WqInner) {
         return;
     }
     drain_inner(wq);
-    wq.dead.store(true, SeqCst);
+    if wq.dead.swap(true, SeqCst) {
+        return; // destroyed concurrently
+    }
+    // Queueing calls that passed the `dead` check finish linking (see `live`).
+    while wq.inflight.load(SeqCst) != 0 {
+        std::thread::yield_now();
+    }
     for pool in wq.pools.iter() {
         let task = pool.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(task) = task {
@@ -974,15 +1032,16 @@ fn delayed_work_timer_fn(t: &Timer<DelayTarget>) {
 
 /// The delay is over: link the work (if still pending) on `cpu`'s worker of `wq`.
 fn link_delayed(wq: &WqInner, cpu: usize, raw: &RawWork) {
-    if wq.dead.load(SeqCst) {
-        unpend(raw);
-        return;
-    }
-    if let Ok(old) = update(raw, |s| {
-        (s & PENDING != 0).then_some((s & !DELAYED) | LINKED)
-    }) && old & LINKED == 0
-    {
-        push(pool_for(wq, cpu), raw);
+    let linked = live(wq, || {
+        if let Ok(old) = update(raw, |s| {
+            (s & PENDING != 0).then_some((s & !DELAYED) | LINKED)
+        }) && old & LINKED == 0
+        {
+            push(pool_for(wq, cpu), raw);
+        }
+    });
+    if linked.is_none() {
+        unpend(raw); // the queue was destroyed under its timer: the work will not run
     }
 }
 

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use crate::kernel::fs::FileOperations;
 
 pub mod abi;
-pub mod placeholder;
+pub mod deferred;
+pub mod kthread;
+pub mod timer;
 
 /// A loaded module.
 pub trait Module: Send {
@@ -80,10 +82,32 @@ impl std::fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
-/// Loads module `name` (its init runs now).
-pub fn load(name: &str) -> Result<Box<dyn Module>, LoadError> {
+/// Module parameters (`insmod mod.ko param=...`), from the daemon's command line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Params {
+    /// `timer`: exercise 1 (one message) instead of exercise 2 (one a second).
+    pub once: bool,
+    /// `deferred`: exercise 4 (`alloc_io()` right in the timer) instead of exercise 5.
+    pub alloc_io_direct: bool,
+}
+
+/// Loads module `name` (its init runs now: the runtime must be started, [`crate::kernel::start`]).
+pub fn load(name: &str, params: Params) -> Result<Box<dyn Module>, LoadError> {
     let info = info(name).ok_or_else(|| LoadError::Unknown(name.into()))?;
-    Ok(Box::new(placeholder::Placeholder::load(info.name)))
+    Ok(match info.name {
+        "deferred" => Box::new(
+            deferred::DeferredModule::load(deferred::Options {
+                alloc_io_direct: params.alloc_io_direct,
+            })
+            .map_err(|e| LoadError::Init(e.desc().into()))?,
+        ),
+        "timer" => Box::new(timer::TimerModule::load(params.once)),
+        "kthread" => Box::new(
+            kthread::KthreadModule::load()
+                .map_err(|e| LoadError::Init(nix::errno::Errno::from_raw(-e).desc().into()))?,
+        ),
+        other => unreachable!("module `{other}` is in the registry but not loadable"),
+    })
 }
 
 #[cfg(test)]
@@ -92,14 +116,15 @@ mod tests {
 
     #[test]
     fn registry() {
+        crate::kernel::start().unwrap();
         assert_eq!(MODULES[0].name, "deferred");
         for m in MODULES {
-            let loaded = load(m.name).unwrap();
+            let loaded = load(m.name, Params::default()).unwrap();
             assert_eq!(loaded.name(), m.name);
             assert_eq!(loaded.file_operations().is_some(), m.has_device);
             loaded.exit();
         }
-        let e = load("nope").err().unwrap().to_string();
+        let e = load("nope", Params::default()).err().unwrap().to_string();
         assert_eq!(e, "no module `nope` (modules: deferred, timer, kthread)");
     }
 }

@@ -11,8 +11,18 @@ static ALLOC: deferred::kernel::alloc::CountingAllocator =
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Start the runtime (idempotent) and take the binary-wide test lock.
+static WATCHDOG: std::sync::Once = std::sync::Once::new();
+
+/// Start the runtime (idempotent) and take the binary-wide test lock. The first call also
+/// starts a watchdog: a deadlock aborts the binary after 3 minutes instead of hanging CI.
 pub fn setup() -> MutexGuard<'static, ()> {
+    WATCHDOG.call_once(|| {
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_secs(180));
+            eprintln!("runtime tests: watchdog expired after 180 s (deadlock?)");
+            std::process::abort();
+        });
+    });
     let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     deferred::kernel::start().expect("runtime start");
     g

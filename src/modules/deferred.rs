@@ -1,0 +1,395 @@
+//! Exercises 3, 4, 5 and 7: `/dev/deferred`, a device-wide timer driven by ioctls.
+//!
+//! The lab's `3-4-5-deferred` module, on the runtime. One timer and one `flag` for the whole
+//! device, shared by every opener (the last command wins):
+//!
+//! | ioctl | process context (the ioctl) | softirq context (the timer) |
+//! |---|---|---|
+//! | `MY_IOCTL_TIMER_SET n` | flag = SET; `mod_timer(jiffies + n*HZ)` | print the interrupted task |
+//! | `MY_IOCTL_TIMER_CANCEL` | `del_timer` | - |
+//! | `MY_IOCTL_TIMER_ALLOC n` | flag = ALLOC; `mod_timer(jiffies + n*HZ)` | `schedule_work`: `alloc_io()` sleeps 5 s on `events/N` (exercise 5), or, with `--alloc-io-direct`, `alloc_io()` right in the timer (exercise 4: the kernel's BUG reports) |
+//! | `MY_IOCTL_TIMER_MON pid` | take a reference on the task, add it under `spin_lock_bh`; flag = MON; `mod_timer(jiffies + HZ)` | under `spin_lock`, report and drop every task that has terminated, newest first; re-arm for a second later |
+//!
+//! Every expiry first prints `[timer_handler] pid = <pid>, comm = <comm>` of the thread the
+//! timer signal interrupted (the lab prints `current`: on its idle VM, `swapper/0`).
+//!
+//! # Huge timeouts
+//! `jiffies + n * HZ` is computed in wrapping 64-bit arithmetic, as the kernel's `unsigned long`
+//! does, and the runtime treats the result as the kernel's timer code does: an expiry that is
+//! not after now (the product wrapped past half the range) fires at the next tick; anything else
+//! waits as asked. Nothing overflows, panics or is refused: the kernel returns 0 too.
+//!
+//! # The monitored list, at scale
+//! The lab walks its list and reads `task->__state` of each entry every second. Here a task
+//! reference is a pidfd ([`TaskRef`]); all of them sit in one epoll set ([`TaskWatch`]), so a
+//! tick costs one `epoll_wait` plus the work for the tasks that did exit, however many are
+//! watched. Thread ids (not thread-group leaders) cannot be in the set and are checked one by one
+//! each tick (they are rare: the lab's users monitor processes).
+//!
+//! # Ground rules (shared with the timer, i.e. softirq context)
+//! - `Shared::flag`: an atomic; written by ioctls, read by the timer (the lab's plain int).
+//! - `Shared::mon`: a [`SpinLock`]; process context takes it with `lock_bh()`, the timer with
+//!   `lock()`, as the lab requires (exercise 7). Everything the timer does under it is
+//!   allocation-free: entries live in a slab whose capacity process context reserves before
+//!   adding, a dead entry's slot goes back on a free list within that capacity, and dropping a
+//!   [`TaskRef`] only closes a descriptor.
+//! - `Shared::work`: the runtime's work item; `schedule_work` is lock-free and signal-safe.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+
+use nix::errno::Errno;
+
+use super::Module;
+use super::abi::{Command, ioctl_command_to_string};
+use crate::kernel::fs::{File, FileOperations};
+use crate::kernel::jiffies::{HZ, jiffies};
+use crate::kernel::sched::{current, schedule_timeout};
+use crate::kernel::spinlock::SpinLock;
+use crate::kernel::task::{TaskRef, TaskWatch};
+use crate::kernel::timer::{Timer, TimerList};
+use crate::kernel::workqueue::{self, Work, flush_scheduled_work, schedule_work};
+use crate::{impl_has_work, pr_err, pr_info};
+
+/// `TIMER_TYPE_NONE`: nothing armed yet.
+pub const TIMER_TYPE_NONE: i32 = -1;
+/// `TIMER_TYPE_SET`: print and stop.
+pub const TIMER_TYPE_SET: i32 = 0;
+/// `TIMER_TYPE_ALLOC`: run `alloc_io()` (through a work item).
+pub const TIMER_TYPE_ALLOC: i32 = 1;
+/// `TIMER_TYPE_MON`: check the monitored tasks, every second.
+pub const TIMER_TYPE_MON: i32 = 2;
+
+/// Tasks reported dead per batch in one tick (a stack buffer in softirq context); more exits in
+/// one tick are handled in further batches of the same tick.
+const DEAD_BATCH: usize = 256;
+
+/// Options of the module (the daemon's command line).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Exercise 4: call `alloc_io()` from the timer itself instead of through a work item.
+    pub alloc_io_direct: bool,
+}
+
+/// One monitored task (`struct mon_proc`).
+struct MonProc {
+    task: TaskRef,
+    /// Insertion order: larger is newer (the lab's `list_add` puts new entries first).
+    seq: u64,
+}
+
+/// The monitored list: a slab of entries, their free slots, and the epoll set of their pidfds.
+struct MonList {
+    slots: Vec<Option<MonProc>>,
+    free: Vec<usize>,
+    /// Slots holding thread references, checked one by one each tick.
+    polled: Vec<usize>,
+    watch: TaskWatch,
+    next_seq: u64,
+    live: usize,
+}
+
+impl MonList {
+    fn new() -> Result<MonList, Errno> {
+        Ok(MonList {
+            slots: Vec::new(),
+            free: Vec::new(),
+            polled: Vec::new(),
+            watch: TaskWatch::new()?,
+            next_seq: 0,
+            live: 0,
+        })
+    }
+
+    /// `list_add`: process context, under `lock_bh`. Reserves every capacity the timer could
+    /// need to remove this entry later, so the timer never allocates.
+    fn add(&mut self, task: TaskRef) -> Result<(), Errno> {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        // Room for every slot on the free list and the polled list: pushes in the timer then
+        // stay within capacity.
+        self.free.reserve(self.slots.len() - self.free.len());
+        if task.needs_polling() {
+            self.polled.reserve(1);
+            self.polled.push(slot);
+        } else if let Err(e) = self.watch.add(&task, slot as u64) {
+            self.free.push(slot);
+            return Err(e);
+        }
+        self.next_seq += 1;
+        self.slots[slot] = Some(MonProc {
+            task,
+            seq: self.next_seq,
+        });
+        self.live += 1;
+        Ok(())
+    }
+
+    /// The timer's walk: report and drop every terminated task, newest first. Softirq context,
+    /// under `lock()`: no allocation (fixed stack buffers, pushes within reserved capacity).
+    fn reap(&mut self) {
+        loop {
+            let mut dead = [0u64; DEAD_BATCH];
+            let mut n = self.watch.ready(&mut dead);
+            // Thread entries: one check each.
+            let mut i = 0;
+            while i < self.polled.len() && n < DEAD_BATCH {
+                let slot = self.polled[i];
+                if self.slots[slot].as_ref().is_some_and(|p| p.task.is_dead()) {
+                    dead[n] = slot as u64;
+                    n += 1;
+                    self.polled.swap_remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+            if n == 0 {
+                return;
+            }
+            // Newest first, as the lab's list (list_add at the head) is walked.
+            let batch = &mut dead[..n];
+            batch.sort_unstable_by_key(|&s| {
+                std::cmp::Reverse(self.slots[s as usize].as_ref().map_or(0, |p| p.seq))
+            });
+            for &s in batch.iter() {
+                let s = s as usize;
+                if let Some(p) = self.slots[s].take() {
+                    pr_info!(
+                        "task {} ({}) is dead",
+                        // Comm bytes as printed by the kernel's %s.
+                        Bytes(p.task.comm_bytes()),
+                        p.task.pid()
+                    );
+                    // put_task_struct: closes the pidfd, which also leaves the epoll set.
+                    drop(p);
+                    self.free.push(s);
+                    self.live -= 1;
+                }
+            }
+            if n < DEAD_BATCH {
+                return;
+            }
+        }
+    }
+
+    /// Drops every entry (module exit): process context.
+    fn clear(&mut self) {
+        self.slots.clear();
+        self.free.clear();
+        self.polled.clear();
+        self.live = 0;
+    }
+}
+
+/// Prints bytes as the kernel's `%s` would (invalid UTF-8 shown lossily, without allocation).
+struct Bytes<'a>(&'a [u8]);
+
+impl std::fmt::Display for Bytes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            f.write_str(chunk.valid())?;
+            if !chunk.invalid().is_empty() {
+                f.write_str("?")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the timer handler reaches (`from_timer`): the lab's `struct my_device_data` less the
+/// cdev and the timer itself.
+struct Shared {
+    /// `INIT_WORK(&dev->work, work_handler)`. Declared first: dropped (and so cancelled)
+    /// before the fields its handler could use.
+    work: Work<Shared>,
+    flag: AtomicI32,
+    mon: SpinLock<MonList>,
+    alloc_io_direct: bool,
+    /// Ioctls served (for tests and the soak checker).
+    ioctls: AtomicU64,
+}
+
+impl_has_work!(Shared, work);
+
+/// The lab's `alloc_io()`: a blocking operation (5 s). In the timer (exercise 4) the runtime
+/// reports the kernel's BUGs and does not sleep.
+fn alloc_io() {
+    schedule_timeout(5 * HZ);
+    pr_info!("Yawn! I've been sleeping for 5 seconds.");
+}
+
+/// The work handler: process context, on `events/N` (exercise 5).
+fn work_handler(_dev: &Shared) {
+    alloc_io();
+}
+
+/// The timer handler: softirq context.
+fn timer_handler(timer: &Timer<Shared>) {
+    let dev = timer.data();
+    let cur = current();
+    pr_info!("[timer_handler] pid = {}, comm = {}", cur.pid(), cur.comm());
+    match dev.flag.load(Ordering::Acquire) {
+        TIMER_TYPE_ALLOC => {
+            if dev.alloc_io_direct {
+                alloc_io();
+            } else {
+                // SAFETY: `dev` is the data of a `TimerList`, which keeps its node (and so
+                // `dev`) boxed at a fixed address until it is dropped: it never moves.
+                let pinned = unsafe { Pin::new_unchecked(dev) };
+                schedule_work(pinned);
+            }
+        }
+        TIMER_TYPE_MON => {
+            dev.mon.lock().reap();
+            timer.mod_timer(jiffies().wrapping_add(HZ));
+        }
+        _ => {}
+    }
+}
+
+/// The device: its timer, which carries everything else.
+pub struct DeferredDevice {
+    timer: TimerList<Shared>,
+}
+
+impl DeferredDevice {
+    /// `deferred_init`'s device part: flag NONE, the work item, the lock and list, the timer.
+    pub fn new(opts: Options) -> Result<DeferredDevice, Errno> {
+        workqueue::init().map_err(|e| Errno::from_raw(e.abs()))?;
+        let shared = Shared {
+            work: Work::new(work_handler),
+            flag: AtomicI32::new(TIMER_TYPE_NONE),
+            mon: SpinLock::new("deferred_lock", MonList::new()?),
+            alloc_io_direct: opts.alloc_io_direct,
+            ioctls: AtomicU64::new(0),
+        };
+        Ok(DeferredDevice {
+            timer: TimerList::new(timer_handler, shared),
+        })
+    }
+
+    fn dev(&self) -> &Shared {
+        self.timer.data()
+    }
+
+    /// The current `flag` (TIMER_TYPE_*).
+    pub fn flag(&self) -> i32 {
+        self.dev().flag.load(Ordering::Acquire)
+    }
+
+    /// Is the device's timer armed?
+    pub fn timer_pending(&self) -> bool {
+        self.timer.timer_pending()
+    }
+
+    /// The jiffy the timer was last armed for.
+    pub fn expires(&self) -> u64 {
+        self.timer.expires()
+    }
+
+    /// How many tasks are monitored.
+    pub fn monitored(&self) -> usize {
+        self.dev().mon.lock_bh().live
+    }
+
+    /// Ioctls served so far.
+    pub fn ioctls(&self) -> u64 {
+        self.dev().ioctls.load(Ordering::Relaxed)
+    }
+
+    /// Arms the timer `seconds` from now, in the kernel's unsigned long arithmetic.
+    fn arm_in(&self, seconds: u64) {
+        self.timer
+            .mod_timer(jiffies().wrapping_add(seconds.wrapping_mul(HZ)));
+    }
+
+    /// `deferred_exit`'s teardown (after the device is gone): `del_timer_sync`,
+    /// `flush_scheduled_work` (a running ALLOC work is waited for), drop every monitored task.
+    pub fn shutdown(&self) {
+        self.timer.del_timer_sync();
+        flush_scheduled_work();
+        self.dev().mon.lock_bh().clear();
+    }
+}
+
+impl FileOperations for DeferredDevice {
+    fn open(&self, _file: &File) -> Result<(), Errno> {
+        pr_info!("[deferred_open] Device opened");
+        Ok(())
+    }
+
+    fn release(&self, _file: &File) {
+        pr_info!("[deferred_release] Device released");
+    }
+
+    fn unlocked_ioctl(&self, _file: &File, cmd: u32, arg: u64) -> Result<i32, Errno> {
+        let dev = self.dev();
+        dev.ioctls.fetch_add(1, Ordering::Relaxed);
+        pr_info!("[deferred_ioctl] Command: {}", ioctl_command_to_string(cmd));
+        match Command::from_cmd(cmd) {
+            Some(Command::Set) => {
+                dev.flag.store(TIMER_TYPE_SET, Ordering::Release);
+                self.arm_in(arg);
+            }
+            Some(Command::Cancel) => {
+                self.timer.del_timer();
+            }
+            Some(Command::Alloc) => {
+                dev.flag.store(TIMER_TYPE_ALLOC, Ordering::Release);
+                self.arm_in(arg);
+            }
+            Some(Command::Mon) => {
+                // The kernel's pid_t is an int: the low 32 bits of the argument, sign and all
+                // (so -1 arrives as -1 from a 32- or a 64-bit caller), as find_vpid(arg) sees it.
+                let task = TaskRef::get(arg as u32 as i32)?;
+                dev.mon.lock_bh().add(task)?;
+                dev.flag.store(TIMER_TYPE_MON, Ordering::Release);
+                self.arm_in(1);
+            }
+            None => return Err(Errno::ENOTTY),
+        }
+        Ok(0)
+    }
+}
+
+/// The loaded module.
+pub struct DeferredModule {
+    dev: Arc<DeferredDevice>,
+}
+
+impl DeferredModule {
+    /// `insmod deferred.ko`: `[deferred_init] Init module`, then the device.
+    pub fn load(opts: Options) -> Result<DeferredModule, Errno> {
+        pr_info!("[deferred_init] Init module");
+        let dev = DeferredDevice::new(opts).inspect_err(|e| {
+            pr_err!("[deferred_init] cannot set up the device: {}", e.desc());
+        })?;
+        Ok(DeferredModule { dev: Arc::new(dev) })
+    }
+
+    /// The device (for in-process tests).
+    pub fn device(&self) -> &Arc<DeferredDevice> {
+        &self.dev
+    }
+}
+
+impl Module for DeferredModule {
+    fn name(&self) -> &'static str {
+        "deferred"
+    }
+
+    fn file_operations(&self) -> Option<Arc<dyn FileOperations>> {
+        Some(self.dev.clone())
+    }
+
+    fn exit(self: Box<Self>) {
+        pr_info!("[deferred_exit] Exit module");
+        self.dev.shutdown();
+    }
+}

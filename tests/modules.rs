@@ -1,0 +1,462 @@
+//! The lab's modules in-process, driven through their file operations (no CUSE): every message,
+//! every command's effect, the errnos, the teardown, and no allocation in softirq context.
+
+use std::process::{Child, Command};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use deferred::kernel::alloc::{CountingAllocator, softirq_allocations};
+use deferred::kernel::fs::{File, FileOperations};
+use deferred::kernel::printk::{self, Capture};
+use deferred::modules::abi::{
+    MY_IOCTL_TIMER_ALLOC, MY_IOCTL_TIMER_CANCEL, MY_IOCTL_TIMER_MON, MY_IOCTL_TIMER_SET,
+    MY_IOCTL_TIMER_SET_32,
+};
+use deferred::modules::deferred::{
+    DeferredModule, Options, TIMER_TYPE_ALLOC, TIMER_TYPE_MON, TIMER_TYPE_NONE, TIMER_TYPE_SET,
+};
+use deferred::modules::{Module, Params, load};
+use nix::errno::Errno;
+
+#[global_allocator]
+static ALLOC: CountingAllocator = CountingAllocator;
+
+/// The modules share the printk log: one test at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    deferred::kernel::start().unwrap();
+    // Lines of earlier tests still in the ring go to their captures, not to this test's.
+    printk::flush();
+    g
+}
+
+const FILE: File = File {
+    fh: 1,
+    flags: 0,
+    caller_tid: 0,
+};
+
+/// Waits (bounded) until the capture holds `n` lines containing `needle`; returns those lines.
+fn wait_lines(cap: &Capture, needle: &str, n: usize, within: Duration) -> Vec<printk::Line> {
+    let deadline = Instant::now() + within;
+    loop {
+        let got: Vec<_> = cap
+            .lines()
+            .into_iter()
+            .filter(|l| l.text.contains(needle))
+            .collect();
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited {within:?} for {n} x {needle:?}, got {}: {:#?}",
+            got.len(),
+            cap.texts()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn count(cap: &Capture, needle: &str) -> usize {
+    cap.texts().iter().filter(|t| t.contains(needle)).count()
+}
+
+fn load_deferred(opts: Options) -> DeferredModule {
+    DeferredModule::load(opts).unwrap()
+}
+
+fn sleeper() -> Child {
+    Command::new("sleep").arg("60").spawn().unwrap()
+}
+
+#[test]
+fn load_open_ioctl_release_unload_print_the_labs_lines_in_order() {
+    let _g = serial();
+    let cap = printk::capture();
+    let m = load_deferred(Options::default());
+    let dev = m.device().clone();
+    assert_eq!(dev.flag(), TIMER_TYPE_NONE);
+    dev.open(&FILE).unwrap();
+    assert_eq!(dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
+    dev.release(&FILE);
+    Box::new(m).exit();
+    assert_eq!(
+        cap.texts(),
+        [
+            "[deferred_init] Init module",
+            "[deferred_open] Device opened",
+            "[deferred_ioctl] Command: Cancel timer",
+            "[deferred_release] Device released",
+            "[deferred_exit] Exit module",
+        ]
+    );
+    assert_eq!(softirq_allocations(), 0);
+}
+
+#[test]
+fn set_fires_once_after_n_seconds_printing_the_interrupted_task() {
+    let _g = serial();
+    let cap = printk::capture();
+    let m = load_deferred(Options::default());
+    let dev = m.device().clone();
+    let t0 = Instant::now();
+    assert_eq!(dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_SET, 1), Ok(0));
+    assert_eq!(dev.flag(), TIMER_TYPE_SET);
+    assert!(dev.timer_pending());
+    let lines = wait_lines(&cap, "[timer_handler]", 1, Duration::from_secs(10));
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(990),
+        "fired early: {waited:?}"
+    );
+    // "pid = <tid>, comm = <name>" of a live thread of this process.
+    let text = &lines[0].text;
+    let rest = text.strip_prefix("[timer_handler] pid = ").unwrap();
+    let (pid, comm) = rest.split_once(", comm = ").unwrap();
+    let pid: i32 = pid.parse().unwrap();
+    assert!(pid > 0 && !comm.is_empty(), "{text}");
+    // One-shot: no second expiry.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(count(&cap, "[timer_handler]"), 1);
+    assert!(!dev.timer_pending());
+    Box::new(m).exit();
+    assert_eq!(softirq_allocations(), 0);
+}
+
+#[test]
+fn cancel_stops_a_pending_timer_and_the_last_set_wins() {
+    let _g = serial();
+    let cap = printk::capture();
+    let m = load_deferred(Options::default());
+    let dev = m.device().clone();
+    dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_SET, 1).unwrap();
+    assert_eq!(dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
+    assert!(!dev.timer_pending());
+    // Cancel of an idle timer: still 0, flag unchanged.
+    assert_eq!(dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
+    assert_eq!(dev.flag(), TIMER_TYPE_SET);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(count(&cap, "[timer_handler]"), 0, "a cancelled timer fired");
+
+    // Re-arming moves the timer: 3 s, then 1 s -> one expiry, after about 1 s.
+    let t0 = Instant::now();
+    dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_SET, 3).unwrap();
+    dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_SET_32, 1).unwrap();
+    wait_lines(&cap, "[timer_handler]", 1, Duration::from_secs(10));
+    assert!(
+        t0.elapsed() < Duration::from_millis(2900),
+        "the first SET won"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(count(&cap, "[timer_handler]"), 1);
+    Box::new(m).exit();
+}
+
+#[test]
+fn alloc_runs_alloc_io_on_a_worker_five_seconds_after_the_timer() {
+    let _g = serial();
+    let cap = printk::capture();
+    let m = load_deferred(Options::default());
+    let dev = m.device().clone();
+    dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_ALLOC, 1).unwrap();
+    assert_eq!(dev.flag(), TIMER_TYPE_ALLOC);
+    let fired = wait_lines(&cap, "[timer_handler]", 1, Duration::from_secs(10));
+    let yawn = wait_lines(
+        &cap,
+        "Yawn! I've been sleeping for 5 seconds.",
+        1,
+        Duration::from_secs(15),
+    );
+    let slept = yawn[0].ts_ns - fired[0].ts_ns;
+    assert!(slept >= 4_990_000_000, "alloc_io slept only {slept} ns");
+    assert!(!cap.contains("BUG:"), "{:#?}", cap.texts());
+    Box::new(m).exit();
+    assert_eq!(softirq_allocations(), 0);
+}
+
+#[test]
+fn unload_waits_for_a_running_alloc_work() {
+    let _g = serial();
+    let cap = printk::capture();
+    let m = load_deferred(Options::default());
+    let dev = m.device().clone();
+    dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_ALLOC, 0).unwrap();
+    wait_lines(&cap, "[timer_handler]", 1, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(200)); // the work is sleeping now
+    let t0 = Instant::now();
+    Box::new(m).exit(); // flush_scheduled_work
+    assert!(
+        t0.elapsed() >= Duration::from_secs(4),
+        "exit did not wait for the work"
+    );
+    assert!(cap.contains("Yawn! I've been sleeping for 5 seconds."));
+    let texts = cap.texts();
+    let exit_at = texts
+        .iter()
+        .position(|t| t == "[deferred_exit] Exit module");
+    assert!(exit_at.is_some());
+}
+
+#[test]
+fn alloc_io_direct_reports_the_kernels_bugs_and_the_device_keeps_serving() {
+    let _g = serial();
+    let cap = printk::capture();
+    let m = load_deferred(Options {
+        alloc_io_direct: true,
+    });
+    let dev = m.device().clone();
+    let t0 = Instant::now();
+    dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_ALLOC, 0).unwrap();
+    wait_lines(
+        &cap,
+        "BUG: sleeping function called from invalid context",
+        1,
+        Duration::from_secs(5),
+    );
+    wait_lines(
+        &cap,
+        "BUG: scheduling while atomic",
+        1,
+        Duration::from_secs(5),
+    );
+    wait_lines(&cap, "Yawn!", 1, Duration::from_secs(5));
+    // It did not sleep 5 s in the signal handler.
+    assert!(t0.elapsed() < Duration::from_secs(4));
+    // Still serving.
+    dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_SET, 0).unwrap();
+    wait_lines(&cap, "[timer_handler]", 2, Duration::from_secs(5));
+    Box::new(m).exit();
+    assert_eq!(softirq_allocations(), 0);
+}
+
+#[test]
+fn mon_ticks_every_second_and_reports_each_dead_process_once() {
+    let _g = serial();
+    let cap = printk::capture();
+    let m = load_deferred(Options::default());
+    let dev = m.device().clone();
+    let mut child = sleeper();
+    let pid = child.id();
+    assert_eq!(
+        dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_MON, pid.into()),
+        Ok(0)
+    );
+    assert_eq!(dev.flag(), TIMER_TYPE_MON);
+    assert_eq!(dev.monitored(), 1);
+    wait_lines(&cap, "[timer_handler]", 2, Duration::from_secs(10));
+    assert!(!cap.contains("is dead"));
+    child.kill().unwrap(); // a zombie until reaped below: it counts as dead
+    let dead = format!("task sleep ({pid}) is dead");
+    wait_lines(&cap, &dead, 1, Duration::from_secs(5));
+    child.wait().unwrap();
+    assert_eq!(dev.monitored(), 0);
+    // Keeps ticking (the lab re-arms unconditionally) and reports it only once.
+    let ticks = count(&cap, "[timer_handler]");
+    wait_lines(&cap, "[timer_handler]", ticks + 2, Duration::from_secs(10));
+    assert_eq!(count(&cap, &dead), 1);
+    dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0).unwrap();
+    Box::new(m).exit();
+    assert_eq!(softirq_allocations(), 0);
+}
+
+#[test]
+fn mon_reports_newest_first_and_twice_added_pids_twice() {
+    let _g = serial();
+    let cap = printk::capture();
+    let m = load_deferred(Options::default());
+    let dev = m.device().clone();
+    let mut kids: Vec<Child> = (0..3).map(|_| sleeper()).collect();
+    // Zombies already: all are found dead by the same tick.
+    for k in &mut kids {
+        k.kill().unwrap();
+    }
+    let pids: Vec<u32> = kids.iter().map(|k| k.id()).collect();
+    for &p in &pids {
+        dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_MON, p.into())
+            .unwrap();
+    }
+    dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_MON, pids[0].into())
+        .unwrap();
+    let dead = wait_lines(&cap, "is dead", 4, Duration::from_secs(10));
+    let order: Vec<String> = dead.iter().map(|l| l.text.clone()).collect();
+    let line = |p: u32| format!("task sleep ({p}) is dead");
+    assert_eq!(
+        order,
+        [line(pids[0]), line(pids[2]), line(pids[1]), line(pids[0])]
+    );
+    for k in &mut kids {
+        k.wait().unwrap();
+    }
+    dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0).unwrap();
+    Box::new(m).exit();
+    assert_eq!(softirq_allocations(), 0);
+}
+
+#[test]
+fn mon_of_a_missing_pid_is_esrch_and_changes_nothing() {
+    let _g = serial();
+    let m = load_deferred(Options::default());
+    let dev = m.device().clone();
+    dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_SET, 100).unwrap();
+    for arg in [0u64, u64::MAX, 99_999_999, u32::MAX as u64, 1 << 40] {
+        assert_eq!(
+            dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_MON, arg),
+            Err(Errno::ESRCH),
+            "arg {arg}"
+        );
+    }
+    assert_eq!(dev.flag(), TIMER_TYPE_SET);
+    assert_eq!(dev.monitored(), 0);
+    Box::new(m).exit();
+}
+
+#[test]
+fn unknown_commands_are_enotty_and_read_write_einval() {
+    let _g = serial();
+    let m = load_deferred(Options::default());
+    let dev = m.device().clone();
+    // 0x80086b04 is the lab's old `'k', 4` read as ACCT (_IOR); 0x6b05 does not exist.
+    for cmd in [0u32, 0x6b05, 0x8008_6b04, 0x4008_6c01, 0xffff_ffff] {
+        assert_eq!(
+            dev.unlocked_ioctl(&FILE, cmd, 3),
+            Err(Errno::ENOTTY),
+            "{cmd:#x}"
+        );
+    }
+    assert_eq!(dev.read(&FILE, 10, 0), Err(Errno::EINVAL));
+    assert_eq!(dev.write(&FILE, b"x", 0), Err(Errno::EINVAL));
+    assert_eq!(dev.flag(), TIMER_TYPE_NONE);
+    assert!(!dev.timer_pending());
+    Box::new(m).exit();
+}
+
+#[test]
+fn huge_timeouts_never_overflow() {
+    let _g = serial();
+    let cap = printk::capture();
+    let m = load_deferred(Options::default());
+    let dev = m.device().clone();
+    // n * HZ wraps to a time before now: due at once, as the kernel's signed comparison says.
+    dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_SET, u64::MAX)
+        .unwrap();
+    wait_lines(&cap, "[timer_handler]", 1, Duration::from_secs(5));
+    // Far in the future: pending, no panic, cancellable.
+    for n in [1u64 << 40, (1 << 61) - 1, u32::MAX as u64] {
+        dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_ALLOC, n).unwrap();
+        assert!(dev.timer_pending(), "n = {n}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(count(&cap, "[timer_handler]"), 1);
+    dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0).unwrap();
+    Box::new(m).exit();
+}
+
+#[test]
+fn unload_with_a_pending_timer_and_watched_processes_is_clean() {
+    let _g = serial();
+    let cap = printk::capture();
+    let m = load_deferred(Options::default());
+    let dev = m.device().clone();
+    let mut kids: Vec<Child> = (0..50).map(|_| sleeper()).collect();
+    for k in &kids {
+        dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_MON, k.id().into())
+            .unwrap();
+    }
+    assert_eq!(dev.monitored(), 50);
+    dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_SET, 1).unwrap();
+    Box::new(m).exit();
+    assert_eq!(dev.monitored(), 0);
+    assert!(!dev.timer_pending());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        count(&cap, "[timer_handler]"),
+        0,
+        "a timer fired after unload"
+    );
+    for k in &mut kids {
+        k.kill().unwrap();
+        k.wait().unwrap();
+    }
+}
+
+#[test]
+fn timer_module_counts_seconds_periodically_or_once() {
+    let _g = serial();
+    let cap = printk::capture();
+    let m = load("timer", Params::default()).unwrap();
+    let lines = wait_lines(
+        &cap,
+        "[timer_handler] nseconds =",
+        3,
+        Duration::from_secs(10),
+    );
+    m.exit();
+    let texts: Vec<_> = lines.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(
+        texts[..3],
+        [
+            "[timer_handler] nseconds = 1",
+            "[timer_handler] nseconds = 2",
+            "[timer_handler] nseconds = 3"
+        ]
+    );
+    let gap = lines[2].ts_ns - lines[1].ts_ns;
+    assert!(
+        (900_000_000..1_600_000_000).contains(&gap),
+        "period {gap} ns"
+    );
+    let all = cap.texts();
+    assert_eq!(all.first().unwrap(), "[timer_init] Init module");
+    assert_eq!(all.last().unwrap(), "[timer_exit] Exit module");
+
+    let cap = printk::capture();
+    let m = load(
+        "timer",
+        Params {
+            once: true,
+            ..Params::default()
+        },
+    )
+    .unwrap();
+    wait_lines(&cap, "nseconds = 1", 1, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(1600));
+    assert_eq!(count(&cap, "nseconds ="), 1);
+    m.exit();
+    assert_eq!(softirq_allocations(), 0);
+}
+
+#[test]
+fn kthread_module_runs_mykthread0_and_waits_for_it_at_unload() {
+    let _g = serial();
+    let cap = printk::capture();
+    let m = deferred::modules::kthread::KthreadModule::load().unwrap();
+    let tid = m.task().pid();
+    let line = wait_lines(
+        &cap,
+        "[my_thread_f] Current process id is",
+        1,
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        line[0].text,
+        format!("[my_thread_f] Current process id is {tid} (mykthread0)")
+    );
+    let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "mykthread0");
+    Box::new(m).exit();
+    let texts = cap.texts();
+    let exiting = texts
+        .iter()
+        .position(|t| t == "[my_thread_f] Exiting")
+        .unwrap();
+    let exit = texts
+        .iter()
+        .position(|t| t == "[kthread_exit] Exit module")
+        .unwrap();
+    assert!(exiting < exit, "{texts:#?}");
+    assert_eq!(texts[0], "[kthread_init] Init module");
+    // The thread is gone.
+    assert!(!std::path::Path::new(&format!("/proc/self/task/{tid}")).exists());
+}
