@@ -184,6 +184,7 @@ def main():
 
     # --- monitoring at scale ----------------------------------------------------------------------
     mons = [r for r in recs if r["case"] == "mon"]
+    mon_series = {}
     if mons:
         w("## Monitoring at scale (host): MON's mechanism, a tick in signal context\n")
         w("| watched | mode | ticks | tick p50 | tick p99 | tick max | tick, no exit (p50) | exits seen at the first tick | detection p50 / max (ms) | RSS (kB) | target | |")
@@ -201,8 +202,10 @@ def main():
               f"{'tick p99 <= 1 ms, 1 tick, RSS <= 32 MB' if d.get('mode') != 'poll-each' else 'comparison'} | {verdict(ok)} |")
             if r.get("cmd"):
                 cmds.append(r["cmd"])
-            if d.get("tick_cdf_us"):
-                plots.append((f"MON tick, {d['watched']:,} watched ({d.get('mode')})", [("tick", d["tick_cdf_us"])]))
+            if d.get("tick_cdf_us") and d.get("mode") != "poll-each":
+                mon_series.setdefault(d.get("mode"), []).append((f"{d['watched']:,} watched", d["tick_cdf_us"]))
+        for mode, series in mon_series.items():
+            plots.append((f"MON tick cost in signal context: {MODE.get(mode, mode)}", series))
         daemons = [r["data"] for r in mons if r["data"].get("mode") == "daemon"]
         if daemons:
             w("\nThe module (mon_daemon): the MON ioctl itself, and a burst of exits in one tick:\n")
@@ -265,7 +268,7 @@ def plot(plots, png):
     cols = 2
     rows = (n + cols - 1) // cols
     script = [f"set terminal pngcairo size 1400,{420 * rows} font ',10'",
-              f"set output '{png}'",
+              f"set output '{png}'", "set termoption noenhanced",
               f"set multiplot layout {rows},{cols}",
               "set logscale x", "set grid", "set key bottom right",
               "set xlabel 'latency (us, log scale)'", "set ylabel 'percentile'", "set yrange [0:100]"]
