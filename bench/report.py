@@ -125,6 +125,7 @@ def main():
         if not o and not f:
             continue
         od, fd = (o or {}).get("data"), (f or {}).get("data")
+        extra_series = []
         r50 = ratio(od and od.get("p50_us"), fd and fd.get("p50_us"))
         r99 = ratio(od and od.get("p99_us"), fd and fd.get("p99_us"))
         ok = None
@@ -137,11 +138,14 @@ def main():
         nf = len(pick(recs, case, "ref"))
         w(f"| | {refname}{f' (median of {nf})' if nf > 1 else ''} | {fmt(fd and fd.get('samples'))} | "
           + " | ".join(stats_cells(fd)) + " | | | | |")
-        q = median_round(pick(recs, case, "quiet"))
-        if q:
-            qd = q["data"]
-            w(f"| | ours, logging off (RUST_LOG=warn) | {fmt(qd.get('samples'))} | " + " | ".join(stats_cells(qd))
-              + f" | {fmt(ratio(qd.get('p50_us'), fd and fd.get('p50_us')), 2)} | {fmt(ratio(qd.get('p99_us'), fd and fd.get('p99_us')), 2)} | (quiet / ref) | |")
+        for extra, label in (("quiet", "ours, logging off (RUST_LOG=warn)"), ("alt", "ours, alternative build (--alt)")):
+            q = median_round(pick(recs, case, extra))
+            if q:
+                qd = q["data"]
+                w(f"| | {label} | {fmt(qd.get('samples'))} | " + " | ".join(stats_cells(qd))
+                  + f" | {fmt(ratio(qd.get('p50_us'), fd and fd.get('p50_us')), 2)} | {fmt(ratio(qd.get('p99_us'), fd and fd.get('p99_us')), 2)} | ({extra} / ref) | |")
+                if qd.get("cdf_us"):
+                    extra_series.append((label, qd["cdf_us"]))
         fl = median_round(pick(recs, case, "floor"))
         if fl:
             fld = fl["data"]
@@ -154,6 +158,7 @@ def main():
             series.append(("ours", od["cdf_us"]))
         if fd and fd.get("cdf_us"):
             series.append((refname, fd["cdf_us"]))
+        series += extra_series
         fl = median_round(pick(recs, case, "floor"))
         if fl and fl["data"].get("cdf_us"):
             series.append(("bare signal handler", fl["data"]["cdf_us"]))
@@ -167,16 +172,17 @@ def main():
     tput = [(t, pick(recs, f"tput{t}", "ours"), pick(recs, f"tput{t}", "ref")) for t in (1, 2, 4, 8)]
     if any(o or f for _, o, f in tput):
         w("## ioctl throughput through CUSE (VM), calls/s, median of rounds\n")
-        quiet = any(pick(recs, f"tput{t}", "quiet") for t in (1, 2, 4, 8))
-        w("| client threads | ours | cuse_ref | ratio | target | |" + (" ours, logging off | ratio |" if quiet else ""))
-        w("|---|---|---|---|---|---|" + ("---|---|" if quiet else ""))
+        extras = [(e, lbl) for e, lbl in (("quiet", "ours, logging off"), ("alt", "ours, alternative build"))
+                  if any(pick(recs, f"tput{t}", e) for t in (1, 2, 4, 8))]
+        w("| client threads | ours | cuse_ref | ratio | target | |" + "".join(f" {lbl} | ratio |" for _, lbl in extras))
+        w("|---|---|---|---|---|---|" + "---|---|" * len(extras))
         for t, o, f in tput:
             om = statistics.median(r["data"]["calls_per_s"] for r in o) if o else None
             fm = statistics.median(r["data"]["calls_per_s"] for r in f) if f else None
             rt = ratio(om, fm)
             line = f"| {t} | {fmt(om)} | {fmt(fm)} | {fmt(rt, 2)} | >= 1.0x | {verdict(None if rt is None else rt >= 1.0)} |"
-            if quiet:
-                qs = pick(recs, f"tput{t}", "quiet")
+            for e, _ in extras:
+                qs = pick(recs, f"tput{t}", e)
                 qm = statistics.median(r["data"]["calls_per_s"] for r in qs) if qs else None
                 line += f" {fmt(qm)} | {fmt(ratio(qm, fm), 2)} |"
             w(line)
@@ -230,7 +236,7 @@ def main():
             ok = None
             if r["impl"] == "ours":
                 ok = d["wakeups_per_s"] == 0 and d["rss_kb"] <= 8 * 1024
-            name = {"ours": "ours (deferred)", "ref": "cuse_ref", "quiet": "ours, logging off"}.get(r["impl"], r["impl"])
+            name = {"ours": "ours (deferred)", "ref": "cuse_ref", "quiet": "ours, logging off", "alt": "ours, alternative build"}.get(r["impl"], r["impl"])
             w(f"| {name} | {d['seconds']} | {d['switches']} | {d['wakeups_per_s']} | {d['threads']} | {d['rss_kb']:,} | "
               f"{'0/s, RSS <= 8 MB' if r['impl'] == 'ours' else ''} | {verdict(ok)} |")
         for r in recs:

@@ -9,6 +9,8 @@
 # Each result is one line: "BENCH <case> <impl> <json>" (impl = ref | ours | quiet).
 # With BENCH_QUIET=1 in the environment a third server runs too: ours with logging off
 # (RUST_LOG=warn, /dev/deferred_quiet, dynamic major), to show what logging each ioctl costs.
+# With BENCH_ALT=PATH another build of the daemon runs too, as it ships (/dev/deferred_alt,
+# dynamic major): impl "alt", to measure a change against the current code in the same boot.
 CALLS=${1:-20000} TPUT=${2:-8000} ROUNDS=${3:-3} IDLE_S=${4:-10}
 CANCEL=0x00006b02
 
@@ -38,14 +40,22 @@ if [ "${BENCH_QUIET:-0}" = 1 ]; then
 	RUST_LOG=warn deferred --name deferred_quiet --major 0 >/tmp/deferred_quiet.log 2>&1 &
 	QUIET=$!
 fi
+ALT=
+if [ -n "${BENCH_ALT:-}" ]; then
+	"$BENCH_ALT" --name deferred_alt --major 0 >/tmp/deferred_alt.log 2>&1 &
+	ALT=$!
+fi
 IMPLS=
 if wait_node cuse_ref $REF; then IMPLS="ref"; else echo "BENCH error ref {\"error\":\"cuse_ref did not start\"}"; cat /tmp/cuse_ref.log; fi
 if wait_node deferred $OURS; then IMPLS="$IMPLS ours"; else echo "BENCH error ours {\"error\":\"deferred did not start\"}"; tail -5 /tmp/deferred.log; fi
 if [ -n "$QUIET" ]; then
 	if wait_node deferred_quiet $QUIET; then IMPLS="$IMPLS quiet"; else echo "BENCH error quiet {\"error\":\"deferred --name deferred_quiet did not start\"}"; tail -5 /tmp/deferred_quiet.log; fi
 fi
-dev() { case $1 in ref) echo /dev/cuse_ref ;; ours) echo /dev/deferred ;; quiet) echo /dev/deferred_quiet ;; esac; }
-pid() { case $1 in ref) echo $REF ;; ours) echo $OURS ;; quiet) echo $QUIET ;; esac; }
+if [ -n "$ALT" ]; then
+	if wait_node deferred_alt $ALT; then IMPLS="$IMPLS alt"; else echo "BENCH error alt {\"error\":\"$BENCH_ALT did not start\"}"; tail -5 /tmp/deferred_alt.log; fi
+fi
+dev() { case $1 in ref) echo /dev/cuse_ref ;; ours) echo /dev/deferred ;; quiet) echo /dev/deferred_quiet ;; alt) echo /dev/deferred_alt ;; esac; }
+pid() { case $1 in ref) echo $REF ;; ours) echo $OURS ;; quiet) echo $QUIET ;; alt) echo $ALT ;; esac; }
 
 # Idle first: nothing has been asked of either server yet.
 sleep 1
@@ -80,7 +90,7 @@ for i in $IMPLS; do
 	p=$(pid $i)
 	echo "BENCH rss_after $i {\"bench\":\"rss\",\"rss_kb\":$(rss_kb $p),\"threads\":$(threads $p)}"
 done
-for p in $OURS $REF $QUIET; do kill -INT $p 2>/dev/null; done
+for p in $OURS $REF $QUIET $ALT; do kill -INT $p 2>/dev/null; done
 sleep 1
-for p in $OURS $REF $QUIET; do kill -KILL $p 2>/dev/null; done
+for p in $OURS $REF $QUIET $ALT; do kill -KILL $p 2>/dev/null; done
 echo "BENCH done - {}"
