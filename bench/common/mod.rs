@@ -1,0 +1,93 @@
+//! Shared by the Rust bench programs: latency statistics printed as the C programs print them
+//! (one JSON line, `min_us`/`p50_us`/`p99_us`/`max_us` and `cdf_us`, the 0th..100th percentiles).
+
+#![allow(dead_code)]
+
+use std::fmt::Write;
+
+/// CLOCK_MONOTONIC in nanoseconds. Async-signal-safe (a vDSO call, no allocation).
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write into; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Nearest-rank percentile (p in 0..=100) of a sorted slice, in microseconds.
+pub fn pct_us(sorted: &[u64], p: f64) -> f64 {
+    let n = sorted.len();
+    let k = ((p / 100.0 * n as f64) + 0.999_999) as usize;
+    sorted[k.clamp(1, n) - 1] as f64 / 1000.0
+}
+
+/// Sorts `ns` and returns the statistics fields, `prefix` before each key (no braces):
+/// `"<prefix>samples":N,"<prefix>min_us":..,"<prefix>p50_us":..,...,"<prefix>cdf_us":[..]`.
+/// An empty sample set gives `"<prefix>samples":0` only.
+pub fn stats_json(prefix: &str, ns: &mut [u64]) -> String {
+    let mut s = format!("\"{prefix}samples\":{}", ns.len());
+    if ns.is_empty() {
+        return s;
+    }
+    ns.sort_unstable();
+    let _ = write!(
+        s,
+        ",\"{prefix}min_us\":{:.3},\"{prefix}p50_us\":{:.3},\"{prefix}p99_us\":{:.3},\"{prefix}max_us\":{:.3},\"{prefix}cdf_us\":[",
+        ns[0] as f64 / 1000.0,
+        pct_us(ns, 50.0),
+        pct_us(ns, 99.0),
+        ns[ns.len() - 1] as f64 / 1000.0
+    );
+    for p in 0..=100 {
+        let _ = write!(
+            s,
+            "{}{:.3}",
+            if p > 0 { "," } else { "" },
+            pct_us(ns, p as f64)
+        );
+    }
+    s.push(']');
+    s
+}
+
+/// A field of `/proc/<pid>/status` in kB (VmRSS, VmHWM, ...); 0 if missing.
+pub fn status_kb(pid: i32, key: &str) -> u64 {
+    let path = if pid == 0 {
+        "/proc/self/status".to_string()
+    } else {
+        format!("/proc/{pid}/status")
+    };
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A small xorshift generator: the benches need spread, not quality, and no crate.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// Uniform in `lo..hi` (hi > lo).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}

@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""Turns the raw results of scripts/bench into a Markdown table and a PNG of the distributions.
+
+    bench/report.py RAW.jsonl OUT.md [OUT.png]
+
+RAW.jsonl: one record a line, {"case": ..., "impl": "ours" | "ref", "data": {...}, "cmd": "..."},
+where data is what a bench program printed (min_us/p50_us/p99_us/max_us/cdf_us, calls_per_s, ...).
+Benchmarks report; nothing here fails on a missed target (exit 0 unless the input is unreadable).
+"""
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+
+def load(path):
+    recs = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                recs.append(json.loads(line))
+    return recs
+
+
+def cyclictest_stats(ct):
+    """cyclictest --json output -> our stats fields (its histogram has 1 us buckets)."""
+    hist = ct["thread"]["0"]["histogram"]
+    pts = sorted((int(k), v) for k, v in hist.items())
+    n = sum(v for _, v in pts)
+
+    def pct(p):
+        k = max(1, min(n, int(p / 100.0 * n + 0.999999)))
+        c = 0
+        for us, v in pts:
+            c += v
+            if c >= k:
+                return float(us)
+        return float(pts[-1][0])
+
+    return {
+        "samples": n,
+        "min_us": float(ct["thread"]["0"]["min"]),
+        "p50_us": pct(50),
+        "p99_us": pct(99),
+        "max_us": float(ct["thread"]["0"]["max"]),
+        "cdf_us": [pct(p) for p in range(101)],
+    }
+
+
+def pick(recs, case, impl):
+    return [r for r in recs if r["case"] == case and r["impl"] == impl and "error" not in r["data"]]
+
+
+def median_round(rs, key="p50_us"):
+    """The round whose `key` is the median: its numbers are shown (and its distribution plotted)."""
+    if not rs:
+        return None
+    rs = sorted(rs, key=lambda r: r["data"].get(key, 0))
+    return rs[(len(rs) - 1) // 2]
+
+
+MODE = {"epoll": "mechanism (TaskWatch)", "poll-each": "mechanism, one poll per task", "daemon": "deferred module"}
+
+
+def fmt(x, digits=1):
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        if abs(x) >= 1000:
+            return f"{x:,.0f}"
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def ratio(a, b):
+    if a is None or b is None or not b:
+        return None
+    return a / b
+
+
+def verdict(ok):
+    return "-" if ok is None else ("met" if ok else "**missed**")
+
+
+def stats_cells(d):
+    if not d:
+        return ["-"] * 4
+    return [fmt(d.get(k)) for k in ("min_us", "p50_us", "p99_us", "max_us")]
+
+
+def main():
+    if len(sys.argv) not in (3, 4):
+        sys.exit("usage: report.py RAW.jsonl OUT.md [OUT.png]")
+    recs = load(sys.argv[1])
+    for r in recs:
+        if r["case"] == "timer" and r["impl"] == "ref" and "thread" in r["data"]:
+            r["data"] = cyclictest_stats(r["data"])
+    meta = next((r["data"] for r in recs if r["case"] == "meta"), {})
+    out = []
+    w = out.append
+    cmds = []
+    plots = []  # (title, [(label, cdf_us)])
+
+    w(f"# Benchmark results\n\n{meta.get('date', '')} on `{meta.get('host', '?')}` "
+      f"({meta.get('cpus', '?')} CPUs, kernel {meta.get('kernel', '?')}, load average {meta.get('load', '?')}); "
+      f"commit `{meta.get('commit', '?')}`. "
+      f"Latencies in microseconds. Benchmarks report: noise is not a failure.\n")
+
+    # --- latency comparisons: ours vs reference -------------------------------------------------
+    w("## Latency, ours vs the reference (same run)\n")
+    w("| benchmark | impl | samples | min | p50 | p99 | max | p50 ratio | p99 ratio | target | |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|")
+    lat_cases = [
+        ("lat", "ioctl round trip, 1 thread (VM)", "cuse_ref (libfuse3)", 1.0, False),
+        ("timer", "timer lateness (host)", "cyclictest -x", 1.2, True),
+        ("work", "timer handler -> work handler (host)", "pipe wake", 1.2, True),
+    ]
+    for case, title, refname, limit, both in lat_cases:
+        o = median_round(pick(recs, case, "ours"))
+        f = median_round(pick(recs, case, "ref"))
+        if not o and not f:
+            continue
+        od, fd = (o or {}).get("data"), (f or {}).get("data")
+        extra_series = []
+        r50 = ratio(od and od.get("p50_us"), fd and fd.get("p50_us"))
+        r99 = ratio(od and od.get("p99_us"), fd and fd.get("p99_us"))
+        ok = None
+        if r50 is not None:
+            ok = r50 <= limit and (not both or (r99 is not None and r99 <= limit))
+        tgt = f"p50{' and p99' if both else ''} <= {limit}x"
+        nr = len(pick(recs, case, "ours"))
+        w(f"| {title} | ours{f' (median of {nr} rounds)' if nr > 1 else ''} | {fmt(od and od.get('samples'))} | "
+          + " | ".join(stats_cells(od)) + f" | {fmt(r50, 2)} | {fmt(r99, 2)} | {tgt} | {verdict(ok)} |")
+        nf = len(pick(recs, case, "ref"))
+        w(f"| | {refname}{f' (median of {nf})' if nf > 1 else ''} | {fmt(fd and fd.get('samples'))} | "
+          + " | ".join(stats_cells(fd)) + " | | | | |")
+        for extra, label in (("quiet", "ours, logging off (RUST_LOG=warn)"), ("alt", "ours, alternative build (--alt)")):
+            q = median_round(pick(recs, case, extra))
+            if q:
+                qd = q["data"]
+                w(f"| | {label} | {fmt(qd.get('samples'))} | " + " | ".join(stats_cells(qd))
+                  + f" | {fmt(ratio(qd.get('p50_us'), fd and fd.get('p50_us')), 2)} | {fmt(ratio(qd.get('p99_us'), fd and fd.get('p99_us')), 2)} | ({extra} / ref) | |")
+                if qd.get("cdf_us"):
+                    extra_series.append((label, qd["cdf_us"]))
+        fl = median_round(pick(recs, case, "floor"))
+        if fl:
+            fld = fl["data"]
+            w(f"| | floor: bare signal handler (sig_lateness) | {fmt(fld.get('samples'))} | " + " | ".join(stats_cells(fld))
+              + f" | {fmt(ratio(od and od.get('p50_us'), fld.get('p50_us')), 2)} | {fmt(ratio(od and od.get('p99_us'), fld.get('p99_us')), 2)} | (ours / floor) | |")
+            if fl.get("cmd"):
+                cmds.append(fl["cmd"])
+        series = []
+        if od and od.get("cdf_us"):
+            series.append(("ours", od["cdf_us"]))
+        if fd and fd.get("cdf_us"):
+            series.append((refname, fd["cdf_us"]))
+        series += extra_series
+        fl = median_round(pick(recs, case, "floor"))
+        if fl and fl["data"].get("cdf_us"):
+            series.append(("bare signal handler", fl["data"]["cdf_us"]))
+        plots.append((title, series))
+        for rr in (o, f):
+            if rr and rr.get("cmd"):
+                cmds.append(rr["cmd"])
+    w("")
+
+    # --- throughput -------------------------------------------------------------------------------
+    tput = [(t, pick(recs, f"tput{t}", "ours"), pick(recs, f"tput{t}", "ref")) for t in (1, 2, 4, 8)]
+    if any(o or f for _, o, f in tput):
+        w("## ioctl throughput through CUSE (VM), calls/s, median of rounds\n")
+        extras = [(e, lbl) for e, lbl in (("quiet", "ours, logging off"), ("alt", "ours, alternative build"))
+                  if any(pick(recs, f"tput{t}", e) for t in (1, 2, 4, 8))]
+        w("| client threads | ours | cuse_ref | ratio | target | |" + "".join(f" {lbl} | ratio |" for _, lbl in extras))
+        w("|---|---|---|---|---|---|" + "---|---|" * len(extras))
+        for t, o, f in tput:
+            om = statistics.median(r["data"]["calls_per_s"] for r in o) if o else None
+            fm = statistics.median(r["data"]["calls_per_s"] for r in f) if f else None
+            rt = ratio(om, fm)
+            line = f"| {t} | {fmt(om)} | {fmt(fm)} | {fmt(rt, 2)} | >= 1.0x | {verdict(None if rt is None else rt >= 1.0)} |"
+            for e, _ in extras:
+                qs = pick(recs, f"tput{t}", e)
+                qm = statistics.median(r["data"]["calls_per_s"] for r in qs) if qs else None
+                line += f" {fmt(qm)} | {fmt(ratio(qm, fm), 2)} |"
+            w(line)
+        w("")
+
+    # --- monitoring at scale ----------------------------------------------------------------------
+    mons = [r for r in recs if r["case"] == "mon"]
+    mon_series = {}
+    if mons:
+        w("## Monitoring at scale (host): MON's mechanism, a tick in signal context\n")
+        w("| watched | mode | ticks | tick p50 | tick p99 | tick max | tick, no exit (p50) | exits seen at the first tick | detection p50 / max (ms) | RSS (kB) | target | |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in mons:
+            d = r["data"]
+            ok = None
+            if d.get("mode") in ("epoll", "daemon"):
+                ok = (d.get("tick_p99_us", 1e9) <= 1000 and d.get("missed", 1) == 0
+                      and d.get("within_one_tick") == d.get("killed") and d.get("rss_kb", 1e9) <= 32 * 1024)
+            det = f"{fmt((d.get('detect_p50_us') or 0) / 1000)} / {fmt((d.get('detect_max_us') or 0) / 1000)}"
+            w(f"| {d['watched']:,} | {MODE.get(d.get('mode'), d.get('mode'))} | {d.get('ticks')} | {fmt(d.get('tick_p50_us'))} | "
+              f"{fmt(d.get('tick_p99_us'))} | {fmt(d.get('tick_max_us'))} | {fmt(d.get('idle_tick_p50_us'))} | "
+              f"{d.get('within_one_tick')}/{d.get('killed')} | {det} | {fmt(d.get('rss_kb'))} | "
+              f"{'tick p99 <= 1 ms, 1 tick, RSS <= 32 MB' if d.get('mode') != 'poll-each' else 'comparison'} | {verdict(ok)} |")
+            if r.get("cmd"):
+                cmds.append(r["cmd"])
+            if d.get("tick_cdf_us") and d.get("mode") != "poll-each":
+                mon_series.setdefault(d.get("mode"), []).append((f"{d['watched']:,} watched", d["tick_cdf_us"]))
+        for mode, series in mon_series.items():
+            plots.append((f"MON tick cost in signal context: {MODE.get(mode, mode)}", series))
+        daemons = [r["data"] for r in mons if r["data"].get("mode") == "daemon"]
+        if daemons:
+            w("\nThe module (mon_daemon): the MON ioctl itself, and a burst of exits in one tick:\n")
+            w("| watched | MON ioctl p50 / p99 (us) | RSS before / after MON (kB) | burst | most exits reported in one tick | that tick (us) | burst exits reported late | burst detection max (ms) |")
+            w("|---|---|---|---|---|---|---|---|")
+            for d in daemons:
+                w(f"| {d['watched']:,} | {fmt(d.get('mon_ioctl_p50_us'))} / {fmt(d.get('mon_ioctl_p99_us'))} | "
+                  f"{fmt(d.get('rss_kb_before_refs'))} / {fmt(d.get('rss_kb'))} | {d.get('burst')} | {d.get('max_exits_in_tick')} | "
+                  f"{fmt(d.get('burst_tick_us'))} | {d.get('burst_seen_late')} | {fmt((d.get('burst_detect_max_us') or 0) / 1000)} |")
+        w("")
+
+    # --- idle -------------------------------------------------------------------------------------
+    idle = [r for r in recs if r["case"] == "idle"]
+    if idle:
+        w("## Idle cost (VM): nothing pending\n")
+        w("| impl | seconds | context switches, all threads | wakeups/s | threads | RSS (kB) | target | |")
+        w("|---|---|---|---|---|---|---|---|")
+        for r in idle:
+            d = r["data"]
+            if "error" in d:
+                continue
+            ok = None
+            if r["impl"] == "ours":
+                ok = d["wakeups_per_s"] == 0 and d["rss_kb"] <= 8 * 1024
+            name = {"ours": "ours (deferred)", "ref": "cuse_ref", "quiet": "ours, logging off", "alt": "ours, alternative build"}.get(r["impl"], r["impl"])
+            w(f"| {name} | {d['seconds']} | {d['switches']} | {d['wakeups_per_s']} | {d['threads']} | {d['rss_kb']:,} | "
+              f"{'0/s, RSS <= 8 MB' if r['impl'] == 'ours' else ''} | {verdict(ok)} |")
+        for r in recs:
+            if r["case"] == "rss_after" and "error" not in r["data"]:
+                w(f"\nAfter the ioctl runs: {r['impl']} RSS {r['data']['rss_kb']:,} kB, {r['data']['threads']} threads.")
+        w("")
+
+    errors = [r for r in recs if "error" in r.get("data", {})]
+    if errors:
+        w("## Not measured\n")
+        for r in errors:
+            w(f"- {r['case']} / {r['impl']}: {r['data']['error']}")
+        w("")
+
+    w("## Commands\n")
+    w("All of the above: `scripts/bench` (see `scripts/bench --help`). Single runs:\n")
+    w("```")
+    for c in meta.get("commands", []) + sorted(set(cmds), key=cmds.index):
+        w(c)
+    w("```")
+    with open(sys.argv[2], "w") as f:
+        f.write("\n".join(out) + "\n")
+
+    if len(sys.argv) == 4 and plots:
+        plot(plots, sys.argv[3])
+
+
+def plot(plots, png):
+    gp = shutil.which("gnuplot")
+    if not gp:
+        print("report.py: gnuplot not found: no plot (apt-get install gnuplot-nox)", file=sys.stderr)
+        return
+    tmp = tempfile.mkdtemp(prefix="bench-plot.")
+    n = len(plots)
+    cols = 2
+    rows = (n + cols - 1) // cols
+    script = [f"set terminal pngcairo size 1400,{420 * rows} font ',10'",
+              f"set output '{png}'", "set termoption noenhanced",
+              f"set multiplot layout {rows},{cols}",
+              "set logscale x", "set grid", "set key bottom right",
+              "set xlabel 'latency (us, log scale)'", "set ylabel 'percentile'", "set yrange [0:100]"]
+    for i, (title, series) in enumerate(plots):
+        cmds = []
+        for j, (label, cdf) in enumerate(series):
+            path = os.path.join(tmp, f"p{i}_{j}.dat")
+            with open(path, "w") as f:
+                for p, v in enumerate(cdf):
+                    f.write(f"{max(v, 0.001)} {p}\n")
+            cmds.append(f"'{path}' using 1:2 with lines lw 2 title '{label}'")
+        script.append(f"set title '{title}'")
+        if cmds:
+            script.append("plot " + ", ".join(cmds))
+    script.append("unset multiplot")
+    subprocess.run([gp], input="\n".join(script), text=True, check=False)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+#!/bin/sh
+# Runs INSIDE the VM (busybox sh), started by scripts/bench through scripts/vm:
+#   sh vm-ioctl.sh CALLS TPUT_CALLS ROUNDS IDLE_S
+# Starts the reference (cuse_ref, libfuse3) and our daemon (`deferred`, as it ships: it logs every
+# ioctl, here to a file in tmpfs) side by side, then in this one boot:
+#   idle:  both servers idle for IDLE_S seconds: context switches of all their threads, VmRSS
+#   lat:   ROUNDS x CALLS CANCEL ioctls from 1 thread, ref and ours alternating
+#   tput:  1/2/4/8 client threads, ROUNDS x TPUT_CALLS calls each, alternating
+# Each result is one line: "BENCH <case> <impl> <json>" (impl = ref | ours | quiet).
+# With BENCH_QUIET=1 in the environment a third server runs too: ours with logging off
+# (RUST_LOG=warn, /dev/deferred_quiet, dynamic major), to show what logging each ioctl costs.
+# With BENCH_ALT=PATH another build of the daemon runs too, as it ships (/dev/deferred_alt,
+# dynamic major): impl "alt", to measure a change against the current code in the same boot.
+CALLS=${1:-20000} TPUT=${2:-8000} ROUNDS=${3:-3} IDLE_S=${4:-10}
+CANCEL=0x00006b02
+
+wait_node() { # NODE PID: 0 once /dev/NODE exists, 1 if the server died or 20 s passed
+	i=0
+	while [ ! -e "/dev/$1" ]; do
+		kill -0 "$2" 2>/dev/null || return 1
+		i=$((i + 1)); [ $i -gt 200 ] && return 1
+		sleep 0.1
+	done
+}
+
+# ctxt switches (voluntary + nonvoluntary) summed over all threads of PID.
+switches() {
+	cat /proc/$1/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches/ {s += $2} END {print s + 0}'
+}
+# Rss from smaps_rollup (a page-table walk): the VM kernel (6.1) syncs VmRSS lazily (per-thread counters).
+rss_kb() { awk '/^Rss:/ {print $2}' /proc/$1/smaps_rollup; }
+threads() { ls /proc/$1/task | wc -l; }
+
+cuse_ref >/tmp/cuse_ref.log 2>&1 &
+REF=$!
+deferred >/tmp/deferred.log 2>&1 &
+OURS=$!
+QUIET=
+if [ "${BENCH_QUIET:-0}" = 1 ]; then
+	RUST_LOG=warn deferred --name deferred_quiet --major 0 >/tmp/deferred_quiet.log 2>&1 &
+	QUIET=$!
+fi
+ALT=
+if [ -n "${BENCH_ALT:-}" ]; then
+	"$BENCH_ALT" --name deferred_alt --major 0 >/tmp/deferred_alt.log 2>&1 &
+	ALT=$!
+fi
+IMPLS=
+if wait_node cuse_ref $REF; then IMPLS="ref"; else echo "BENCH error ref {\"error\":\"cuse_ref did not start\"}"; cat /tmp/cuse_ref.log; fi
+if wait_node deferred $OURS; then IMPLS="$IMPLS ours"; else echo "BENCH error ours {\"error\":\"deferred did not start\"}"; tail -5 /tmp/deferred.log; fi
+if [ -n "$QUIET" ]; then
+	if wait_node deferred_quiet $QUIET; then IMPLS="$IMPLS quiet"; else echo "BENCH error quiet {\"error\":\"deferred --name deferred_quiet did not start\"}"; tail -5 /tmp/deferred_quiet.log; fi
+fi
+if [ -n "$ALT" ]; then
+	if wait_node deferred_alt $ALT; then IMPLS="$IMPLS alt"; else echo "BENCH error alt {\"error\":\"$BENCH_ALT did not start\"}"; tail -5 /tmp/deferred_alt.log; fi
+fi
+dev() { case $1 in ref) echo /dev/cuse_ref ;; ours) echo /dev/deferred ;; quiet) echo /dev/deferred_quiet ;; alt) echo /dev/deferred_alt ;; esac; }
+pid() { case $1 in ref) echo $REF ;; ours) echo $OURS ;; quiet) echo $QUIET ;; alt) echo $ALT ;; esac; }
+
+# Idle first: nothing has been asked of either server yet.
+sleep 1
+for i in $IMPLS; do eval "s0_$i=\$(switches \$(pid $i))"; done
+sleep "$IDLE_S"
+for i in $IMPLS; do
+	p=$(pid $i)
+	eval "s0=\$s0_$i"
+	s1=$(switches $p)
+	echo "BENCH idle $i {\"bench\":\"idle\",\"seconds\":$IDLE_S,\"switches\":$((s1 - s0)),\"wakeups_per_s\":$(awk "BEGIN {printf \"%.2f\", ($s1 - $s0) / $IDLE_S}"),\"threads\":$(threads $p),\"rss_kb\":$(rss_kb $p)}"
+done
+
+# Warm-up (not recorded).
+for i in $IMPLS; do ioctl_bench "$(dev $i)" $CANCEL 1000 1 >/dev/null; done
+
+order() { # alternate who goes first from round to round
+	if [ $(($1 % 2)) -eq 0 ]; then echo "$IMPLS"; else echo "$IMPLS" | awk '{for (i = NF; i > 0; i--) printf "%s ", $i}'; fi
+}
+r=0
+while [ $r -lt "$ROUNDS" ]; do
+	for i in $(order $r); do echo "BENCH lat $i $(ioctl_bench "$(dev $i)" $CANCEL "$CALLS" 1)"; done
+	r=$((r + 1))
+done
+for t in 1 2 4 8; do
+	r=0
+	while [ $r -lt "$ROUNDS" ]; do
+		for i in $(order $r); do echo "BENCH tput$t $i $(ioctl_bench "$(dev $i)" $CANCEL "$TPUT" $t)"; done
+		r=$((r + 1))
+	done
+done
+for i in $IMPLS; do
+	p=$(pid $i)
+	echo "BENCH rss_after $i {\"bench\":\"rss\",\"rss_kb\":$(rss_kb $p),\"threads\":$(threads $p)}"
+done
+for p in $OURS $REF $QUIET $ALT; do kill -INT $p 2>/dev/null; done
+sleep 1
+for p in $OURS $REF $QUIET $ALT; do kill -KILL $p 2>/dev/null; done
+echo "BENCH done - {}"
