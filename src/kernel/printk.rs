@@ -356,6 +356,12 @@ pub fn start_console() {
     }
 }
 
+/// How long the console lets lines gather once it has printed some: one jiffy. While it waits
+/// this way it does not announce itself as sleeping, so producers skip the futex wake; a busy
+/// device costs one console wake-up a jiffy instead of one a line. Timestamps are taken when a
+/// line is printed, not when it is written, so the batching never shows in the log.
+const CONSOLE_BATCH_NS: u64 = jiffies::NSEC_PER_JIFFY;
+
 fn console_thread() {
     crate::kernel::sched::set_comm("printk");
     loop {
@@ -364,6 +370,12 @@ fn console_thread() {
             let mut c = CONSUMER.lock().unwrap_or_else(|e| e.into_inner());
             drain(&mut c, None);
         }
+        // Lines came: let the next ones gather for a jiffy, unannounced (no wake-ups needed).
+        crate::kernel::sched::sleep_until_ns(jiffies::monotonic_ns() + CONSOLE_BATCH_NS);
+        if WAKE.load(Ordering::SeqCst) != seen {
+            continue;
+        }
+        // Quiet for a jiffy: sleep until woken (tickless when idle).
         CONSOLE_WAITING.store(1, Ordering::SeqCst);
         if WAKE.load(Ordering::SeqCst) == seen {
             futex_wait(&WAKE, seen);
