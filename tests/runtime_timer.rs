@@ -355,5 +355,8 @@ fn timers_fire_promptly_after_their_jiffy() {
     );
     // Not a speed test (scripts/bench measures that): a lost or missed arming shows up as whole
     // seconds, load on a shared 2-core machine as milliseconds.
-    assert!(p50 < 500_000_000, "median lateness {p50} ns: timers are not armed on time");
+    assert!(
+        p50 < 500_000_000,
+        "median lateness {p50} ns: timers are not armed on time"
+    );
 }
