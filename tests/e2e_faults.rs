@@ -121,8 +121,8 @@ fn unload_with_timer_work_1000_watched_and_clients_is_prompt_and_quiet() {
             .any(|l| l.contains("[timer_handler]"))
     });
     std::thread::sleep(Duration::from_millis(300));
-    // And a pending timer, far away.
-    assert_eq!(ioctl(&f, MY_IOCTL_TIMER_SET, 100), Ok(0));
+    // And a pending timer, due while the unload waits for the work: it must not fire.
+    assert_eq!(ioctl(&f, MY_IOCTL_TIMER_SET, 1), Ok(0));
     let t0 = Instant::now();
     d.signal(Signal::SIGTERM);
     let status = d.wait_exit(Duration::from_secs(6));
