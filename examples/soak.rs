@@ -558,3 +558,70 @@ fn run(minutes: f64, daemon: &Path, log_path: &Path) -> i32 {
         1
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check_log;
+
+    fn arm(t: f64, n: u64, j: u64) -> String {
+        format!(
+            "[{t:12.6}] [deferred_ioctl] arg = {n}, expires = {}, jiffies = {j}\n",
+            j + n * 250
+        )
+    }
+    fn fire(t: f64, e: u64, j: u64) -> String {
+        format!("[{t:12.6}] [timer_handler] expires = {e}, jiffies = {j}\n")
+    }
+    fn other(t: f64) -> String {
+        format!("[{t:12.6}] [deferred_ioctl] Command: Cancel timer\n")
+    }
+
+    #[test]
+    fn a_fired_timer_and_a_cancelled_one_are_fine() {
+        let log = arm(1.0, 1, 1000)
+            + &fire(2.0, 1250, 1250)
+            + &arm(3.0, 1, 1500)
+            + "[    3.100000] [deferred_ioctl] cancelled\n"
+            + &other(9.0);
+        let r = check_log(&log);
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        assert_eq!((r.arms, r.cancels, r.fires, r.fires_required), (2, 1, 1, 1));
+    }
+
+    #[test]
+    fn a_timer_that_never_fires_is_lost() {
+        let log = arm(1.0, 1, 1000) + &other(2.5) + &other(4.5);
+        let r = check_log(&log);
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        assert!(r.problems[0].contains("timer lost"));
+    }
+
+    #[test]
+    fn a_second_expiry_or_one_nobody_armed_is_caught() {
+        let log = arm(1.0, 1, 1000) + &fire(2.0, 1250, 1250) + &fire(2.1, 1250, 1275);
+        assert_eq!(check_log(&log).problems.len(), 1);
+        let log = fire(2.0, 777, 800);
+        assert_eq!(check_log(&log).problems.len(), 1);
+    }
+
+    #[test]
+    fn a_replaced_arming_may_fire_once_in_a_race() {
+        let log = arm(1.0, 0, 1000)
+            + &arm(1.001, 1, 1000)
+            + &fire(1.002, 1000, 1001)
+            + &fire(2.0, 1250, 1250)
+            + &other(5.0);
+        let r = check_log(&log);
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        assert_eq!((r.fires_required, r.fires_raced), (1, 1));
+    }
+
+    #[test]
+    fn watched_tasks_and_bugs_are_read() {
+        let log =
+            "[    1.000000] task sleep (42) is dead\n[    1.000001] BUG: scheduling while atomic\n";
+        let r = check_log(log);
+        assert_eq!(r.dead.get(&42), Some(&1));
+        assert_eq!(r.problems.len(), 1);
+    }
+}
