@@ -369,3 +369,52 @@ fn a_sleeping_alloc_work_never_delays_other_clients() {
     d.wait_log("the work's end", |l| l.contains("Yawn!"));
     d.stop();
 }
+
+#[test]
+#[ignore = "needs /dev/cuse: run scripts/test"]
+fn out_of_descriptors_mon_is_enomem_and_everything_else_works() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    // The daemon inherits a hard limit of 64 descriptors (it raises its soft limit to that).
+    let saved = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, 64, 64).unwrap();
+    let d = Daemon::start_env(&[], &[("RUST_LOG", "warn,printk=info")]);
+    setrlimit(Resource::RLIMIT_NOFILE, saved.0, saved.1).unwrap();
+    let f = open(&d);
+    let kids: Vec<_> = (0..100).map(|_| pausing_child()).collect();
+    let mut answers = std::collections::BTreeMap::new();
+    for k in &kids {
+        let r = ioctl(&f, MY_IOCTL_TIMER_MON, k.as_raw() as u64);
+        *answers.entry(format!("{r:?}")).or_insert(0) += 1;
+    }
+    println!("e2e: MON of 100 live processes with 64 descriptors: {answers:?}");
+    // Live processes: watched while descriptors last, then ENOMEM -- never "no such process".
+    let watched = answers.get("Ok(0)").copied().unwrap_or(0);
+    assert!(watched > 20, "{answers:?}");
+    assert_eq!(
+        answers.get("Err(ENOMEM)").copied().unwrap_or(0),
+        100 - watched,
+        "{answers:?}"
+    );
+    // Every other command still works, and opens need no descriptor.
+    let more: Vec<File> = (0..20).map(|_| open(&d)).collect();
+    assert_eq!(ioctl(&more[19], MY_IOCTL_TIMER_SET, 3600), Ok(0));
+    assert_eq!(ioctl(&f, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
+    drop(more);
+    // The watched die: reported, their descriptors freed, MON works again.
+    kill_and_reap(&kids);
+    assert_eq!(
+        ioctl(&f, MY_IOCTL_TIMER_MON, std::process::id() as u64),
+        Ok(0)
+    );
+    d.wait_log("every watched process reported", |l| {
+        l.matches(") is dead").count() >= watched
+    });
+    let k = pausing_child();
+    assert_eq!(ioctl(&f, MY_IOCTL_TIMER_MON, k.as_raw() as u64), Ok(0));
+    kill_and_reap(&[k]);
+    d.wait_log("the last one reported", |l| {
+        l.contains(&format!("({k}) is dead"))
+    });
+    drop(f);
+    d.stop();
+}

@@ -380,7 +380,17 @@ impl FileOperations for DeferredDevice {
             Some(Command::Mon) => {
                 // The kernel's pid_t is an int: the low 32 bits of the argument, sign and all
                 // (so -1 arrives as -1 from a 32- or a 64-bit caller), as find_vpid(arg) sees it.
-                let task = TaskRef::get(arg as u32 as i32)?;
+                let pid = arg as u32 as i32;
+                // Out of descriptors: the dead entries still hold theirs until a MON tick
+                // reports them, and the timer may not be in MON mode any more. Report them now
+                // (what the next tick would do) and try once more.
+                let task = match TaskRef::get(pid) {
+                    Err(Errno::ENOMEM) => {
+                        dev.mon.lock_bh().reap();
+                        TaskRef::get(pid)?
+                    }
+                    r => r?,
+                };
                 dev.mon.lock_bh().add(task)?;
                 dev.flag.store(TIMER_TYPE_MON, Ordering::Release);
                 self.arm_in(1);
