@@ -196,6 +196,10 @@ fn daemon_sigkilled_node_goes_even_held_by_a_clients_child_and_restart_works() {
     drop(g);
     // The old descriptor does not reach the new daemon.
     assert!(ioctl(&f, MY_IOCTL_TIMER_CANCEL, 0).is_err());
+    d2.wait_log("the new client's CANCEL", |_| {
+        d2.count("Command: Cancel timer") >= 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(d2.count("Command: Cancel timer"), 1, "{}", d2.log());
     drop(f);
     d2.stop();

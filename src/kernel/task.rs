@@ -205,9 +205,8 @@ fn stat_state(stat: &[u8]) -> Option<u8> {
 /// Reads the comm from a `stat` file: between the first `(` and the last `)`.
 fn read_comm(path: &str) -> Result<([u8; TASK_COMM_LEN], u8), Errno> {
     // Out of descriptors (the pidfd may have taken the last one) is ENOMEM, not "no such task".
-    let stat = fs::read(path).map_err(|e| {
-        resource_errno(Errno::from_raw(e.raw_os_error().unwrap_or(libc::ESRCH)))
-    })?;
+    let stat = fs::read(path)
+        .map_err(|e| resource_errno(Errno::from_raw(e.raw_os_error().unwrap_or(libc::ESRCH))))?;
     let open = stat.iter().position(|&b| b == b'(').ok_or(Errno::ESRCH)?;
     let close = stat.iter().rposition(|&b| b == b')').ok_or(Errno::ESRCH)?;
     let name = stat.get(open + 1..close).ok_or(Errno::ESRCH)?;
