@@ -167,6 +167,16 @@ fn write_pidfile(path: &std::path::Path) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Whether writing the log can never stall for long: stderr is a file or a character device (a
+/// terminal, /dev/null), not a pipe or socket that a slow reader could fill. Then process-context
+/// printk lines are written by their caller (see `printk::set_sync_console`).
+fn stderr_never_stalls() -> bool {
+    nix::sys::stat::fstat(std::io::stderr().as_fd()).is_ok_and(|st| {
+        let kind = st.st_mode & libc::S_IFMT;
+        kind == libc::S_IFREG || kind == libc::S_IFCHR
+    })
+}
+
 /// Each monitored process holds a pidfd: let thousands be watched (soft limit up to the hard one).
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -222,6 +232,7 @@ fn run(args: &Args) -> Result<(), String> {
     // Boot the runtime (printk console, ksoftirqd/0, the timer signal), then insmod.
     raise_fd_limit();
     kernel::start().map_err(|e| format!("starting the runtime: {e}"))?;
+    kernel::printk::set_sync_console(stderr_never_stalls());
     let params = Params {
         once: args.once,
         alloc_io_direct: args.alloc_io_direct,

@@ -96,7 +96,17 @@ fn main() -> ExitCode {
         Ok(f) => f,
         Err(e) => {
             let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
-            eprintln!("deferred-ctl: open {dev}: {} ({errno:?})", strerror(errno));
+            let hint = match errno {
+                Errno::ENOENT => ": is the device loaded? (start `deferred`, or scripts/load)",
+                Errno::EACCES => {
+                    ": the node is root's (0600) unless the daemon shares it (--mode/--group)"
+                }
+                _ => "",
+            };
+            eprintln!(
+                "deferred-ctl: open {dev}: {} ({errno:?}){hint}",
+                strerror(errno)
+            );
             return ExitCode::FAILURE;
         }
     };

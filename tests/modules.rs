@@ -460,3 +460,37 @@ fn kthread_module_runs_mykthread0_and_waits_for_it_at_unload() {
     // The thread is gone.
     assert!(!std::path::Path::new(&format!("/proc/self/task/{tid}")).exists());
 }
+
+#[test]
+fn a_burst_of_exits_is_reported_in_one_tick() {
+    let _g = serial();
+    let cap = printk::capture();
+    let m = load_deferred(Options::default());
+    let dev = m.device().clone();
+    // 300 zombies (exited, not reaped): all dead by the first tick, which comes 1 s after the
+    // last MON (each MON re-arms the timer).
+    let mut kids: Vec<Child> = (0..300).map(|_| sleeper()).collect();
+    for k in &mut kids {
+        k.kill().unwrap();
+    }
+    for k in &kids {
+        dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_MON, k.id().into())
+            .unwrap();
+    }
+    wait_lines(&cap, "is dead", 300, Duration::from_secs(15));
+    let texts = cap.texts();
+    let last_dead = texts.iter().rposition(|t| t.contains("is dead")).unwrap();
+    let ticks_before = texts[..last_dead]
+        .iter()
+        .filter(|t| t.starts_with("[timer_handler]"))
+        .count();
+    assert_eq!(ticks_before, 1, "the burst took {ticks_before} ticks");
+    assert_eq!(count(&cap, "is dead"), 300);
+    assert_eq!(dev.monitored(), 0);
+    for k in &mut kids {
+        k.wait().unwrap();
+    }
+    dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0).unwrap();
+    Box::new(m).exit();
+    assert_eq!(softirq_allocations(), 0);
+}

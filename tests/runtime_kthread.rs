@@ -2,9 +2,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::SeqCst};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use deferred::kernel::alloc;
 use deferred::kernel::atomic::Atomic;
 use deferred::kernel::kthread::{TaskStruct, kthread_should_stop, kthread_stop, wake_up_process};
 use deferred::kernel::sched;
@@ -13,37 +12,13 @@ use deferred::kernel::wait::{
 };
 use deferred::{kthread_create, kthread_run};
 
-#[global_allocator]
-static ALLOC: alloc::CountingAllocator = alloc::CountingAllocator;
+mod runtime_common;
+use runtime_common::{wait_for as wait_until, watchdog};
 
 fn comm_of(tid: i32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
         .ok()
         .map(|s| s.trim_end().to_owned())
-}
-
-/// A hung test (a lost wake-up, a deadlock on a failure path) must fail, not hang: the first
-/// test to start arms a watchdog that ends the whole binary after a generous limit.
-fn watchdog() {
-    static ARMED: std::sync::Once = std::sync::Once::new();
-    ARMED.call_once(|| {
-        std::thread::spawn(|| {
-            std::thread::sleep(std::time::Duration::from_secs(WATCHDOG_SECS));
-            eprintln!("watchdog: test binary still running after {WATCHDOG_SECS} s: hung");
-            std::process::exit(101);
-        });
-    });
-}
-
-const WATCHDOG_SECS: u64 = 180;
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    watchdog();
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < limit, "{what}: not true after {limit:?}");
-        thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// The thread is gone: its /proc entry disappears (it may linger a moment after the exit).

@@ -3,7 +3,6 @@
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use deferred::kernel::alloc;
@@ -18,36 +17,13 @@ use deferred::kernel::workqueue::{
 };
 use deferred::{impl_has_delayed_work, impl_has_work, kernel};
 
-#[global_allocator]
-static ALLOC: alloc::CountingAllocator = alloc::CountingAllocator;
+mod runtime_common;
+use runtime_common::{wait_for as wait_until, watchdog};
 
 fn start() {
     watchdog();
     kernel::start().unwrap();
     kernel::workqueue::init().unwrap();
-}
-
-/// A hung test (a lost wake-up, a deadlock on a failure path) must fail, not hang: the first
-/// test to start arms a watchdog that ends the whole binary after a generous limit.
-fn watchdog() {
-    static ARMED: std::sync::Once = std::sync::Once::new();
-    ARMED.call_once(|| {
-        std::thread::spawn(|| {
-            std::thread::sleep(std::time::Duration::from_secs(WATCHDOG_SECS));
-            eprintln!("watchdog: test binary still running after {WATCHDOG_SECS} s: hung");
-            std::process::exit(101);
-        });
-    });
-}
-
-const WATCHDOG_SECS: u64 = 180;
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < limit, "{what}: not true after {limit:?}");
-        thread::sleep(Duration::from_millis(5));
-    }
 }
 
 struct Dev {

@@ -154,13 +154,71 @@ fn watch_reports_exactly_the_exited_processes() {
     let mut got = Vec::new();
     wait_until("all killed children reported", || {
         let n = watch.ready(&mut out);
-        got = out[..n].to_vec();
-        n == killed.len()
+        got.extend_from_slice(&out[..n]);
+        got.len() >= killed.len()
     });
     got.sort_unstable();
-    assert_eq!(got, killed);
+    assert_eq!(got, killed, "each exited process once, and only those");
+    assert_eq!(watch.ready(&mut out), 0, "an exit reported twice");
     for c in &mut children {
         let _ = c.kill();
+        c.wait().unwrap();
+    }
+}
+
+#[test]
+fn a_burst_of_exits_is_reported_whole_and_once_in_one_call() {
+    let mut children: Vec<Child> = (0..300).map(|_| sleeper()).collect();
+    let watch = TaskWatch::new().unwrap();
+    let refs: Vec<TaskRef> = children
+        .iter()
+        .map(|c| TaskRef::get(c.id() as i32).unwrap())
+        .collect();
+    for (i, r) in refs.iter().enumerate() {
+        watch.add(r, i as u64).unwrap();
+    }
+    for c in &mut children {
+        c.kill().unwrap();
+    }
+    wait_until("all 300 dead", || refs.iter().all(TaskRef::is_dead));
+    // More than one epoll batch (64), fewer than the buffer: one call returns all of them.
+    let mut out = [0u64; 512];
+    let n = watch.ready(&mut out);
+    let mut got = out[..n].to_vec();
+    got.sort_unstable();
+    assert_eq!(got, (0..300).collect::<Vec<u64>>());
+    for c in &mut children {
+        c.wait().unwrap();
+    }
+}
+
+#[test]
+fn exits_that_do_not_fit_come_with_the_next_call() {
+    let mut children: Vec<Child> = (0..100).map(|_| sleeper()).collect();
+    let watch = TaskWatch::new().unwrap();
+    let refs: Vec<TaskRef> = children
+        .iter()
+        .map(|c| TaskRef::get(c.id() as i32).unwrap())
+        .collect();
+    for (i, r) in refs.iter().enumerate() {
+        watch.add(r, i as u64).unwrap();
+    }
+    for c in &mut children {
+        c.kill().unwrap();
+    }
+    wait_until("all 100 dead", || refs.iter().all(TaskRef::is_dead));
+    let mut out = [0u64; 30];
+    let mut got = Vec::new();
+    loop {
+        let n = watch.ready(&mut out);
+        got.extend_from_slice(&out[..n]);
+        if n < out.len() {
+            break;
+        }
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..100).collect::<Vec<u64>>());
+    for c in &mut children {
         c.wait().unwrap();
     }
 }

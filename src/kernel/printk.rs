@@ -186,34 +186,42 @@ impl fmt::Write for LineBuf {
 }
 
 fn futex_wake(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE on the address of a live static atomic; no memory is written.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            i32::MAX,
-        )
-    };
+    crate::kernel::wait::futex_wake(word, i32::MAX);
 }
 
 fn futex_wait(word: &AtomicU32, expected: u32) {
-    // SAFETY: FUTEX_WAIT on the address of a live static atomic with no timeout; it returns on
-    // wake, on a value mismatch (EAGAIN) or on a signal (EINTR), all handled by our callers' loops.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            std::ptr::null::<libc::timespec>(),
-        )
-    };
+    crate::kernel::wait::futex_wait(word, expected, None);
 }
 
-/// Push one line into the ring. Async-signal-safe, lock-free, never allocates.
-/// Returns false if the ring was full (the line is counted as dropped).
+/// Push one line into the ring and wake the console. Async-signal-safe, lock-free, never
+/// allocates. Returns false if the ring was full (the line is counted as dropped).
 pub fn push(level: Level, ts_ns: u64, text: &[u8]) -> bool {
+    let ok = enqueue(level, ts_ns, text);
+    wake_console();
+    ok
+}
+
+static SYNC_CONSOLE: AtomicBool = AtomicBool::new(false);
+
+/// Lets process-context callers of `pr_*!` print the ring themselves when the console is free
+/// (the kernel's behaviour), instead of waking the console thread for every line: one `write`
+/// where there were a futex wake and two context switches. Only for a `log` destination that
+/// never blocks for long (a file, a terminal): a pipe nobody reads would stall the caller, e.g.
+/// a transport thread with a client waiting. Off by default.
+pub fn set_sync_console(on: bool) {
+    SYNC_CONSOLE.store(on, Ordering::Relaxed);
+}
+
+/// Wake the console thread if it sleeps. Async-signal-safe (an atomic and a futex wake).
+fn wake_console() {
+    WAKE.fetch_add(1, Ordering::SeqCst);
+    if CONSOLE_WAITING.load(Ordering::SeqCst) != 0 {
+        futex_wake(&WAKE);
+    }
+}
+
+/// The ring's producer side: claim a slot, fill it, publish it. Async-signal-safe, lock-free.
+fn enqueue(level: Level, ts_ns: u64, text: &[u8]) -> bool {
     let mut pos = RING.tail.load(Ordering::Relaxed);
     loop {
         let idx = (pos % SLOTS as u64) as usize;
@@ -239,10 +247,6 @@ pub fn push(level: Level, ts_ns: u64, text: &[u8]) -> bool {
                     }
                     slot.seq
                         .store((pos + 1).wrapping_sub(idx as u64), Ordering::Release);
-                    WAKE.fetch_add(1, Ordering::SeqCst);
-                    if CONSOLE_WAITING.load(Ordering::SeqCst) != 0 {
-                        futex_wake(&WAKE);
-                    }
                     return true;
                 }
                 Err(cur) => pos = cur,
@@ -275,7 +279,24 @@ pub fn printk(level: Level, args: fmt::Arguments<'_>) {
     if n > 0 && line.buf[n - 1] == b'\n' {
         n -= 1;
     }
-    push(level, ts, &line.buf[..n]);
+    let ok = enqueue(level, ts, &line.buf[..n]);
+    // With a synchronous console (see `set_sync_console`), process context with nothing held
+    // (no lock_bh, not atomic) prints the ring itself when the console is free, as the kernel's
+    // printk does (console_unlock by the caller): no wake-up and no context switch per line. Anyone else, and a caller finding the console busy, wakes the
+    // console thread. Every line is published before its producer drains or wakes, so none is
+    // left behind.
+    if ok && SYNC_CONSOLE.load(Ordering::Relaxed) && crate::kernel::sched::preempt_count() == 0 {
+        let consumer = match CONSUMER.try_lock() {
+            Ok(c) => Some(c),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        if let Some(mut c) = consumer {
+            drain(&mut c, None);
+            return;
+        }
+    }
+    wake_console();
 }
 
 /// Lines dropped so far because the ring was full.
@@ -406,6 +427,11 @@ pub fn capture() -> Capture {
 }
 
 impl Capture {
+    /// The lines the console has handed on so far, without flushing the ring first.
+    pub fn lines_unflushed(&self) -> Vec<Line> {
+        self.sink.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Flush, then return every captured line so far.
     pub fn lines(&self) -> Vec<Line> {
         flush();

@@ -180,29 +180,11 @@ pub fn timer_signal() -> Option<i32> {
 }
 
 fn futex_wake(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE on a live static atomic's address; writes no memory.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            1,
-        )
-    };
+    crate::kernel::wait::futex_wake(word, 1);
 }
 
 fn futex_wait(word: &AtomicU32, expected: u32) {
-    // SAFETY: FUTEX_WAIT on a live static atomic's address, no timeout; returns on wake,
-    // mismatch or EINTR, all of which the caller's loop handles.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            std::ptr::null::<libc::timespec>(),
-        )
-    };
+    crate::kernel::wait::futex_wait(word, expected, None);
 }
 
 /// `wakeup_softirqd()`: async-signal-safe (atomic + futex wake).

@@ -273,12 +273,14 @@ impl TaskWatch {
         Ok(TaskWatch { epfd })
     }
 
-    /// Watches `task` (a process reference) under `token`, which [`TaskWatch::ready`] returns
-    /// once it exits. A thread reference is refused with EINVAL: poll it instead.
+    /// Watches `task` (a process reference) under `token`, which [`TaskWatch::ready`] returns,
+    /// once, after it exits. A thread reference is refused with EINVAL: poll it instead.
     pub fn add(&self, task: &TaskRef, token: u64) -> Result<(), Errno> {
         let fd = task.pidfd().ok_or(Errno::EINVAL)?;
         let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
+            // One-shot: an exit is reported once, so repeated `epoll_wait`s in one `ready` never
+            // return a process twice (level-triggered items would come back at the tail).
+            events: (libc::EPOLLIN | libc::EPOLLONESHOT) as u32,
             u64: token,
         };
         // SAFETY: both descriptors are open and `ev` is a valid event.
@@ -288,32 +290,38 @@ impl TaskWatch {
         Ok(())
     }
 
-    /// Fills `out` with the tokens of watched processes that have exited and returns how many.
-    /// Level-triggered: a process stays reported until its reference is dropped.
+    /// Fills `out` with the tokens of watched processes that have exited and returns how many
+    /// (all of them, up to `out.len()`). Each exit is reported once: the caller owns it from then
+    /// on; exits that did not fit in `out` are reported by the next call.
     ///
-    /// Async-signal-safe: one `epoll_wait` with a zero timeout into `out` itself (no allocation).
+    /// Async-signal-safe: `epoll_wait` with a zero timeout into a stack buffer, repeated while
+    /// batches come back full (no allocation).
     pub fn ready(&self, out: &mut [u64]) -> usize {
         const BATCH: usize = 64;
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; BATCH];
-        let want = out.len().min(BATCH) as i32;
-        if want == 0 {
-            return 0;
-        }
-        loop {
-            // SAFETY: `events` has room for `want` entries; a zero timeout never blocks.
-            let n =
-                unsafe { libc::epoll_wait(self.epfd.as_raw_fd(), events.as_mut_ptr(), want, 0) };
-            if n >= 0 {
-                let n = n as usize;
-                for (slot, ev) in out.iter_mut().zip(&events[..n]) {
-                    *slot = ev.u64;
+        let mut filled = 0;
+        while filled < out.len() {
+            let want = (out.len() - filled).min(BATCH);
+            // SAFETY: `events` has room for `want` <= BATCH entries; a zero timeout never blocks.
+            let n = unsafe {
+                libc::epoll_wait(self.epfd.as_raw_fd(), events.as_mut_ptr(), want as i32, 0)
+            };
+            if n < 0 {
+                if Errno::last() == Errno::EINTR {
+                    continue;
                 }
-                return n;
+                break;
             }
-            if Errno::last() != Errno::EINTR {
-                return 0;
+            let n = n as usize;
+            for (slot, ev) in out[filled..].iter_mut().zip(&events[..n]) {
+                *slot = ev.u64;
+            }
+            filled += n;
+            if n < want {
+                break;
             }
         }
+        filled
     }
 }
 

@@ -442,6 +442,11 @@ impl<T> Timer<T> {
     /// `del_timer`: deactivate the timer; returns whether it was pending. Does not wait for a
     /// running handler. Any context.
     pub fn del_timer(&self) -> bool {
+        // As the kernel's timer_delete: a timer that is not pending needs no lock (and so no
+        // signal-mask system calls). A concurrent mod_timer that wins the race simply comes after.
+        if !self.timer_pending() {
+            return false;
+        }
         let g = BaseGuard::lock();
         // SAFETY: lock held by `g`.
         let b = unsafe { g.inner() };

@@ -16,6 +16,15 @@ static WATCHDOG: std::sync::Once = std::sync::Once::new();
 /// Start the runtime (idempotent) and take the binary-wide test lock. The first call also
 /// starts a watchdog: a deadlock aborts the binary after 3 minutes instead of hanging CI.
 pub fn setup() -> MutexGuard<'static, ()> {
+    watchdog();
+    let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    deferred::kernel::start().expect("runtime start");
+    g
+}
+
+/// A hung test (a lost wake-up, a deadlock on a failure path) must fail, not hang: the first
+/// call arms a watchdog that aborts the whole binary after 3 minutes.
+pub fn watchdog() {
     WATCHDOG.call_once(|| {
         std::thread::spawn(|| {
             std::thread::sleep(Duration::from_secs(180));
@@ -23,9 +32,16 @@ pub fn setup() -> MutexGuard<'static, ()> {
             std::process::abort();
         });
     });
-    let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    deferred::kernel::start().expect("runtime start");
-    g
+}
+
+/// Waits until `cond` holds, failing the test (`what` not true) after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    watchdog();
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < limit, "{what}: not true after {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Poll `cond` every ms until it holds or `timeout` passes; returns whether it held.
