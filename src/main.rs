@@ -50,6 +50,10 @@ struct Args {
     /// Group of the node (name or number).
     #[arg(long)]
     group: Option<String>,
+    /// Once the device is up, drop root for this user (name or number): its uid, its primary
+    /// group (a number without a passwd entry: the same number as gid), no supplementary groups.
+    #[arg(long)]
+    user: Option<String>,
     /// Reader threads on /dev/cuse.
     #[arg(long, default_value_t = 4)]
     threads: usize,
@@ -117,6 +121,44 @@ fn resolve_group(group: &str) -> Result<u32, String> {
     }
 }
 
+/// The uid and gid `--user` names: a user name, or a number (its passwd entry's group if it has
+/// one, else the same number).
+fn resolve_user(user: &str) -> Result<(u32, u32), String> {
+    use nix::unistd::{Uid, User};
+    let found = match user.parse::<u32>() {
+        Ok(uid) => match User::from_uid(Uid::from_raw(uid)) {
+            Ok(u) => return Ok((uid, u.map_or(uid, |u| u.gid.as_raw()))),
+            Err(e) => Err(e),
+        },
+        Err(_) => User::from_name(user),
+    };
+    match found {
+        Ok(Some(u)) => Ok((u.uid.as_raw(), u.gid.as_raw())),
+        Ok(None) => Err(format!(
+            "no user `{user}` (give a name from /etc/passwd or a uid)"
+        )),
+        Err(e) => Err(format!("looking up user `{user}`: {}", e.desc())),
+    }
+}
+
+/// Drops root for good: no supplementary groups, then gid, then uid (real, effective and saved:
+/// glibc applies each call to every thread). Leaving uid 0 clears every capability. Checked:
+/// regaining root must fail.
+fn drop_privileges(uid: u32, gid: u32) -> Result<(), String> {
+    use nix::unistd::{Gid, Uid, getegid, geteuid, setgid, setgroups, setuid};
+    let fail = |what: &str, e: nix::errno::Errno| format!("--user: {what}: {}", e.desc());
+    setgroups(&[]).map_err(|e| fail("setgroups", e))?;
+    setgid(Gid::from_raw(gid)).map_err(|e| fail("setgid", e))?;
+    setuid(Uid::from_raw(uid)).map_err(|e| fail("setuid", e))?;
+    if uid != 0 && (setuid(Uid::from_raw(0)).is_ok() || geteuid().as_raw() != uid) {
+        return Err("--user: root could be regained after dropping it".into());
+    }
+    if getegid().as_raw() != gid {
+        return Err("--user: the group did not change".into());
+    }
+    Ok(())
+}
+
 /// Writes the pid file atomically (a temporary file renamed): whoever sees it sees it whole.
 fn write_pidfile(path: &std::path::Path) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
@@ -160,6 +202,7 @@ fn run(args: &Args) -> Result<(), String> {
         .map_err(|e| format!("signalfd: {}", e.desc()))?;
 
     let info = modules::info(&args.module).ok_or("unknown module")?;
+    let user = args.user.as_deref().map(resolve_user).transpose()?;
     // Open /dev/cuse before init: a missing CUSE or a second instance fails without side effects.
     let cuse = if info.has_device {
         let config = Config {
@@ -204,6 +247,16 @@ fn run(args: &Args) -> Result<(), String> {
     if let Some(dev) = &device {
         let (major, minor) = dev.devnum();
         log::debug!("serving {} ({major}:{minor})", dev.node().display());
+    }
+    // The device is up (the /dev/cuse descriptor stays open): root is no longer needed.
+    if let Some((uid, gid)) = user {
+        if let Err(e) = drop_privileges(uid, gid) {
+            drop(device);
+            module.exit();
+            kernel::stop();
+            return Err(e);
+        }
+        log::debug!("running as uid {uid}, gid {gid}");
     }
     if let Some(path) = &args.pidfile
         && let Err(e) = write_pidfile(path)

@@ -204,7 +204,9 @@ fn stat_state(stat: &[u8]) -> Option<u8> {
 
 /// Reads the comm from a `stat` file: between the first `(` and the last `)`.
 fn read_comm(path: &str) -> Result<([u8; TASK_COMM_LEN], u8), Errno> {
-    let stat = fs::read(path).map_err(|_| Errno::ESRCH)?;
+    // Out of descriptors (the pidfd may have taken the last one) is ENOMEM, not "no such task".
+    let stat = fs::read(path)
+        .map_err(|e| resource_errno(Errno::from_raw(e.raw_os_error().unwrap_or(libc::ESRCH))))?;
     let open = stat.iter().position(|&b| b == b'(').ok_or(Errno::ESRCH)?;
     let close = stat.iter().rposition(|&b| b == b')').ok_or(Errno::ESRCH)?;
     let name = stat.get(open + 1..close).ok_or(Errno::ESRCH)?;
@@ -240,7 +242,8 @@ fn pidfd_pid(fd: &OwnedFd) -> Option<i32> {
 /// Out of descriptors or memory is the kernel's ENOMEM; anything else means the task is gone.
 fn resource_errno(e: Errno) -> Errno {
     match e {
-        Errno::EMFILE | Errno::ENFILE | Errno::ENOMEM => Errno::ENOMEM,
+        // ENOSPC: epoll's max_user_watches reached.
+        Errno::EMFILE | Errno::ENFILE | Errno::ENOMEM | Errno::ENOSPC => Errno::ENOMEM,
         _ => Errno::ESRCH,
     }
 }

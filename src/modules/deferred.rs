@@ -50,7 +50,7 @@ use crate::kernel::spinlock::SpinLock;
 use crate::kernel::task::{TaskRef, TaskWatch};
 use crate::kernel::timer::{Timer, TimerList};
 use crate::kernel::workqueue::{self, Work, flush_scheduled_work, schedule_work};
-use crate::{impl_has_work, pr_err, pr_info};
+use crate::{impl_has_work, pr_debug, pr_err, pr_info};
 
 /// `TIMER_TYPE_NONE`: nothing armed yet.
 pub const TIMER_TYPE_NONE: i32 = -1;
@@ -229,11 +229,21 @@ fn work_handler(_dev: &Shared) {
     alloc_io();
 }
 
+/// Are debug lines wanted? One atomic load (`log`'s max level): signal-safe.
+fn debug_on() -> bool {
+    log::max_level() >= log::LevelFilter::Debug
+}
+
 /// The timer handler: softirq context.
 fn timer_handler(timer: &Timer<Shared>) {
     let dev = timer.data();
+    // For the debug line: an ioctl re-arming right now can make `expires` the new, later one.
+    let (expires, now) = (timer.expires(), jiffies());
     let cur = current();
     pr_info!("[timer_handler] pid = {}, comm = {}", cur.pid(), cur.comm());
+    if debug_on() {
+        pr_debug!("[timer_handler] expires = {expires}, jiffies = {now}");
+    }
     match dev.flag.load(Ordering::Acquire) {
         TIMER_TYPE_ALLOC => {
             if dev.alloc_io_direct {
@@ -247,7 +257,11 @@ fn timer_handler(timer: &Timer<Shared>) {
         }
         TIMER_TYPE_MON => {
             dev.mon.lock().reap();
-            timer.mod_timer(jiffies().wrapping_add(HZ));
+            let next = jiffies().wrapping_add(HZ);
+            timer.mod_timer(next);
+            if debug_on() {
+                pr_debug!("[timer_handler] re-armed, expires = {next}");
+            }
         }
         _ => {}
     }
@@ -256,6 +270,8 @@ fn timer_handler(timer: &Timer<Shared>) {
 /// The device: its timer, which carries everything else.
 pub struct DeferredDevice {
     timer: TimerList<Shared>,
+    /// Serializes the ioctls' timer operations with their debug lines (process context only).
+    ctl: std::sync::Mutex<()>,
 }
 
 impl DeferredDevice {
@@ -271,6 +287,7 @@ impl DeferredDevice {
         };
         Ok(DeferredDevice {
             timer: TimerList::new(timer_handler, shared),
+            ctl: std::sync::Mutex::new(()),
         })
     }
 
@@ -304,9 +321,27 @@ impl DeferredDevice {
     }
 
     /// Arms the timer `seconds` from now, in the kernel's unsigned long arithmetic.
+    ///
+    /// With debug output on (`deferred -v`, or `RUST_LOG=info,printk=debug`) it also prints the
+    /// argument, the expiry and the jiffy, in the order of the arming (under `ctl`), for the soak
+    /// checker; the default output is the lab's.
     fn arm_in(&self, seconds: u64) {
-        self.timer
-            .mod_timer(jiffies().wrapping_add(seconds.wrapping_mul(HZ)));
+        let _ctl = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
+        let now = jiffies();
+        let expires = now.wrapping_add(seconds.wrapping_mul(HZ));
+        self.timer.mod_timer(expires);
+        if debug_on() {
+            pr_debug!("[deferred_ioctl] arg = {seconds}, expires = {expires}, jiffies = {now}");
+        }
+    }
+
+    /// `del_timer`, with its debug line in order with the armings.
+    fn cancel(&self) {
+        let _ctl = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
+        self.timer.del_timer();
+        if debug_on() {
+            pr_debug!("[deferred_ioctl] cancelled");
+        }
     }
 
     /// `deferred_exit`'s teardown (after the device is gone): `del_timer_sync`,
@@ -337,9 +372,7 @@ impl FileOperations for DeferredDevice {
                 dev.flag.store(TIMER_TYPE_SET, Ordering::Release);
                 self.arm_in(arg);
             }
-            Some(Command::Cancel) => {
-                self.timer.del_timer();
-            }
+            Some(Command::Cancel) => self.cancel(),
             Some(Command::Alloc) => {
                 dev.flag.store(TIMER_TYPE_ALLOC, Ordering::Release);
                 self.arm_in(arg);
@@ -347,7 +380,17 @@ impl FileOperations for DeferredDevice {
             Some(Command::Mon) => {
                 // The kernel's pid_t is an int: the low 32 bits of the argument, sign and all
                 // (so -1 arrives as -1 from a 32- or a 64-bit caller), as find_vpid(arg) sees it.
-                let task = TaskRef::get(arg as u32 as i32)?;
+                let pid = arg as u32 as i32;
+                // Out of descriptors: the dead entries still hold theirs until a MON tick
+                // reports them, and the timer may not be in MON mode any more. Report them now
+                // (what the next tick would do) and try once more.
+                let task = match TaskRef::get(pid) {
+                    Err(Errno::ENOMEM) => {
+                        dev.mon.lock_bh().reap();
+                        TaskRef::get(pid)?
+                    }
+                    r => r?,
+                };
                 dev.mon.lock_bh().add(task)?;
                 dev.flag.store(TIMER_TYPE_MON, Ordering::Release);
                 self.arm_in(1);
