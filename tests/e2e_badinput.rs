@@ -9,7 +9,7 @@ mod common;
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::FromRawFd;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,27 +18,18 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
-use common::{Daemon, TIMEOUT, wait_for};
+#[cfg(target_arch = "x86_64")]
+use common::ioctl32;
+use common::{Daemon, TIMEOUT, fd_count, ioctl, wait_for};
 use deferred::modules::abi::*;
 
 /// The module's debug lines (armings with their expiry) on, the lab's lines as usual.
 const DEBUG: &[(&str, &str)] = &[("RUST_LOG", "info,printk=debug")];
 
-fn ioctl(f: &File, cmd: u32, arg: u64) -> Result<i32, Errno> {
-    // SAFETY: `f` is open; the lab's commands take a plain value, never a pointer, and unknown
-    // numbers are not dereferenced by the driver either.
-    let rc = unsafe { libc::ioctl(f.as_raw_fd(), cmd as libc::c_ulong, arg as libc::c_ulong) };
-    if rc < 0 { Err(Errno::last()) } else { Ok(rc) }
-}
-
-fn open(d: &Daemon) -> File {
-    File::open(d.node()).unwrap_or_else(|e| panic!("open {}: {e}", d.node().display()))
-}
-
 /// The device still answers, and logged that answer.
 fn still_serving(d: &Daemon) {
     let before = d.count("Command: Cancel timer");
-    let f = open(d);
+    let f = d.open();
     assert_eq!(ioctl(&f, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
     drop(f);
     d.wait_log("the CANCEL line", |_| {
@@ -76,12 +67,6 @@ fn last_arming(d: &Daemon, arg: &str) -> i64 {
     num("expires").wrapping_sub(num("jiffies")) as i64
 }
 
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
 /// Forks a child that sleeps `ms` milliseconds and exits (not reaped: the caller waits for it).
 fn child(ms: u64) -> i32 {
     let ts = libc::timespec {
@@ -111,7 +96,7 @@ fn reap(pid: i32) {
 #[ignore = "needs /dev/cuse: run scripts/test"]
 fn unknown_commands_are_enotty_logged_and_harmless() {
     let d = Daemon::start_env(&[], DEBUG);
-    let f = open(&d);
+    let f = d.open();
     let unknown = [
         0x8008_6b04u32, // the lab's old MY_IOCTL_TIMER_MON, _IOR('k', 4, unsigned long)
         0x4008_6b04,    // _IOW('k', 4, unsigned long)
@@ -141,7 +126,7 @@ fn unknown_commands_are_enotty_logged_and_harmless() {
 #[ignore = "needs /dev/cuse: run scripts/test"]
 fn mon_of_pids_that_are_no_task_is_esrch() {
     let d = Daemon::start_env(&[], DEBUG);
-    let f = open(&d);
+    let f = d.open();
     // 0, -1 as the 64-bit and the 32-bit caller pass it, INT_MIN, beyond pid_max, a huge value
     // whose low 32 bits are 0, and a pid that never existed (pid_max is at most 4194304).
     let args = [
@@ -174,7 +159,7 @@ fn mon_of_pids_that_are_no_task_is_esrch() {
 #[ignore = "needs /dev/cuse: run scripts/test"]
 fn mon_of_a_huge_value_watches_its_low_32_bits_as_the_kernels_pid_t() {
     let d = Daemon::start(&[]);
-    let f = open(&d);
+    let f = d.open();
     let pid = child(300);
     // find_vpid(arg) takes a pid_t (int): the upper bits are dropped by the call.
     assert_eq!(ioctl(&f, MY_IOCTL_TIMER_MON, (7 << 32) | pid as u64), Ok(0));
@@ -195,7 +180,7 @@ fn mon_of_a_zombie_reports_it_dead_at_the_next_tick() {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
     }));
-    let f = open(&d);
+    let f = d.open();
     let t0 = Instant::now();
     assert_eq!(ioctl(&f, MY_IOCTL_TIMER_MON, pid as u64), Ok(0));
     assert_eq!(wait_dead(&d, pid), 1);
@@ -225,7 +210,7 @@ fn mon_of_a_thread_id_watches_that_thread() {
         .unwrap();
     let tid = rx.recv().unwrap();
     assert_ne!(tid, std::process::id() as i32);
-    let f = open(&d);
+    let f = d.open();
     assert_eq!(ioctl(&f, MY_IOCTL_TIMER_MON, tid as u64), Ok(0));
     // Alive: not reported over two ticks.
     std::thread::sleep(Duration::from_millis(2500));
@@ -289,7 +274,7 @@ fn mon_of_processes_exiting_during_the_call_is_0_then_dead_or_esrch() {
     unsafe { libc::close(fds[1]) };
     // SAFETY: the read end is ours alone.
     let mut r = unsafe { File::from_raw_fd(fds[0]) };
-    let f = open(&d);
+    let f = d.open();
     let (mut watched, mut esrch) = (Vec::new(), 0);
     let mut b = [0u8; 4];
     while r.read_exact(&mut b).is_ok() {
@@ -333,7 +318,7 @@ fn mon_of_processes_exiting_during_the_call_is_0_then_dead_or_esrch() {
 #[ignore = "needs /dev/cuse: run scripts/test"]
 fn set_with_0_and_minus_1_fires_at_the_next_tick_and_huge_waits() {
     let d = Daemon::start_env(&[], DEBUG);
-    let f = open(&d);
+    let f = d.open();
     for (arg, text) in [(0u64, "0"), (u64::MAX, &u64::MAX.to_string()[..])] {
         let fired = d.count("[timer_handler] pid = ");
         assert_eq!(ioctl(&f, MY_IOCTL_TIMER_SET, arg), Ok(0));
@@ -367,7 +352,7 @@ fn set_with_0_and_minus_1_fires_at_the_next_tick_and_huge_waits() {
 #[ignore = "needs /dev/cuse: run scripts/test"]
 fn alloc_with_minus_1_runs_the_work_at_once() {
     let d = Daemon::start_env(&[], DEBUG);
-    let f = open(&d);
+    let f = d.open();
     assert_eq!(ioctl(&f, MY_IOCTL_TIMER_ALLOC, u64::MAX), Ok(0));
     assert!(last_arming(&d, &u64::MAX.to_string()) <= 0);
     d.wait_log("the work item's line", |l| l.contains("Yawn!"));
@@ -378,40 +363,12 @@ fn alloc_with_minus_1_runs_the_work_at_once() {
 
 // --- 32-bit callers ----------------------------------------------------------------------------
 
-/// The i386 `ioctl` system call (`int 0x80`): the kernel's compat path (`FUSE_IOCTL_COMPAT`).
-#[cfg(target_arch = "x86_64")]
-fn ioctl32(f: &File, cmd: u32, arg: u32) -> Result<i32, Errno> {
-    let fd = u64::try_from(f.as_raw_fd()).unwrap();
-    let ret: u64;
-    // SAFETY: the i386 ioctl system call with an open fd and plain values (no pointers). rbx is
-    // swapped in and out around the call; int 0x80 preserves every register but eax (r8-r11
-    // declared clobbered for kernels that cleared them).
-    unsafe {
-        std::arch::asm!(
-            "xchg {fd}, rbx",
-            "int 0x80",
-            "xchg {fd}, rbx",
-            fd = inout(reg) fd => _,
-            inlateout("rax") 54u64 => ret,
-            in("rcx") u64::from(cmd),
-            in("rdx") u64::from(arg),
-            out("r8") _, out("r9") _, out("r10") _, out("r11") _,
-        );
-    }
-    let ret = ret as u32 as i32;
-    if ret < 0 {
-        Err(Errno::from_raw(-ret))
-    } else {
-        Ok(ret)
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 #[test]
 #[ignore = "needs /dev/cuse: run scripts/test"]
 fn thirty_two_bit_callers_reach_the_same_commands() {
     let d = Daemon::start_env(&[], DEBUG);
-    let f = open(&d);
+    let f = d.open();
     let pid = child(200);
     let lines = |n: &str| d.count(n);
     // The compat system call, as any -m32 program makes it.
@@ -488,7 +445,7 @@ fn a_thousand_opens_held_at_once_then_closed() {
         .unwrap();
     }
     let before = fd_count(d.pid());
-    let files: Vec<File> = (0..1000).map(|_| open(&d)).collect();
+    let files: Vec<File> = (0..1000).map(|_| d.open()).collect();
     // Every one usable.
     for f in files.iter().step_by(97) {
         assert_eq!(ioctl(f, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));

@@ -20,24 +20,8 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
-use common::{Daemon, TIMEOUT, devnum, wait_for};
+use common::{Daemon, TIMEOUT, devnum, fd_count, ioctl, wait_for};
 use deferred::modules::abi::*;
-
-fn ioctl(f: &File, cmd: u32, arg: u64) -> Result<i32, Errno> {
-    // SAFETY: `f` is open; the lab's commands take a plain value, never a pointer.
-    let rc = unsafe { libc::ioctl(f.as_raw_fd(), cmd as libc::c_ulong, arg as libc::c_ulong) };
-    if rc < 0 { Err(Errno::last()) } else { Ok(rc) }
-}
-
-fn open(d: &Daemon) -> File {
-    File::open(d.node()).unwrap_or_else(|e| panic!("open {}: {e}", d.node().display()))
-}
-
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
 
 /// Forks a child that waits for a signal (`pause`) and returns its pid.
 fn pausing_child() -> nix::unistd::Pid {
@@ -69,7 +53,7 @@ fn a_client_sigkilled_between_ioctls_is_released_and_leaks_nothing() {
     let baseline = fd_count(d.pid());
     // A process that opened the node, made an ioctl, and now sleeps holding it (forked after
     // the open: the parent then closes its copy).
-    let f = open(&d);
+    let f = d.open();
     let fd = f.as_raw_fd();
     // SAFETY: the child only makes raw system calls (ioctl, pause, _exit): async-signal-safe,
     // as required after fork in a multi-threaded process.
@@ -95,7 +79,7 @@ fn a_client_sigkilled_between_ioctls_is_released_and_leaks_nothing() {
     kill_and_reap(&[holder]);
     d.wait_log("the holder's release", |_| d.count("Device released") == 1);
     assert_eq!(fd_count(d.pid()), baseline);
-    let f = open(&d);
+    let f = d.open();
     assert_eq!(ioctl(&f, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
     drop(f);
     d.stop();
@@ -105,8 +89,8 @@ fn a_client_sigkilled_between_ioctls_is_released_and_leaks_nothing() {
 #[ignore = "needs /dev/cuse: run scripts/test"]
 fn unload_with_timer_work_1000_watched_and_clients_is_prompt_and_quiet() {
     let mut d = Daemon::start_env(&[], &[("RUST_LOG", "warn,printk=info")]);
-    let f = open(&d);
-    let held: Vec<File> = (0..3).map(|_| open(&d)).collect();
+    let f = d.open();
+    let held: Vec<File> = (0..3).map(|_| d.open()).collect();
     // 1,000 watched processes (alive: the timer re-arms every second to check them).
     let kids: Vec<_> = (0..1000).map(|_| pausing_child()).collect();
     for k in &kids {
@@ -166,7 +150,7 @@ fn unload_with_timer_work_1000_watched_and_clients_is_prompt_and_quiet() {
 #[ignore = "needs /dev/cuse: run scripts/test"]
 fn daemon_sigkilled_node_goes_even_held_by_a_clients_child_and_restart_works() {
     let mut d = Daemon::start(&[]);
-    let f = open(&d);
+    let f = d.open();
     assert_eq!(ioctl(&f, MY_IOCTL_TIMER_SET, 100), Ok(0));
     // A client forks a long-lived child that holds the node open (its stdin).
     let mut grandchild = Command::new("sleep")
@@ -191,7 +175,7 @@ fn daemon_sigkilled_node_goes_even_held_by_a_clients_child_and_restart_works() {
     // An immediate restart gets the same name and number, while the old files are still open.
     let d2 = Daemon::start(&[]);
     assert_eq!(devnum(&d2.node()), (42, 0));
-    let g = open(&d2);
+    let g = d2.open();
     assert_eq!(ioctl(&g, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
     drop(g);
     // The old descriptor does not reach the new daemon.
@@ -275,7 +259,7 @@ fn user_drops_root_once_the_device_is_up_and_everything_still_works() {
         let m = std::fs::metadata(d.node()).unwrap();
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         assert_eq!((m.uid(), m.permissions().mode() & 0o777), (0, 0o600));
-        let f = open(&d);
+        let f = d.open();
         assert_eq!(ioctl(&f, MY_IOCTL_TIMER_SET, 0), Ok(0));
         d.wait_log("the SET expiry", |l| l.contains("[timer_handler] pid = "));
         // MON of a root process and of another user's process: pidfd_open and /proc/<pid>/stat
@@ -330,7 +314,7 @@ fn an_unknown_user_is_a_one_line_error_before_anything_is_set_up() {
 #[ignore = "needs /dev/cuse: run scripts/test"]
 fn a_sleeping_alloc_work_never_delays_other_clients() {
     let d = Daemon::start_env(&[], &[("RUST_LOG", "warn,printk=info")]);
-    let f = open(&d);
+    let f = d.open();
     assert_eq!(ioctl(&f, MY_IOCTL_TIMER_ALLOC, 0), Ok(0));
     // The work is queued and sleeping for 5 s in alloc_io().
     d.wait_log("the ALLOC expiry", |l| l.contains("[timer_handler]"));
@@ -383,7 +367,7 @@ fn out_of_descriptors_mon_is_enomem_and_everything_else_works() {
     setrlimit(Resource::RLIMIT_NOFILE, 64, 64).unwrap();
     let d = Daemon::start_env(&[], &[("RUST_LOG", "warn,printk=info")]);
     setrlimit(Resource::RLIMIT_NOFILE, saved.0, saved.1).unwrap();
-    let f = open(&d);
+    let f = d.open();
     let kids: Vec<_> = (0..100).map(|_| pausing_child()).collect();
     let mut answers = std::collections::BTreeMap::new();
     for k in &kids {
@@ -400,7 +384,7 @@ fn out_of_descriptors_mon_is_enomem_and_everything_else_works() {
         "{answers:?}"
     );
     // Every other command still works, and opens need no descriptor.
-    let more: Vec<File> = (0..20).map(|_| open(&d)).collect();
+    let more: Vec<File> = (0..20).map(|_| d.open()).collect();
     assert_eq!(ioctl(&more[19], MY_IOCTL_TIMER_SET, 3600), Ok(0));
     assert_eq!(ioctl(&f, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
     drop(more);

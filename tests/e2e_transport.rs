@@ -25,22 +25,12 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
-use common::{Daemon, TIMEOUT, ctl, devnum, require_cuse, wait_for};
+#[cfg(target_arch = "x86_64")]
+use common::ioctl32;
+use common::{Daemon, TIMEOUT, ctl, devnum, ioctl, open, require_cuse, wait_for};
 use deferred::cuse::{Config, Cuse, Device};
 use deferred::kernel::fs::{File as DevFile, FileOperations};
 use deferred::modules::abi::*;
-
-/// `ioctl(fd, cmd, arg)` with a plain value, as the lab's clients do.
-fn ioctl(f: &File, cmd: u32, arg: u64) -> Result<i32, Errno> {
-    // SAFETY: `f` is open; the commands used here take a plain value, which the driver (CUSE,
-    // unrestricted) never dereferences.
-    let rc = unsafe { libc::ioctl(f.as_raw_fd(), cmd as libc::c_ulong, arg as libc::c_ulong) };
-    if rc < 0 { Err(Errno::last()) } else { Ok(rc) }
-}
-
-fn open(path: &Path) -> File {
-    File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
-}
 
 // --- the daemon --------------------------------------------------------------------------------
 
@@ -712,35 +702,6 @@ fn cmd_and_arg_arrive_exactly() {
     );
     dev.stop();
     assert!(!Path::new("/dev/dfr-probe").exists());
-}
-
-/// `ioctl(fd, cmd, arg)` made as a 32-bit program makes it: the i386 system call (`int 0x80`,
-/// `__NR_ioctl` = 54), so the kernel takes its compat path (`FUSE_IOCTL_COMPAT`).
-#[cfg(target_arch = "x86_64")]
-fn ioctl32(f: &File, cmd: u32, arg: u32) -> Result<i32, Errno> {
-    let fd = u64::try_from(f.as_raw_fd()).unwrap();
-    let ret: u64;
-    // SAFETY: the i386 ioctl system call with an open fd and plain values (no pointers). rbx
-    // (LLVM's) is swapped in and out around the call; int 0x80 preserves every register but eax
-    // (r8-r11 declared clobbered for kernels that cleared them).
-    unsafe {
-        std::arch::asm!(
-            "xchg {fd}, rbx",
-            "int 0x80",
-            "xchg {fd}, rbx",
-            fd = inout(reg) fd => _,
-            inlateout("rax") 54u64 => ret,
-            in("rcx") u64::from(cmd),
-            in("rdx") u64::from(arg),
-            out("r8") _, out("r9") _, out("r10") _, out("r11") _,
-        );
-    }
-    let ret = ret as u32 as i32;
-    if ret < 0 {
-        Err(Errno::from_raw(-ret))
-    } else {
-        Ok(ret)
-    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -181,6 +181,11 @@ impl Daemon {
         d
     }
 
+    /// Opens the daemon's node.
+    pub fn open(&self) -> std::fs::File {
+        open(&self.node())
+    }
+
     /// `/dev/<name>`.
     pub fn node(&self) -> PathBuf {
         Path::new("/dev").join(&self.name)
@@ -291,4 +296,59 @@ pub fn devnum(path: &Path) -> (u32, u32) {
         path.display()
     );
     (libc::major(m.rdev()), libc::minor(m.rdev()))
+}
+
+/// `ioctl(fd, cmd, arg)` with a plain value, as the lab's clients do.
+pub fn ioctl(f: &std::fs::File, cmd: u32, arg: u64) -> Result<i32, nix::errno::Errno> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `f` is open; the commands used here take a plain value, which the driver (CUSE,
+    // unrestricted) never dereferences; unknown numbers are not dereferenced either.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), cmd as libc::c_ulong, arg as libc::c_ulong) };
+    if rc < 0 {
+        Err(nix::errno::Errno::last())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// `ioctl(fd, cmd, arg)` made as a 32-bit program makes it: the i386 system call (`int 0x80`,
+/// `__NR_ioctl` = 54), so the kernel takes its compat path (`FUSE_IOCTL_COMPAT`).
+#[cfg(target_arch = "x86_64")]
+pub fn ioctl32(f: &std::fs::File, cmd: u32, arg: u32) -> Result<i32, nix::errno::Errno> {
+    use std::os::fd::AsRawFd;
+    let fd = u64::try_from(f.as_raw_fd()).unwrap();
+    let ret: u64;
+    // SAFETY: the i386 ioctl system call with an open fd and plain values (no pointers). rbx
+    // (LLVM's) is swapped in and out around the call; int 0x80 preserves every register but eax
+    // (r8-r11 declared clobbered for kernels that cleared them).
+    unsafe {
+        std::arch::asm!(
+            "xchg {fd}, rbx",
+            "int 0x80",
+            "xchg {fd}, rbx",
+            fd = inout(reg) fd => _,
+            inlateout("rax") 54u64 => ret,
+            in("rcx") u64::from(cmd),
+            in("rdx") u64::from(arg),
+            out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+        );
+    }
+    let ret = ret as u32 as i32;
+    if ret < 0 {
+        Err(nix::errno::Errno::from_raw(-ret))
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Opens `path` (a device node), failing the test with the reason.
+pub fn open(path: &Path) -> std::fs::File {
+    std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
+/// How many descriptors process `pid` holds.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
