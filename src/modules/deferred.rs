@@ -141,7 +141,12 @@ impl MonList {
             let mut i = 0;
             while i < self.polled.len() && n < DEAD_BATCH {
                 let slot = self.polled[i];
-                if self.slots[slot].as_ref().is_some_and(|p| p.task.is_dead()) {
+                let dead_now = self
+                    .slots
+                    .get(slot)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|p| p.task.is_dead());
+                if dead_now {
                     dead[n] = slot as u64;
                     n += 1;
                     self.polled.swap_remove(i);
@@ -155,11 +160,13 @@ impl MonList {
             // Newest first, as the lab's list (list_add at the head) is walked.
             let batch = &mut dead[..n];
             batch.sort_unstable_by_key(|&s| {
-                std::cmp::Reverse(self.slots[s as usize].as_ref().map_or(0, |p| p.seq))
+                let entry = self.slots.get(s as usize).and_then(Option::as_ref);
+                std::cmp::Reverse(entry.map_or(0, |p| p.seq))
             });
             for &s in batch.iter() {
                 let s = s as usize;
-                if let Some(p) = self.slots[s].take() {
+                // `get_mut`, not indexing: no panic path in softirq context.
+                if let Some(p) = self.slots.get_mut(s).and_then(Option::take) {
                     pr_info!(
                         "task {} ({}) is dead",
                         // Comm bytes as printed by the kernel's %s.
@@ -169,7 +176,7 @@ impl MonList {
                     // put_task_struct: closes the pidfd, which also leaves the epoll set.
                     drop(p);
                     self.free.push(s);
-                    self.live -= 1;
+                    self.live = self.live.saturating_sub(1);
                 }
             }
             if n < DEAD_BATCH {
