@@ -166,9 +166,9 @@ fn watch_reports_exactly_the_exited_processes() {
     }
 }
 
-#[test]
-fn a_burst_of_exits_is_reported_whole_and_once_in_one_call() {
-    let mut children: Vec<Child> = (0..300).map(|_| sleeper()).collect();
+/// `n` children watched under tokens 0..n, then all killed: zombies once this returns.
+fn watched_and_killed(n: usize) -> (Vec<Child>, TaskWatch, Vec<TaskRef>) {
+    let mut children: Vec<Child> = (0..n).map(|_| sleeper()).collect();
     let watch = TaskWatch::new().unwrap();
     let refs: Vec<TaskRef> = children
         .iter()
@@ -180,7 +180,15 @@ fn a_burst_of_exits_is_reported_whole_and_once_in_one_call() {
     for c in &mut children {
         c.kill().unwrap();
     }
-    wait_until("all 300 dead", || refs.iter().all(TaskRef::is_dead));
+    wait_until("all watched children dead", || {
+        refs.iter().all(TaskRef::is_dead)
+    });
+    (children, watch, refs)
+}
+
+#[test]
+fn a_burst_of_exits_is_reported_whole_and_once_in_one_call() {
+    let (mut children, watch, _refs) = watched_and_killed(300);
     // More than one epoll batch (64), fewer than the buffer: one call returns all of them.
     let mut out = [0u64; 512];
     let n = watch.ready(&mut out);
@@ -194,19 +202,7 @@ fn a_burst_of_exits_is_reported_whole_and_once_in_one_call() {
 
 #[test]
 fn exits_that_do_not_fit_come_with_the_next_call() {
-    let mut children: Vec<Child> = (0..100).map(|_| sleeper()).collect();
-    let watch = TaskWatch::new().unwrap();
-    let refs: Vec<TaskRef> = children
-        .iter()
-        .map(|c| TaskRef::get(c.id() as i32).unwrap())
-        .collect();
-    for (i, r) in refs.iter().enumerate() {
-        watch.add(r, i as u64).unwrap();
-    }
-    for c in &mut children {
-        c.kill().unwrap();
-    }
-    wait_until("all 100 dead", || refs.iter().all(TaskRef::is_dead));
+    let (mut children, watch, _refs) = watched_and_killed(100);
     let mut out = [0u64; 30];
     let mut got = Vec::new();
     loop {
