@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Rng, now_ns, stats_json, status_kb};
+use common::{Rng, fork_sleepers, kill_all, now_ns, stats_json, status_kb};
 use deferred::kernel::fs::{File, FileOperations};
 use deferred::kernel::{jiffies, printk, softirq};
 use deferred::modules::deferred::{DeferredModule, Options};
@@ -106,31 +106,7 @@ fn main() {
     let burst = (*nums.get(3).unwrap_or(&200) as usize).min(n / 2);
 
     // Children first, while we are single-threaded.
-    let mut pids = Vec::with_capacity(n);
-    for _ in 0..n {
-        // SAFETY: single-threaded here; the child only makes async-signal-safe calls.
-        match unsafe { libc::fork() } {
-            0 => {
-                // SAFETY: prctl/pause are async-signal-safe.
-                unsafe {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    loop {
-                        libc::pause();
-                    }
-                }
-            }
-            -1 => {
-                eprintln!(
-                    "mon_daemon: fork failed after {}: {}",
-                    pids.len(),
-                    std::io::Error::last_os_error()
-                );
-                kill_all(&pids);
-                std::process::exit(1);
-            }
-            pid => pids.push(pid),
-        }
-    }
+    let pids = fork_sleepers(n, "mon_daemon");
 
     // Every thread the runtime starts inherits "all real-time signals blocked".
     rt_signals(libc::SIG_BLOCK);
@@ -335,15 +311,4 @@ fn main() {
     dev.shutdown();
     drop(module);
     kill_all(&pids);
-}
-
-fn kill_all(pids: &[i32]) {
-    for &pid in pids {
-        // SAFETY: kill and reap our own children.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
-    for &pid in pids {
-        // SAFETY: as above; a null status pointer is allowed.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-    }
 }

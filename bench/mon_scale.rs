@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Rng, now_ns, stats_json, status_kb};
+use common::{Rng, fork_sleepers, kill_all, now_ns, stats_json, status_kb};
 use deferred::kernel::task::{TaskRef, TaskWatch};
 
 struct Shared {
@@ -118,31 +118,7 @@ fn main() {
 
     // Children that sleep until killed; they die with us (PDEATHSIG) if we die first.
     let t_fork = now_ns();
-    let mut pids = Vec::with_capacity(n);
-    for _ in 0..n {
-        // SAFETY: the process is single-threaded here; the child only makes async-signal-safe calls.
-        match unsafe { libc::fork() } {
-            0 => {
-                // SAFETY: prctl/pause/_exit are async-signal-safe and take plain arguments.
-                unsafe {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    loop {
-                        libc::pause();
-                    }
-                }
-            }
-            -1 => {
-                eprintln!(
-                    "mon_scale: fork failed after {} children: {} (raise ulimit -u / pid_max)",
-                    pids.len(),
-                    std::io::Error::last_os_error()
-                );
-                kill_all(&pids);
-                std::process::exit(1);
-            }
-            pid => pids.push(pid),
-        }
-    }
+    let pids = fork_sleepers(n, "mon_scale");
     let fork_ms = (now_ns() - t_fork) / 1_000_000;
 
     let rss_before = status_kb(0, "VmRSS");
@@ -291,19 +267,4 @@ fn main() {
         stats_json("kill_to_exit_", &mut kill_to_exit),
     );
     kill_all(&pids);
-}
-
-fn kill_all(pids: &[i32]) {
-    for &pid in pids {
-        // SAFETY: kill and waitpid on our own children.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
-    }
-    for &pid in pids {
-        // SAFETY: reaping our own child; a null status pointer is allowed.
-        unsafe {
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
-    }
 }

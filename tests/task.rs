@@ -135,15 +135,7 @@ fn a_thread_id_is_watched_as_that_thread() {
 
 #[test]
 fn watch_reports_exactly_the_exited_processes() {
-    let mut children: Vec<Child> = (0..100).map(|_| sleeper()).collect();
-    let watch = TaskWatch::new().unwrap();
-    let refs: Vec<TaskRef> = children
-        .iter()
-        .map(|c| TaskRef::get(c.id() as i32).unwrap())
-        .collect();
-    for (i, r) in refs.iter().enumerate() {
-        watch.add(r, i as u64).unwrap();
-    }
+    let (mut children, watch, _refs) = watched(100);
     let mut out = [0u64; 256];
     assert_eq!(watch.ready(&mut out), 0, "nothing exited yet");
 
@@ -166,9 +158,9 @@ fn watch_reports_exactly_the_exited_processes() {
     }
 }
 
-/// `n` children watched under tokens 0..n, then all killed: zombies once this returns.
-fn watched_and_killed(n: usize) -> (Vec<Child>, TaskWatch, Vec<TaskRef>) {
-    let mut children: Vec<Child> = (0..n).map(|_| sleeper()).collect();
+/// `n` sleeping children, watched under tokens 0..n.
+fn watched(n: usize) -> (Vec<Child>, TaskWatch, Vec<TaskRef>) {
+    let children: Vec<Child> = (0..n).map(|_| sleeper()).collect();
     let watch = TaskWatch::new().unwrap();
     let refs: Vec<TaskRef> = children
         .iter()
@@ -177,6 +169,12 @@ fn watched_and_killed(n: usize) -> (Vec<Child>, TaskWatch, Vec<TaskRef>) {
     for (i, r) in refs.iter().enumerate() {
         watch.add(r, i as u64).unwrap();
     }
+    (children, watch, refs)
+}
+
+/// [`watched`], then all killed: zombies once this returns.
+fn watched_and_killed(n: usize) -> (Vec<Child>, TaskWatch, Vec<TaskRef>) {
+    let (mut children, watch, refs) = watched(n);
     for c in &mut children {
         c.kill().unwrap();
     }

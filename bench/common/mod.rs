@@ -91,3 +91,46 @@ impl Rng {
         lo + self.next() % (hi - lo)
     }
 }
+
+/// Forks `n` children that sleep until killed and die with us (PDEATHSIG) if we die first.
+/// Call it while single-threaded. On a fork failure it kills those made, says why, and exits 1.
+pub fn fork_sleepers(n: usize, who: &str) -> Vec<i32> {
+    let mut pids = Vec::with_capacity(n);
+    for _ in 0..n {
+        // SAFETY: the process is single-threaded here; the child only makes async-signal-safe calls.
+        match unsafe { libc::fork() } {
+            0 => {
+                // SAFETY: prctl/pause are async-signal-safe and take plain arguments.
+                unsafe {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    loop {
+                        libc::pause();
+                    }
+                }
+            }
+            -1 => {
+                eprintln!(
+                    "{who}: fork failed after {} children: {} (raise ulimit -u / pid_max)",
+                    pids.len(),
+                    std::io::Error::last_os_error()
+                );
+                kill_all(&pids);
+                std::process::exit(1);
+            }
+            pid => pids.push(pid),
+        }
+    }
+    pids
+}
+
+/// Kills and reaps our children `pids`.
+pub fn kill_all(pids: &[i32]) {
+    for &pid in pids {
+        // SAFETY: kill our own children.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    for &pid in pids {
+        // SAFETY: reaping our own child; a null status pointer is allowed.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    }
+}
