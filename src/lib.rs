@@ -8,4 +8,5 @@
 
 pub mod cuse;
 pub mod kernel;
+pub mod logging;
 pub mod modules;

@@ -1,7 +1,6 @@
 //! `deferred`: load one of the lab's modules; its device appears as `/dev/<name>` through CUSE.
 //! SIGINT/SIGTERM unloads it (the device disappears) and exits 0.
 
-use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -81,35 +80,6 @@ fn parse_octal(s: &str) -> Result<u32, String> {
     }
 }
 
-/// Logging, in one place. Kernel-style lines (target `printk`) carry their own `[    3.825922] `
-/// prefix and are printed as they are; the daemon's own messages read `deferred: ...`.
-fn init_logging(verbose: u8) {
-    let level = match verbose {
-        0 => log::LevelFilter::Info,
-        1 => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
-    };
-    env_logger::Builder::new()
-        .filter_level(level)
-        .parse_env("RUST_LOG")
-        .format(|buf, record| {
-            if record.target() == "printk" {
-                writeln!(buf, "{}", record.args())
-            } else if record.level() <= log::Level::Warn {
-                writeln!(buf, "deferred: {}", record.args())
-            } else {
-                writeln!(
-                    buf,
-                    "deferred: [{} {}] {}",
-                    record.level(),
-                    record.target(),
-                    record.args()
-                )
-            }
-        })
-        .init();
-}
-
 fn resolve_group(group: &str) -> Result<u32, String> {
     if let Ok(gid) = group.parse() {
         return Ok(gid);
@@ -180,7 +150,7 @@ fn raise_fd_limit() {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.verbose);
+    deferred::logging::init(args.verbose);
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -3,11 +3,15 @@
 //! `pr_info!` and friends format with `core::fmt` into a fixed buffer on the caller's stack
 //! (truncating at [`LINE_MAX`] bytes, never allocating), stamp the line with the nanoseconds since
 //! the runtime started and its level, and push it into a preallocated lock-free ring. A console
-//! thread (`printk`) drains the ring into the `log` crate (target `"printk"`) as dmesg lines:
+//! thread (`printk`) drains the ring as dmesg lines:
 //!
 //! ```text
 //! [    3.825922] [timer_handler] pid = 0, comm = swapper/1
 //! ```
+//!
+//! Where they go: to a registered console ([`register_console`], as the daemon does: its stderr,
+//! with the kernel's `console_loglevel`), one `write` per drained batch, the lines formatted
+//! straight into a reused buffer; without one, each line to the `log` crate (target `"printk"`).
 //!
 //! When the ring is full the line is dropped and counted; the console reports the count in the
 //! kernel's words, `** N printk messages dropped **`, before the next line it prints.
@@ -28,7 +32,8 @@
 
 use std::cell::UnsafeCell;
 use std::fmt::{self, Write as _};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::kernel::jiffies;
@@ -74,7 +79,8 @@ impl Level {
         }
     }
 
-    fn log_level(self) -> log::Level {
+    /// The `log` crate's level for it (printk lines handed to `log` use this, target `"printk"`).
+    pub fn log_level(self) -> log::Level {
         match self {
             Level::Emerg | Level::Alert | Level::Crit | Level::Err => log::Level::Error,
             Level::Warning => log::Level::Warn,
@@ -134,13 +140,84 @@ static CONSOLE_STARTED: AtomicBool = AtomicBool::new(false);
 /// Consumer-side state: serialises draining (process context only).
 struct Consumer {
     dropped_reported: u64,
+    /// The registered console, if any, and the lowest priority it prints.
+    console: Option<(Box<dyn std::io::Write + Send>, Option<Level>)>,
+    /// Lines formatted for the console, written at the end of each drain.
+    batch: Vec<u8>,
 }
 static CONSUMER: Mutex<Consumer> = Mutex::new(Consumer {
     dropped_reported: 0,
+    console: None,
+    batch: Vec::new(),
 });
+
+/// A console's batch is written out once it holds this much, even mid-drain.
+const BATCH_MAX: usize = 64 * 1024;
+
+impl Consumer {
+    /// Hands one line on: to the captures (if any), and to the console or to `log`.
+    fn print(&mut self, level: Level, ts_ns: u64, text: &[u8]) {
+        if CAPTURES.load(Ordering::Relaxed) > 0 {
+            let line = Line {
+                level,
+                ts_ns,
+                text: String::from_utf8_lossy(text).into_owned(),
+            };
+            let subs = SUBSCRIBERS.lock().unwrap_or_else(|e| e.into_inner());
+            for s in subs.iter() {
+                s.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(line.clone());
+            }
+        }
+        match &self.console {
+            Some((_, max)) => {
+                if max.is_some_and(|max| level <= max) {
+                    let _ = write!(self.batch, "{} ", Stamp(ts_ns));
+                    self.batch.extend_from_slice(text);
+                    self.batch.push(b'\n');
+                    if self.batch.len() >= BATCH_MAX {
+                        self.write_batch();
+                    }
+                }
+            }
+            None => {
+                if log::log_enabled!(target: "printk", level.log_level()) {
+                    let text = String::from_utf8_lossy(text);
+                    log::log!(target: "printk", level.log_level(), "{} {text}", Stamp(ts_ns));
+                }
+            }
+        }
+    }
+
+    /// Writes the console's batch out (one `write`, unless the writer splits it).
+    fn write_batch(&mut self) {
+        if let Some((out, _)) = &mut self.console
+            && !self.batch.is_empty()
+        {
+            // A console that cannot be written (closed stderr) loses its lines, as a kernel
+            // console does; nothing else depends on them.
+            let _ = out.write_all(&self.batch);
+            let _ = out.flush();
+        }
+        self.batch.clear();
+    }
+}
+
+/// The kernel's `register_console()` with its `console_loglevel`: from now on the console thread
+/// writes every line of priority `max` or higher (`Some(Level::Info)`: all but debug; `None`:
+/// none) to `out`, a drained batch at a time, instead of handing each line to the `log` crate.
+/// Captures ([`capture`]) still see every line. Process context.
+pub fn register_console(out: Box<dyn std::io::Write + Send>, max: Option<Level>) {
+    let mut c = CONSUMER.lock().unwrap_or_else(|e| e.into_inner());
+    c.write_batch();
+    c.console = Some((out, max));
+}
 
 type Sink = Arc<Mutex<Vec<Line>>>;
 static SUBSCRIBERS: Mutex<Vec<Sink>> = Mutex::new(Vec::new());
+/// How many captures live (the console skips building [`Line`]s when none does).
+static CAPTURES: AtomicUsize = AtomicUsize::new(0);
 
 /// One printed line, as the console hands it on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,12 +233,17 @@ pub struct Line {
 impl Line {
     /// The line as dmesg shows it: `[    3.825922] message`.
     pub fn dmesg(&self) -> String {
-        format!(
-            "[{:5}.{:06}] {}",
-            self.ts_ns / 1_000_000_000,
-            (self.ts_ns % 1_000_000_000) / 1000,
-            self.text
-        )
+        format!("{} {}", Stamp(self.ts_ns), self.text)
+    }
+}
+
+/// dmesg's timestamp, `[    3.825922]`: seconds and microseconds since the runtime started.
+struct Stamp(u64);
+
+impl fmt::Display for Stamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (s, us) = (self.0 / 1_000_000_000, (self.0 % 1_000_000_000) / 1000);
+        write!(f, "[{s:5}.{us:06}]")
     }
 }
 
@@ -265,30 +347,22 @@ pub fn dropped() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
-fn emit(line: Line) {
-    log::log!(target: "printk", line.level.log_level(), "{}", line.dmesg());
-    let subs = SUBSCRIBERS.lock().unwrap_or_else(|e| e.into_inner());
-    for s in subs.iter() {
-        s.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(line.clone());
-    }
-}
-
 /// Drain published lines up to position `until` (or while lines are ready when `until` is None).
 /// Process context; the caller holds `CONSUMER`.
 fn drain(c: &mut Consumer, until: Option<u64>) {
+    drain_ring(c, until);
+    c.write_batch();
+}
+
+fn drain_ring(c: &mut Consumer, until: Option<u64>) {
     let deadline = jiffies::monotonic_ns() + 1_000_000_000;
     loop {
         let dropped = DROPPED.load(Ordering::Relaxed);
         if dropped != c.dropped_reported {
             let n = dropped - c.dropped_reported;
             c.dropped_reported = dropped;
-            emit(Line {
-                level: Level::Warning,
-                ts_ns: jiffies::uptime_ns(),
-                text: format!("** {n} printk messages dropped **"),
-            });
+            let text = format!("** {n} printk messages dropped **");
+            c.print(Level::Warning, jiffies::uptime_ns(), text.as_bytes());
         }
         let pos = RING.head.load(Ordering::Relaxed);
         if until.is_some_and(|u| pos >= u) {
@@ -307,20 +381,20 @@ fn drain(c: &mut Consumer, until: Option<u64>) {
         }
         // SAFETY: the slot is published for `pos` (Acquire above) and we are the only consumer
         // (CONSUMER held); producers do not touch it until we hand it back below.
-        let line = unsafe {
+        let (level, ts_ns, text) = unsafe {
             let len = (*slot.len.get() as usize).min(LINE_MAX);
-            Line {
-                level: Level::from_u8(*slot.level.get()),
-                ts_ns: *slot.ts_ns.get(),
-                text: String::from_utf8_lossy(&(&*slot.text.get())[..len]).into_owned(),
-            }
+            (
+                Level::from_u8(*slot.level.get()),
+                *slot.ts_ns.get(),
+                &(&*slot.text.get())[..len],
+            )
         };
+        c.print(level, ts_ns, text);
         slot.seq.store(
             (pos + SLOTS as u64).wrapping_sub(idx as u64),
             Ordering::Release,
         );
         RING.head.store(pos + 1, Ordering::Relaxed);
-        emit(line);
     }
 }
 
@@ -396,6 +470,7 @@ pub fn capture() -> Capture {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(sink.clone());
+    CAPTURES.fetch_add(1, Ordering::Relaxed);
     Capture { sink }
 }
 
@@ -421,6 +496,7 @@ impl Drop for Capture {
     fn drop(&mut self) {
         let mut subs = SUBSCRIBERS.lock().unwrap_or_else(|e| e.into_inner());
         subs.retain(|s| !Arc::ptr_eq(s, &self.sink));
+        CAPTURES.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
