@@ -53,9 +53,15 @@ struct Args {
     /// group (a number without a passwd entry: the same number as gid), no supplementary groups.
     #[arg(long)]
     user: Option<String>,
-    /// Reader threads on /dev/cuse.
-    #[arg(long, default_value_t = 4)]
+    /// Most reader threads on /dev/cuse (the pool starts with one and grows while all are busy).
+    #[arg(long, default_value_t = 8)]
     threads: usize,
+    /// After answering the only request in flight, one reader polls for the next this many
+    /// microseconds before it sleeps, backing off when none comes (0: never; saves a sleep and
+    /// a wake-up per round trip for a client that asks again at once).
+    #[arg(long, default_value_t = 200, value_name = "US",
+          value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    spin_us: u64,
     /// Write the daemon's pid to this file once the device is ready (node present, with its
     /// mode and group); removed on exit.
     #[arg(long)]
@@ -180,6 +186,7 @@ fn run(args: &Args) -> Result<(), String> {
             major: args.major,
             minor: args.minor,
             threads: args.threads,
+            spin: std::time::Duration::from_micros(args.spin_us),
             mode: args.mode,
             gid: args.group.as_deref().map(resolve_group).transpose()?,
             ..Config::default()
@@ -298,7 +305,7 @@ mod tests {
             (a.module.as_str(), a.name.as_str()),
             ("deferred", "deferred")
         );
-        assert_eq!((a.major, a.minor, a.threads, a.mode), (42, 0, 4, None));
+        assert_eq!((a.major, a.minor, a.threads, a.mode), (42, 0, 8, None));
         assert!(Args::try_parse_from(["deferred", "nope"]).is_err());
         let a = Args::parse_from(["deferred", "timer", "--mode", "0666", "-vv"]);
         assert_eq!(

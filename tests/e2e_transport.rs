@@ -464,8 +464,8 @@ fn not_root_is_a_one_line_error() {
 
 #[test]
 #[ignore = "needs /dev/cuse: run scripts/test"]
-fn reader_threads_are_named() {
-    let d = Daemon::start(&["--threads", "3"]);
+fn reader_threads_are_named_and_grow_with_concurrent_clients_up_to_threads() {
+    let d = Daemon::start_env(&["--threads", "3"], &[("RUST_LOG", "warn")]);
     // A new thread names itself when it first runs: give them a moment.
     let names = || {
         let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", d.pid()))
@@ -477,9 +477,35 @@ fn reader_threads_are_named() {
         names.sort();
         names
     };
-    wait_for(TIMEOUT, || names().len() == 3);
-    let names = names();
-    assert_eq!(names, ["cuse/0", "cuse/1", "cuse/2"]);
+    wait_for(TIMEOUT, || names().len() == 1);
+    assert_eq!(names(), ["cuse/0"], "one reader before any request");
+    // Six clients at once: the pool grows while every reader is busy, never past --threads.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let (node, stop) = (d.node(), stop.clone());
+            std::thread::spawn(move || {
+                let f = open(&node);
+                while !stop.load(Ordering::Relaxed) {
+                    assert_eq!(ioctl(&f, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
+                }
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    while names().len() < 3 && t0.elapsed() < Duration::from_secs(60) {
+        assert!(
+            names().len() <= 3,
+            "more readers than --threads: {:?}",
+            names()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(names(), ["cuse/0", "cuse/1", "cuse/2"]);
     d.stop();
 }
 

@@ -3,21 +3,27 @@
 //!
 //! ```text
 //!  Cuse::open ──> Cuse::start(fops) ──> Device (node present, readers running) ──> Device::stop
-//!  (checks,        (CUSE_INIT reply,      reader "cuse/N": poll(fd, stop) -> read    (stop readers,
+//!  (checks,        (CUSE_INIT reply,      reader "cuse/N": read (blocking)            (stop readers,
 //!   /dev/cuse)      wait for the node)    -> decode -> fops -> Reply                 close fd: node gone)
 //! ```
 //!
-//! The fd is non-blocking: each reader polls it together with a stop eventfd, so that stopping
-//! never depends on a request arriving. `read` errors EAGAIN/EINTR/ENOENT: read again (another
-//! reader took the request, or the kernel dropped it); ENODEV/ECONNABORTED: the connection is gone.
+//! Once the connection is up the fd is blocking and every reader sleeps in `read(2)`, as libfuse's
+//! workers do: the kernel queues the readers exclusively (`fuse_dev_do_read`), so a request wakes
+//! one reader, not all of them, and costs one system call to receive. Stopping does not wait for a
+//! request: [`Device::stop`] raises a flag and interrupts each reader's `read` with a signal of
+//! its own (a real-time signal with an empty handler, installed without `SA_RESTART`), again
+//! until the reader has left. `read` errors EAGAIN/EINTR/ENOENT: read again (interrupted, or the
+//! kernel dropped the request); ENODEV/ECONNABORTED: the connection is gone.
 
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::thread::JoinHandleExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -55,6 +61,9 @@ pub struct Config {
     pub gid: Option<u32>,
     /// How long to wait for the kernel's answer and the node.
     pub timeout: Duration,
+    /// After answering a request, how long one reader polls for the next before it sleeps in
+    /// `read(2)` (zero: never). See [`reader`].
+    pub spin: Duration,
 }
 
 impl Default for Config {
@@ -63,12 +72,13 @@ impl Default for Config {
             name: "deferred".into(),
             major: 42,
             minor: 0,
-            threads: 4,
+            threads: 8,
             max_read: 4096,
             max_write: 4096,
             mode: None,
             gid: None,
             timeout: Duration::from_secs(5),
+            spin: Duration::from_micros(200),
         }
     }
 }
@@ -247,13 +257,19 @@ impl Cuse {
             (config.major, config.minor)
         };
         log::debug!(
-            "device {} {}:{} up, {} reader threads",
+            "device {} {}:{} up, up to {} reader threads",
             config.name,
             devnum.0,
             devnum.1,
             config.threads
         );
-        let stop = Arc::new(EventFd::from_flags(EfdFlags::EFD_CLOEXEC).map_err(sys("eventfd"))?);
+        // From here on the readers sleep in read(2) (see the module's documentation).
+        let wake = wake_signal()?;
+        let flags = nix::fcntl::fcntl(chan.fd(), nix::fcntl::FcntlArg::F_GETFL)
+            .map_err(sys("fcntl F_GETFL /dev/cuse"))?;
+        let flags = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(chan.fd(), nix::fcntl::FcntlArg::F_SETFL(flags))
+            .map_err(sys("fcntl F_SETFL /dev/cuse"))?;
         let gone = Arc::new(
             EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
                 .map_err(sys("eventfd"))?,
@@ -263,22 +279,22 @@ impl Cuse {
             fops,
             next_fh: AtomicU64::new(1),
             max_read: config.max_read,
+            spin: config.spin,
+            spinning: AtomicBool::new(false),
+            spin_misses: AtomicU32::new(0),
+            spin_skip: AtomicU32::new(0),
+            stop: AtomicBool::new(false),
+            gone: gone.clone(),
+            wake,
+            buffer_len: config.read_buffer_len(),
+            max_readers: config.threads,
+            spawned: AtomicUsize::new(0),
+            readers: Mutex::new(Vec::with_capacity(config.threads)),
         });
-        let mut threads = Vec::with_capacity(config.threads);
-        for i in 0..config.threads {
-            let (server, stop, gone) = (server.clone(), stop.clone(), gone.clone());
-            let len = config.read_buffer_len();
-            let t = std::thread::Builder::new()
-                .name(format!("cuse/{i}"))
-                .spawn(move || reader(&server, &stop, &gone, len))
-                .map_err(|e| Error::Sys("spawn a reader thread", io_errno(&e)))?;
-            threads.push(t);
-        }
+        server.spawn_reader()?;
         Ok(Device {
             server: Some(server),
-            stop,
             gone,
-            threads,
             config,
             devnum,
             real,
@@ -501,45 +517,164 @@ fn apply_owner_mode(node: &Path, config: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-/// What the reader threads share.
+/// What the reader threads share: the connection, the file operations, and the pool of readers.
 struct Server {
     chan: Arc<Channel>,
     fops: Arc<dyn FileOperations>,
     next_fh: AtomicU64,
     max_read: u32,
+    spin: Duration,
+    /// One reader at a time spins (see [`reader`]).
+    spinning: AtomicBool,
+    /// Spins in a row that ran out without a request.
+    spin_misses: AtomicU32,
+    /// Chances to spin still to pass up after misses (a back-off).
+    spin_skip: AtomicU32,
+    /// Set by [`Device::stop`]: readers leave when they see it.
+    stop: AtomicBool,
+    /// Written when the connection ends (not when stopped).
+    gone: Arc<EventFd>,
+    /// The signal that interrupts a reader's read when stopping ([`wake_signal`]).
+    wake: i32,
+    buffer_len: usize,
+    /// [`Config::threads`]: the pool grows up to this many readers.
+    max_readers: usize,
+    /// Readers spawned (the length of `readers`, without its lock).
+    spawned: AtomicUsize,
+    /// Every reader spawned, in order (`cuse/0`, `cuse/1`, ...).
+    readers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Server {
+    /// Adds a reader to the pool, unless it is full or stopping. As libfuse's multi-threaded
+    /// loop does: the pool starts with one reader and grows by one each time a reader takes a
+    /// request while no other is waiting, up to [`Config::threads`]; readers never retire (a
+    /// reader asleep in `read(2)` costs no CPU). So the pool follows the clients' concurrency:
+    /// more readers than requests in flight would only take turns being woken.
+    fn spawn_reader(self: &Arc<Server>) -> Result<(), Error> {
+        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if self.stop.load(Ordering::Acquire) || readers.len() >= self.max_readers {
+            return Ok(());
+        }
+        let server = self.clone();
+        match std::thread::Builder::new()
+            .name(format!("cuse/{}", readers.len()))
+            .spawn(move || reader(&server))
+        {
+            Ok(t) => {
+                readers.push(t);
+                self.spawned.store(readers.len(), Ordering::Release);
+                Ok(())
+            }
+            Err(e) => Err(Error::Sys("spawn a reader thread", io_errno(&e))),
+        }
+    }
+
+    /// Readers in the pool now.
+    fn readers(&self) -> usize {
+        self.readers.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// The signal that interrupts a reader's `read(2)` when the device stops: the highest real-time
+/// signal nobody handles (the runtime's timer takes the lowest), with an empty handler and no
+/// `SA_RESTART`. Installed once per process.
+fn wake_signal() -> Result<i32, Error> {
+    static WAKE: OnceLock<Result<i32, Errno>> = OnceLock::new();
+    /// Empty: its only effect is that the interrupted `read` returns EINTR. Async-signal-safe.
+    extern "C" fn interrupted(_: libc::c_int) {}
+    let sig = *WAKE.get_or_init(|| {
+        for sig in (libc::SIGRTMIN()..=libc::SIGRTMAX()).rev() {
+            // SAFETY: a zeroed sigaction is a valid out-parameter.
+            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+            // SAFETY: querying (null new action) a valid signal number.
+            if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0
+                || old.sa_sigaction != libc::SIG_DFL
+            {
+                continue;
+            }
+            // SAFETY: a zeroed sigaction is valid; handler, flags (none: no SA_RESTART, so the
+            // read returns EINTR) and an empty mask are filled in below.
+            let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+            sa.sa_sigaction = interrupted as extern "C" fn(libc::c_int) as usize;
+            // SAFETY: sa.sa_mask is a valid sigset_t to initialise.
+            unsafe { libc::sigemptyset(&mut sa.sa_mask) };
+            // SAFETY: installing a handler that does nothing for a signal that had none.
+            if unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } != 0 {
+                return Err(Errno::last());
+            }
+            return Ok(sig);
+        }
+        Err(Errno::EAGAIN)
+    });
+    sig.map_err(sys(
+        "a real-time signal to stop the readers with (sigaction)",
+    ))
+}
+
+/// Unblocks the real-time signal `sig` for the calling thread (nix's `SigSet` holds only the
+/// standard signals).
+fn unblock(sig: i32) -> Result<(), Errno> {
+    // SAFETY: a zeroed sigset_t is valid storage; sigemptyset/sigaddset initialise it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is valid; `sig` is a real-time signal number.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+    }
+    // SAFETY: a valid set; the old mask is not wanted.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Errno::from_raw(rc))
+    }
 }
 
 /// One reader thread: one read = one request, until stopped or the connection is gone.
-fn reader(server: &Server, stop: &EventFd, gone: &EventFd, len: usize) {
-    let mut buf = vec![0u8; len];
+///
+/// Spin, then sleep: a reader that has just answered the only request in flight polls the fd
+/// (without sleeping) for up to [`Config::spin`] before it goes to sleep in `read(2)`, one
+/// reader at a time. A client that asks again right away is served without a sleep and a
+/// wake-up on either side of the round trip (on an idle CPU, waking a sleeper is most of it).
+/// It is not tried while other requests are in flight: then other readers are running, the
+/// CPUs are busy, and the next request is likely queued already. Spins that run out make the
+/// readers pass up the next chances (1, 2, 4, ... up to 64 in a row), so a client that asks
+/// rarely costs no more than a sleeping reader; a quiet device costs nothing.
+/// The same trade as the kernel's `net.core.busy_read`.
+fn reader(server: &Arc<Server>) {
+    // Whoever spawned us may block signals; the stop signal must get through.
+    let _ = unblock(server.wake);
+    let mut buf = vec![0u8; server.buffer_len];
     let fd = server.chan.fd();
-    loop {
-        let mut fds = [
-            PollFd::new(fd.as_fd(), PollFlags::POLLIN),
-            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(Errno::EINTR) => continue,
-            Err(e) => {
-                log::error!("poll /dev/cuse: {e}");
-                break;
-            }
+    let mut answered = false;
+    while !server.stop.load(Ordering::Acquire) {
+        if answered && server.should_spin() && !server.spinning.swap(true, Ordering::Acquire) {
+            let hit = spin_for_request(fd.as_fd(), server.spin);
+            server.spun(hit);
+            server.spinning.store(false, Ordering::Release);
         }
-        if fds[1].any().unwrap_or(false) {
-            return; // stopped: not "gone"
-        }
+        answered = false;
         match nix::unistd::read(fd, &mut buf) {
             Ok(0) => {
                 log::debug!("connection closed");
                 break;
             }
             Ok(n) => {
-                let server = std::panic::AssertUnwindSafe(server);
+                // Every other reader busy with a request (answered ones are out of the
+                // in-flight table, even if their reader has not come back to read yet)?
+                if server.chan.in_flight() + 1 >= server.spawned.load(Ordering::Acquire)
+                    && let Err(e) = server.spawn_reader()
+                {
+                    // The readers there are go on serving.
+                    log::warn!("{e}");
+                }
+                let s = std::panic::AssertUnwindSafe(server);
                 let req = std::panic::AssertUnwindSafe(&buf[..n]);
-                if std::panic::catch_unwind(|| server.handle(&req)).is_err() {
+                if std::panic::catch_unwind(|| s.handle(&req)).is_err() {
                     log::error!("bug: a request handler panicked; the request was answered EIO");
                 }
+                answered = true;
             }
             Err(Errno::EAGAIN | Errno::EINTR | Errno::ENOENT) => continue,
             Err(Errno::ENODEV | Errno::ECONNABORTED) => {
@@ -552,7 +687,56 @@ fn reader(server: &Server, stop: &EventFd, gone: &EventFd, len: usize) {
             }
         }
     }
-    let _ = gone.write(1);
+    if !server.stop.load(Ordering::Acquire) {
+        let _ = server.gone.write(1); // stopped is not "gone"
+    }
+}
+
+/// Polls `fd` without sleeping until it is readable (or hung up: `true`) or `window` has passed
+/// (`false`).
+fn spin_for_request(fd: BorrowedFd<'_>, window: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        // The clock is read every few polls: in a VM it can cost more than a poll.
+        for _ in 0..4 {
+            let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::ZERO) {
+                Ok(0) | Err(Errno::EINTR) => {}
+                _ => return true, // readable, hung up, or an error the read will report
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= window {
+            return false;
+        }
+    }
+}
+
+impl Server {
+    /// Whether a reader that has just answered should spin for the next request (see [`reader`]).
+    fn should_spin(&self) -> bool {
+        if self.spin.is_zero() || self.chan.in_flight() != 0 {
+            return false;
+        }
+        // Back-off after misses: pass up this chance if some are still to be passed up.
+        let skip = self.spin_skip.load(Ordering::Relaxed);
+        if skip > 0 {
+            self.spin_skip.store(skip - 1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Records how a spin went.
+    fn spun(&self, hit: bool) {
+        if hit {
+            self.spin_misses.store(0, Ordering::Relaxed);
+        } else {
+            let misses = self.spin_misses.fetch_add(1, Ordering::Relaxed) + 1;
+            self.spin_skip
+                .store(1 << (misses - 1).min(6), Ordering::Relaxed);
+        }
+    }
 }
 
 impl Server {
@@ -703,9 +887,7 @@ impl Server {
 /// A served device. Dropping it (or [`Device::stop`]) removes the node.
 pub struct Device {
     server: Option<Arc<Server>>,
-    stop: Arc<EventFd>,
     gone: Arc<EventFd>,
-    threads: Vec<JoinHandle<()>>,
     config: Config,
     devnum: (u32, u32),
     real: bool,
@@ -741,6 +923,11 @@ impl Device {
         self.server.as_ref().map_or(0, |s| s.chan.in_flight())
     }
 
+    /// Reader threads now (the pool grows with concurrent requests up to [`Config::threads`]).
+    pub fn readers(&self) -> usize {
+        self.server.as_ref().map_or(0, |s| s.readers())
+    }
+
     /// Stops the readers (each finishes the request it is handling), then closes the fd: the
     /// kernel removes the node, and clients that still hold it open get ENODEV/ENOTCONN.
     pub fn stop(mut self) {
@@ -748,10 +935,31 @@ impl Device {
     }
 
     fn shutdown(&mut self) {
-        let _ = self.stop.write(1);
-        for t in self.threads.drain(..) {
-            if t.join().is_err() {
-                log::error!("bug: a reader thread panicked");
+        if let Some(server) = &self.server {
+            server.stop.store(true, Ordering::Release);
+            // Once `stop` is seen under the pool's lock no reader is added: take them until
+            // none is left (one may have been added just before).
+            loop {
+                let readers =
+                    std::mem::take(&mut *server.readers.lock().unwrap_or_else(|e| e.into_inner()));
+                if readers.is_empty() {
+                    break;
+                }
+                for t in readers {
+                    // A reader sees the flag when its read returns: the signal makes it return
+                    // EINTR. It may land just before the reader enters read(2), so it is sent
+                    // again until the reader has left (a reader busy with a request finishes
+                    // it first).
+                    while !t.is_finished() {
+                        // SAFETY: the thread is not joined yet, so its pthread_t is valid; the
+                        // signal has an empty handler.
+                        unsafe { libc::pthread_kill(t.as_pthread_t(), server.wake) };
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    if t.join().is_err() {
+                        log::error!("bug: a reader thread panicked");
+                    }
+                }
             }
         }
         if let Some(server) = self.server.take() {
@@ -772,7 +980,7 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
-        if !self.threads.is_empty() || self.server.is_some() {
+        if self.server.is_some() {
             self.shutdown();
         }
     }
@@ -788,11 +996,27 @@ mod tests {
     use std::sync::Mutex;
     use std::sync::mpsc;
 
-    /// Records every call; ioctl 0x6b63 blocks until told to go on.
+    /// Records every call; ioctl 0x6b63 blocks until told to go on; 0x6b64 blocks while `hold`
+    /// is set.
     #[derive(Default)]
     struct Recorder {
         calls: Mutex<Vec<String>>,
         gate: Mutex<Option<mpsc::Receiver<()>>>,
+        hold: (Mutex<bool>, std::sync::Condvar),
+    }
+
+    impl Recorder {
+        fn set_hold(&self, on: bool) {
+            *self.hold.0.lock().unwrap() = on;
+            self.hold.1.notify_all();
+        }
+        fn wait_calls(&self, n: usize) {
+            let t0 = Instant::now();
+            while self.calls.lock().unwrap().len() < n {
+                assert!(t0.elapsed() < Duration::from_secs(5), "{n} calls not seen");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 
     impl FileOperations for Recorder {
@@ -812,10 +1036,16 @@ mod tests {
                 let rx = self.gate.lock().unwrap().take().unwrap();
                 rx.recv().unwrap();
             }
+            if cmd == 0x6b64 {
+                let mut held = self.hold.0.lock().unwrap();
+                while *held {
+                    held = self.hold.1.wait(held).unwrap();
+                }
+            }
             match cmd {
                 0x6b02 => Ok(0),
                 0x6b05 => Ok(arg as i32),
-                0x6b63 => Ok(1),
+                0x6b63 | 0x6b64 => Ok(1),
                 _ => Err(Errno::ENOTTY),
             }
         }
@@ -1084,6 +1314,133 @@ mod tests {
         let mut fds = [PollFd::new(dev.gone_fd(), PollFlags::POLLIN)];
         assert_eq!(poll(&mut fds, PollTimeout::from(5000u16)).unwrap(), 1);
         dev.stop();
+    }
+
+    #[test]
+    fn the_pool_grows_with_concurrent_requests_up_to_its_maximum() {
+        let (dev, k, rec) = start(3);
+        assert_eq!(dev.readers(), 1, "one reader to begin with");
+        rec.set_hold(true);
+        // Each held request keeps its reader busy: the next request finds no reader waiting.
+        for (i, unique) in [50u64, 51, 52].into_iter().enumerate() {
+            k.ioctl(unique, 1, 0, 0x6b64, 0);
+            rec.wait_calls(i + 1);
+            // A reader that takes a request with no other waiting adds one (up to 3).
+            let want = (i + 2).min(3);
+            let t0 = Instant::now();
+            while dev.readers() < want && t0.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(dev.readers(), want, "after {} held requests", i + 1);
+        }
+        // All three busy: a fourth request waits for one of them.
+        k.ioctl(53, 1, 0, 0x6b02, 0);
+        let mut fds = [PollFd::new(k.fd.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll(&mut fds, PollTimeout::from(200u16)).unwrap(), 0);
+        rec.set_hold(false);
+        let mut answered: Vec<u64> = (0..4).map(|_| k.recv().0.unique).collect();
+        answered.sort();
+        assert_eq!(answered, [50, 51, 52, 53]);
+        assert_eq!(dev.readers(), 3, "never more than the maximum");
+        dev.stop();
+    }
+
+    #[test]
+    fn requests_one_at_a_time_keep_the_pool_at_two() {
+        let (dev, k, _) = start(8);
+        for unique in 60..160u64 {
+            k.ioctl(unique, 1, 0, 0x6b02, 0);
+            assert_eq!(k.recv().0.unique, unique);
+        }
+        // The first request added a second reader; after it, one always waits.
+        assert_eq!(dev.readers(), 2);
+        dev.stop();
+    }
+
+    #[test]
+    fn spins_that_find_no_request_back_off() {
+        let (dev, k, _) = start(2);
+        let server = dev.server.clone().unwrap();
+        assert_eq!(
+            server.spin,
+            Duration::from_micros(200),
+            "the default window"
+        );
+        let misses = || {
+            (
+                server.spin_misses.load(Ordering::Relaxed),
+                server.spin_skip.load(Ordering::Relaxed),
+            )
+        };
+        // Requests 20 ms apart: every spin runs out. Passed-up chances double: 1, 2, 4, ...
+        let mut seen = Vec::new();
+        for unique in 70..78u64 {
+            k.ioctl(unique, 1, 0, 0x6b02, 0);
+            assert_eq!(k.recv().0.unique, unique);
+            std::thread::sleep(Duration::from_millis(20));
+            seen.push(misses());
+        }
+        assert_eq!(
+            seen,
+            [
+                (1, 1),
+                (1, 0),
+                (2, 2),
+                (2, 1),
+                (2, 0),
+                (3, 4),
+                (3, 3),
+                (3, 2)
+            ]
+        );
+        server.spun(true);
+        assert_eq!(
+            misses().0,
+            0,
+            "a spin that finds a request resets the back-off"
+        );
+        drop(server);
+        dev.stop();
+    }
+
+    #[test]
+    fn stop_interrupts_readers_asleep_in_read() {
+        // Started from a thread that blocks every signal (the readers inherit its mask), so the
+        // readers must unblock the stop signal themselves.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // SAFETY: a zeroed sigset_t is valid storage for sigfillset.
+            let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+            // SAFETY: valid set; blocks every signal for this thread only.
+            unsafe {
+                libc::sigfillset(&mut all);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+            }
+            let (dev, k, rec) = start(8);
+            k.ioctl(40, 1, 0, 0x6b02, 0);
+            assert_eq!(k.recv().0.unique, 40);
+            std::thread::sleep(Duration::from_millis(50)); // all 8 asleep in read(2)
+            let t0 = Instant::now();
+            let gone = dev.gone.clone();
+            dev.stop();
+            tx.send((t0.elapsed(), k, gone, rec)).unwrap();
+        });
+        let (took, k, gone, rec) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("stop did not return: a reader stayed asleep in read(2)");
+        assert!(took < Duration::from_secs(2), "stop took {took:?}");
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            nix::unistd::read(&k.fd, &mut buf),
+            Ok(0),
+            "the connection is closed once stopped"
+        );
+        assert_eq!(
+            gone.read().err(),
+            Some(Errno::EAGAIN),
+            "stopped is not gone"
+        );
+        assert_eq!(rec.calls.lock().unwrap().len(), 1);
     }
 
     #[test]
