@@ -14,7 +14,7 @@
 //!   table (both were queued by the kernel). Such an early interrupt is remembered (a short list)
 //!   and applied when the target begins. Uniques never repeat, so a stale entry is harmless.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
@@ -30,7 +30,8 @@ const EARLY_INTERRUPTS: usize = 64;
 /// The requests in flight.
 #[derive(Debug, Default)]
 pub struct InFlight {
-    pending: HashSet<u64>,
+    /// Few at a time (at most one per reader thread): a vector beats a hash set here.
+    pending: Vec<u64>,
     early: VecDeque<u64>,
 }
 
@@ -46,7 +47,9 @@ pub enum Begin {
 impl InFlight {
     /// Enters a request just read.
     pub fn begin(&mut self, unique: u64) -> Begin {
-        self.pending.insert(unique);
+        if !self.pending.contains(&unique) {
+            self.pending.push(unique);
+        }
         if let Some(i) = self.early.iter().position(|&u| u == unique) {
             self.early.remove(i);
             Begin::Interrupted
@@ -57,13 +60,23 @@ impl InFlight {
 
     /// Takes a request out to answer it; `false` if it was already answered (interrupted).
     pub fn finish(&mut self, unique: u64) -> bool {
-        self.pending.remove(&unique)
+        self.take(unique)
+    }
+
+    fn take(&mut self, unique: u64) -> bool {
+        match self.pending.iter().position(|&u| u == unique) {
+            Some(i) => {
+                self.pending.swap_remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     /// An INTERRUPT for `target`: `true` if it was pending and is now taken out (the caller answers
     /// it `EINTR`); `false` if it is not (yet) known, and then it is remembered for [`Self::begin`].
     pub fn interrupt(&mut self, target: u64) -> bool {
-        if self.pending.remove(&target) {
+        if self.take(target) {
             return true;
         }
         if !self.early.contains(&target) {
@@ -170,11 +183,20 @@ impl Channel {
             unique,
         }
         .encode();
-        let mut iov = Vec::with_capacity(1 + body.len());
-        iov.push(IoSlice::new(&header));
-        iov.extend(body.iter().map(|b| IoSlice::new(b)));
+        // Every reply has a header and at most two parts: the vector lives on the stack.
+        let mut iov = [IoSlice::new(&[]); 3];
+        assert!(
+            body.len() < iov.len(),
+            "a reply in more than {} parts",
+            iov.len() - 1
+        );
+        iov[0] = IoSlice::new(&header);
+        for (v, b) in iov[1..].iter_mut().zip(body) {
+            *v = IoSlice::new(b);
+        }
+        let iov = &iov[..1 + body.len()];
         loop {
-            match writev(self.fd.as_fd(), &iov) {
+            match writev(self.fd.as_fd(), iov) {
                 Ok(n) if n == len => return Delivery::Sent,
                 Ok(n) => {
                     log::error!("reply to request {unique}: {n} of {len} bytes written");

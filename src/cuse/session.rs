@@ -283,6 +283,9 @@ impl Cuse {
             spinning: AtomicBool::new(false),
             spin_misses: AtomicU32::new(0),
             spin_skip: AtomicU32::new(0),
+            recent_callers: [const { AtomicU32::new(0) }; RECENT_CALLERS],
+            recent_next: AtomicUsize::new(0),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             stop: AtomicBool::new(false),
             gone: gone.clone(),
             wake,
@@ -517,6 +520,9 @@ fn apply_owner_mode(node: &Path, config: &Config) -> Result<(), Error> {
     Ok(())
 }
 
+/// How many of the last requests' callers are remembered (to count the active clients).
+const RECENT_CALLERS: usize = 8;
+
 /// What the reader threads share: the connection, the file operations, and the pool of readers.
 struct Server {
     chan: Arc<Channel>,
@@ -530,6 +536,11 @@ struct Server {
     spin_misses: AtomicU32,
     /// Chances to spin still to pass up after misses (a back-off).
     spin_skip: AtomicU32,
+    /// The callers (thread ids) of the last requests, a ring: how many clients are active.
+    recent_callers: [AtomicU32; RECENT_CALLERS],
+    recent_next: AtomicUsize,
+    /// CPUs this process may run on.
+    cpus: usize,
     /// Set by [`Device::stop`]: readers leave when they see it.
     stop: AtomicBool,
     /// Written when the connection ends (not when stopped).
@@ -637,8 +648,10 @@ fn unblock(sig: i32) -> Result<(), Errno> {
 /// (without sleeping) for up to [`Config::spin`] before it goes to sleep in `read(2)`, one
 /// reader at a time. A client that asks again right away is served without a sleep and a
 /// wake-up on either side of the round trip (on an idle CPU, waking a sleeper is most of it).
-/// It is not tried while other requests are in flight: then other readers are running, the
-/// CPUs are busy, and the next request is likely queued already. Spins that run out make the
+/// It is not tried while other requests are in flight (other readers are running and the next
+/// request is likely queued already), nor while more clients are active (distinct callers among
+/// the last 8 requests) than there are CPUs: then the CPUs are busy, and a spinning reader would
+/// only take one from a client. Spins that run out make the
 /// readers pass up the next chances (1, 2, 4, ... up to 64 in a row), so a client that asks
 /// rarely costs no more than a sleeping reader; a quiet device costs nothing.
 /// The same trade as the kernel's `net.core.busy_read`.
@@ -715,7 +728,7 @@ fn spin_for_request(fd: BorrowedFd<'_>, window: Duration) -> bool {
 impl Server {
     /// Whether a reader that has just answered should spin for the next request (see [`reader`]).
     fn should_spin(&self) -> bool {
-        if self.spin.is_zero() || self.chan.in_flight() != 0 {
+        if self.spin.is_zero() || self.chan.in_flight() != 0 || self.active_clients() > self.cpus {
             return false;
         }
         // Back-off after misses: pass up this chance if some are still to be passed up.
@@ -725,6 +738,26 @@ impl Server {
             return false;
         }
         true
+    }
+
+    /// Remembers the caller of a request.
+    fn note_caller(&self, tid: u32) {
+        let i = self.recent_next.fetch_add(1, Ordering::Relaxed) % RECENT_CALLERS;
+        self.recent_callers[i].store(tid, Ordering::Relaxed);
+    }
+
+    /// Distinct callers among the last requests.
+    fn active_clients(&self) -> usize {
+        let mut seen = [0u32; RECENT_CALLERS];
+        let mut n = 0;
+        for c in &self.recent_callers {
+            let tid = c.load(Ordering::Relaxed);
+            if tid != 0 && !seen[..n].contains(&tid) {
+                seen[n] = tid;
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Records how a spin went.
@@ -756,6 +789,7 @@ impl Server {
             }
         };
         let h = req.header;
+        self.note_caller(h.pid);
         if let Operation::Interrupt(arg) = req.op {
             log::debug!("request {}: INTERRUPT {}", h.unique, arg.unique);
             self.chan.interrupt(arg.unique);
@@ -1399,6 +1433,24 @@ mod tests {
             0,
             "a spin that finds a request resets the back-off"
         );
+        drop(server);
+        dev.stop();
+    }
+
+    #[test]
+    fn no_spinning_while_more_clients_than_cpus_are_active() {
+        let (dev, _k, _) = start(2);
+        let server = dev.server.clone().unwrap();
+        for tid in 1..=server.cpus as u32 + 1 {
+            server.note_caller(tid);
+        }
+        assert_eq!(server.active_clients(), server.cpus + 1);
+        assert!(!server.should_spin(), "more clients than CPUs: no spin");
+        for _ in 0..RECENT_CALLERS {
+            server.note_caller(7);
+        }
+        assert_eq!(server.active_clients(), 1);
+        assert!(server.should_spin(), "one client, nothing in flight: spin");
         drop(server);
         dev.stop();
     }

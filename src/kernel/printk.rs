@@ -173,7 +173,9 @@ impl Consumer {
         match &self.console {
             Some((_, max)) => {
                 if max.is_some_and(|max| level <= max) {
-                    let _ = write!(self.batch, "{} ", Stamp(ts_ns));
+                    let (stamp, n) = Stamp(ts_ns).bytes();
+                    self.batch.extend_from_slice(&stamp[..n]);
+                    self.batch.push(b' ');
                     self.batch.extend_from_slice(text);
                     self.batch.push(b'\n');
                     if self.batch.len() >= BATCH_MAX {
@@ -240,10 +242,50 @@ impl Line {
 /// dmesg's timestamp, `[    3.825922]`: seconds and microseconds since the runtime started.
 struct Stamp(u64);
 
+impl Stamp {
+    /// The stamp's bytes, as `format!("[{s:5}.{us:06}]")` writes them, without `core::fmt`
+    /// (the console writes one per line: this is most of its work per line).
+    fn bytes(&self) -> ([u8; 32], usize) {
+        let (mut s, mut us) = (self.0 / 1_000_000_000, (self.0 % 1_000_000_000) / 1000);
+        let mut b = [b' '; 32];
+        // Right to left: "]", six digits of microseconds, ".", then the seconds (at least 5
+        // wide, space-padded on the left, wider if need be).
+        let mut i = b.len() - 1;
+        b[i] = b']';
+        for _ in 0..6 {
+            i -= 1;
+            b[i] = b'0' + (us % 10) as u8;
+            us /= 10;
+        }
+        i -= 1;
+        b[i] = b'.';
+        let mut width = 0;
+        loop {
+            i -= 1;
+            b[i] = b'0' + (s % 10) as u8;
+            s /= 10;
+            width += 1;
+            if s == 0 {
+                break;
+            }
+        }
+        while width < 5 {
+            i -= 1; // already a space
+            width += 1;
+        }
+        i -= 1;
+        b[i] = b'[';
+        let n = b.len() - i;
+        b.copy_within(i.., 0);
+        (b, n)
+    }
+}
+
 impl fmt::Display for Stamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (s, us) = (self.0 / 1_000_000_000, (self.0 % 1_000_000_000) / 1000);
-        write!(f, "[{s:5}.{us:06}]")
+        let (b, n) = self.bytes();
+        // ASCII by construction.
+        f.write_str(std::str::from_utf8(&b[..n]).unwrap_or("[?]"))
     }
 }
 
@@ -562,4 +604,28 @@ macro_rules! pr_debug {
     ($($arg:tt)*) => {
         $crate::kernel::printk::printk($crate::kernel::printk::Level::Debug, ::core::format_args!($($arg)*))
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stamp_is_dmesgs() {
+        for ns in [
+            0u64,
+            999,
+            1_000,
+            3_825_922_000,
+            59_999_999_999,
+            99_999_999_999_000,
+            100_000_000_000_000,
+            123_456_789_012_345_678,
+            u64::MAX,
+        ] {
+            let (s, us) = (ns / 1_000_000_000, (ns % 1_000_000_000) / 1000);
+            assert_eq!(Stamp(ns).to_string(), format!("[{s:5}.{us:06}]"), "{ns} ns");
+        }
+        assert_eq!(Stamp(3_825_922_000).to_string(), "[    3.825922]");
+    }
 }
