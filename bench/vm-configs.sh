@@ -1,0 +1,59 @@
+#!/bin/sh
+# Runs INSIDE the VM (busybox sh): libfuse's reference and several configurations of our daemon
+# side by side in one boot, to choose between options (e.g. --spin-us, --threads) by measurement.
+#
+#   sh vm-configs.sh ROUNDS CALLS TPUT NAME:FLAGS...
+#
+# NAME:FLAGS starts `deferred --name d_NAME --major 0 FLAGS` (FLAGS comma-separated, e.g.
+# `s200:--spin-us,200`; a NAME ending in q runs with RUST_LOG=warn: logging off). Each round runs,
+# for 1, 2, 4, 8 client threads, `ioctl_bench DEV 0x6b02 N T` against every server (N = CALLS for
+# 1 client, TPUT otherwise), alternating the order from round to round. Output lines:
+#   EXP <threads> <name> <ioctl_bench json>
+#   CPU <name> <utime+stime clock ticks of the whole server> <threads>
+# From the host (the summary: medians and ratios to the reference; see docs/performance.md):
+#   scripts/vm --add bench/build/cuse_ref:/usr/local/bin/cuse_ref \
+#     --add bench/build/ioctl_bench:/usr/local/bin/ioctl_bench --add bench/vm-configs.sh:/root/c.sh \
+#     -- sh /root/c.sh 5 10000 8000 s200:--spin-us,200 s0:--spin-us,0 > /tmp/c.log
+#   bench/configs_summary.py /tmp/c.log
+ROUNDS=$1 CALLS=$2 TPUT=$3
+CANCEL=0x00006b02
+cuse_ref >/tmp/cuse_ref.log 2>&1 &
+pid_ref=$!
+IMPLS="ref"
+shift 3
+for c in "$@"; do
+	name=${c%%:*}
+	flags=$(echo "${c#*:}" | tr ',' ' ')
+	case $name in
+	*q) RUST_LOG=warn deferred --name "d_$name" --major 0 $flags >/tmp/d_$name.log 2>&1 & ;;
+	*) deferred --name "d_$name" --major 0 $flags >/tmp/d_$name.log 2>&1 & ;;
+	esac
+	eval "pid_$name=\$!"
+	IMPLS="$IMPLS $name"
+done
+dev() { if [ "$1" = ref ]; then echo /dev/cuse_ref; else echo "/dev/d_$1"; fi; }
+for i in $IMPLS; do
+	n=0
+	while [ ! -e "$(dev $i)" ] && [ $n -lt 200 ]; do sleep 0.1; n=$((n + 1)); done
+	[ -e "$(dev $i)" ] || { echo "EXP error: $(dev $i) did not appear"; cat /tmp/d_$i.log 2>/dev/null; exit 1; }
+done
+for i in $IMPLS; do ioctl_bench "$(dev $i)" $CANCEL 1000 1 >/dev/null; done
+r=0
+while [ $r -lt "$ROUNDS" ]; do
+	if [ $((r % 2)) -eq 1 ]; then
+		order=$(echo "$IMPLS" | awk '{for (i = NF; i > 0; i--) printf "%s ", $i}')
+	else
+		order=$IMPLS
+	fi
+	for t in 1 2 4 8; do
+		n=$TPUT
+		[ $t = 1 ] && n=$CALLS
+		for i in $order; do echo "EXP $t $i $(ioctl_bench "$(dev $i)" $CANCEL "$n" $t)"; done
+	done
+	r=$((r + 1))
+done
+for i in $IMPLS; do
+	eval "p=\$pid_$i"
+	echo "CPU $i $(awk '{print $14 + $15}' /proc/$p/stat) $(ls /proc/$p/task | wc -l)"
+done
+echo "EXP done"
