@@ -17,6 +17,7 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use nix::errno::Errno;
@@ -116,6 +117,8 @@ pub enum Delivery {
 pub struct Channel {
     fd: OwnedFd,
     inflight: Mutex<InFlight>,
+    /// The table's length, kept under its lock, read without it ([`Channel::in_flight`]).
+    count: AtomicUsize,
 }
 
 impl Channel {
@@ -124,6 +127,7 @@ impl Channel {
         Channel {
             fd,
             inflight: Mutex::new(InFlight::default()),
+            count: AtomicUsize::new(0),
         }
     }
 
@@ -137,9 +141,17 @@ impl Channel {
         self.inflight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Changes the table under its lock, and its count with it.
+    fn update<R>(&self, f: impl FnOnce(&mut InFlight) -> R) -> R {
+        let mut t = self.table();
+        let r = f(&mut t);
+        self.count.store(t.len(), Ordering::Relaxed);
+        r
+    }
+
     /// Enters request `unique` and returns its reply, with what [`InFlight::begin`] found.
     pub fn begin(self: &std::sync::Arc<Self>, unique: u64) -> (Reply, Begin) {
-        let begin = self.table().begin(unique);
+        let begin = self.update(|t| t.begin(unique));
         (
             Reply {
                 chan: self.clone(),
@@ -152,7 +164,7 @@ impl Channel {
 
     /// Handles an INTERRUPT for `target`: answers it `EINTR` if it is still pending.
     pub fn interrupt(&self, target: u64) {
-        if self.table().interrupt(target) {
+        if self.update(|t| t.interrupt(target)) {
             log::debug!("request {target} interrupted: answered EINTR");
             self.write(target, -(Errno::EINTR as i32), &[]);
         } else {
@@ -160,14 +172,14 @@ impl Channel {
         }
     }
 
-    /// Requests in flight.
+    /// Requests in flight (a snapshot, without taking the table's lock).
     pub fn in_flight(&self) -> usize {
-        self.table().len()
+        self.count.load(Ordering::Relaxed)
     }
 
     /// Answers `unique` if it is still ours to answer.
     fn answer(&self, unique: u64, error: i32, body: &[&[u8]]) -> Delivery {
-        if !self.table().finish(unique) {
+        if !self.update(|t| t.finish(unique)) {
             log::debug!("request {unique} was interrupted: its answer is dropped");
             return Delivery::Dropped;
         }
