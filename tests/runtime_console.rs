@@ -119,3 +119,35 @@ fn lines_drained_together_go_out_in_one_write() {
     assert_eq!(con.messages(), want);
     assert_eq!(con.writes(), 1, "300 lines drained at once: one write");
 }
+
+#[test]
+fn a_ring_half_full_cuts_the_consoles_gathering_short() {
+    let _g = runtime_common::setup();
+    let con = register(Some(Level::Info));
+    // One line, then the console drains it and lets the next ones gather (20 ms).
+    pr_info!("console: before the stream");
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    // 4,000 lines in ~20 ms: twice the ring's 2,048 slots within one gathering. Only the wake-up
+    // at half full lets the console keep up (1,024 lines, ~5 ms of slack).
+    let dropped = printk::dropped();
+    let t0 = std::time::Instant::now();
+    for i in 0..4000u32 {
+        let due = std::time::Duration::from_micros(5 * u64::from(i));
+        while t0.elapsed() < due {
+            std::hint::spin_loop();
+        }
+        pr_info!("console: stream {i}");
+    }
+    printk::flush();
+    assert_eq!(
+        printk::dropped(),
+        dropped,
+        "lines dropped: the console slept on"
+    );
+    let streamed = con
+        .messages()
+        .iter()
+        .filter(|m| m.starts_with("console: stream "))
+        .count();
+    assert_eq!(streamed, 4000);
+}
