@@ -15,11 +15,18 @@ def main(path):
     tput = collections.defaultdict(list)
     p50 = collections.defaultdict(list)
     cpu = []
+    cput = collections.defaultdict(lambda: [0, 0, 0])
     impls = []
     with open(path) as f:
         for line in f:
             if line.startswith("CPU "):
                 cpu.append(line.split()[1:])
+                continue
+            if line.startswith("CPUT "):
+                _, t, impl, ticks, calls, *sleeps = line.split()
+                cput[(impl, int(t))][0] += int(ticks)
+                cput[(impl, int(t))][1] += int(calls)
+                cput[(impl, int(t))][2] += int(sleeps[0]) if sleeps else 0
                 continue
             if not line.startswith("EXP ") or line.startswith("EXP done"):
                 continue
@@ -44,6 +51,15 @@ def main(path):
     print()
     for i in impls:
         print(f"- {i}: calls/s per round: " + "; ".join(f"{t}: {[round(x) for x in tput[(i, t)]]}" for t in (1, 2, 4, 8)))
+    if cput:
+        print()
+        print("The server's CPU time per call (us) / its threads' sleeps per call, all rounds, by client threads:")
+        for i in impls:
+            per = []
+            for t in (1, 2, 4, 8):
+                ticks, calls, sleeps = cput[(i, t)]
+                per.append(f"{t}: {ticks * 10_000 / calls:.1f} / {sleeps / calls:.2f}" if calls else f"{t}: -")
+            print(f"- {i}: " + ", ".join(per))
     if cpu:
         print()
         ref = next((float(c[1]) for c in cpu if c[0] == "ref"), None)

@@ -172,15 +172,22 @@ def main():
     tput = [(t, pick(recs, f"tput{t}", "ours"), pick(recs, f"tput{t}", "ref")) for t in (1, 2, 4, 8)]
     if any(o or f for _, o, f in tput):
         w("## ioctl throughput through CUSE (VM), calls/s, median of rounds\n")
+        w("Rounds run each server back to back, so the fairest comparison pairs them: *paired ratio* is the")
+        w("median over rounds of ours / cuse_ref within the round (the verdict uses it; the machine drifts")
+        w("between rounds), *won* counts the rounds where ours was faster.\n")
         extras = [(e, lbl) for e, lbl in (("quiet", "ours, logging off"), ("alt", "ours, alternative build"))
                   if any(pick(recs, f"tput{t}", e) for t in (1, 2, 4, 8))]
-        w("| client threads | ours | cuse_ref | ratio | target | |" + "".join(f" {lbl} | ratio |" for _, lbl in extras))
-        w("|---|---|---|---|---|---|" + "---|---|" * len(extras))
+        w("| client threads | ours | cuse_ref | ratio of medians | paired ratio | won | target | |"
+          + "".join(f" {lbl} | ratio |" for _, lbl in extras))
+        w("|---|---|---|---|---|---|---|---|" + "---|---|" * len(extras))
         for t, o, f in tput:
             om = statistics.median(r["data"]["calls_per_s"] for r in o) if o else None
             fm = statistics.median(r["data"]["calls_per_s"] for r in f) if f else None
-            rt = ratio(om, fm)
-            line = f"| {t} | {fmt(om)} | {fmt(fm)} | {fmt(rt, 2)} | >= 1.0x | {verdict(None if rt is None else rt >= 1.0)} |"
+            pairs = [(a["data"]["calls_per_s"], b["data"]["calls_per_s"]) for a, b in zip(o, f) if b["data"]["calls_per_s"]]
+            pr = statistics.median(a / b for a, b in pairs) if pairs else None
+            won = f"{sum(a > b for a, b in pairs)}/{len(pairs)}" if pairs else "-"
+            line = (f"| {t} | {fmt(om)} | {fmt(fm)} | {fmt(ratio(om, fm), 2)} | {fmt(pr, 2)} | {won} | >= 1.0x | "
+                    f"{verdict(None if pr is None else pr >= 1.0)} |")
             for e, _ in extras:
                 qs = pick(recs, f"tput{t}", e)
                 qm = statistics.median(r["data"]["calls_per_s"] for r in qs) if qs else None
@@ -239,9 +246,14 @@ def main():
             name = {"ours": "ours (deferred)", "ref": "cuse_ref", "quiet": "ours, logging off", "alt": "ours, alternative build"}.get(r["impl"], r["impl"])
             w(f"| {name} | {d['seconds']} | {d['switches']} | {d['wakeups_per_s']} | {d['threads']} | {d['rss_kb']:,} | "
               f"{'0/s, RSS <= 8 MB' if r['impl'] == 'ours' else ''} | {verdict(ok)} |")
-        for r in recs:
-            if r["case"] == "rss_after" and "error" not in r["data"]:
-                w(f"\nAfter the ioctl runs: {r['impl']} RSS {r['data']['rss_kb']:,} kB, {r['data']['threads']} threads.")
+        after = {r["impl"]: r["data"] for r in recs if r["case"] == "rss_after" and "error" not in r["data"]}
+        for impl, d in after.items():
+            cpu = ""
+            if "cpu_s" in d:
+                cpu = f", CPU time over all the runs {d['cpu_s']:.2f} s"
+                if impl != "ref" and after.get("ref", {}).get("cpu_s"):
+                    cpu += f" ({d['cpu_s'] / after['ref']['cpu_s']:.2f}x cuse_ref's for the same calls)"
+            w(f"\nAfter the ioctl runs: {impl} RSS {d['rss_kb']:,} kB, {d['threads']} threads{cpu}.")
         w("")
 
     errors = [r for r in recs if "error" in r.get("data", {})]

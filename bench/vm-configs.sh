@@ -5,15 +5,18 @@
 #   sh vm-configs.sh ROUNDS CALLS TPUT NAME:FLAGS...
 #
 # NAME:FLAGS starts `deferred --name d_NAME --major 0 FLAGS` (FLAGS comma-separated, e.g.
-# `s200:--spin-us,200`; a NAME ending in q runs with RUST_LOG=warn: logging off). Each round runs,
+# `s200:--spin-us,200`; FLAGS starting with a path run that binary instead, e.g.
+# `old:/usr/local/bin/deferred-old,--threads,4` after `--add BIN:/usr/local/bin/deferred-old`; a
+# NAME ending in q runs with RUST_LOG=warn: logging off). Each round runs,
 # for 1, 2, 4, 8 client threads, `ioctl_bench DEV 0x6b02 N T` against every server (N = CALLS for
 # 1 client, TPUT otherwise), alternating the order from round to round. Output lines:
 #   EXP <threads> <name> <ioctl_bench json>
+#   CPUT <threads> <name> <clock ticks the server used during that run> <calls> <its sleeps>
 #   CPU <name> <utime+stime clock ticks of the whole server> <threads>
 # From the host (the summary: medians and ratios to the reference; see docs/performance.md):
 #   scripts/vm --add bench/build/cuse_ref:/usr/local/bin/cuse_ref \
 #     --add bench/build/ioctl_bench:/usr/local/bin/ioctl_bench --add bench/vm-configs.sh:/root/c.sh \
-#     -- sh /root/c.sh 5 10000 8000 s200:--spin-us,200 s0:--spin-us,0 > /tmp/c.log
+#     -- sh /root/c.sh 5 10000 16000 s200:--spin-us,200 s0:--spin-us,0 > /tmp/c.log
 #   bench/configs_summary.py /tmp/c.log
 ROUNDS=$1 CALLS=$2 TPUT=$3
 CANCEL=0x00006b02
@@ -24,13 +27,17 @@ shift 3
 for c in "$@"; do
 	name=${c%%:*}
 	flags=$(echo "${c#*:}" | tr ',' ' ')
+	bin=deferred
+	case $flags in /*) bin=${flags%% *}; flags=${flags#"$bin"} ;; esac
 	case $name in
-	*q) RUST_LOG=warn deferred --name "d_$name" --major 0 $flags >/tmp/d_$name.log 2>&1 & ;;
-	*) deferred --name "d_$name" --major 0 $flags >/tmp/d_$name.log 2>&1 & ;;
+	*q) RUST_LOG=warn $bin --name "d_$name" --major 0 $flags >/tmp/d_$name.log 2>&1 & ;;
+	*) $bin --name "d_$name" --major 0 $flags >/tmp/d_$name.log 2>&1 & ;;
 	esac
 	eval "pid_$name=\$!"
 	IMPLS="$IMPLS $name"
 done
+# Voluntary context switches (sleeps) summed over all threads of PID.
+switches() { cat /proc/$1/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {s += $2} END {print s + 0}'; }
 dev() { if [ "$1" = ref ]; then echo /dev/cuse_ref; else echo "/dev/d_$1"; fi; }
 for i in $IMPLS; do
 	n=0
@@ -48,7 +55,13 @@ while [ $r -lt "$ROUNDS" ]; do
 	for t in 1 2 4 8; do
 		n=$TPUT
 		[ $t = 1 ] && n=$CALLS
-		for i in $order; do echo "EXP $t $i $(ioctl_bench "$(dev $i)" $CANCEL "$n" $t)"; done
+		for i in $order; do
+			eval "p=\$pid_$i"
+			c0=$(awk '{print $14 + $15}' /proc/$p/stat)
+			v0=$(switches $p)
+			echo "EXP $t $i $(ioctl_bench "$(dev $i)" $CANCEL "$n" $t)"
+			echo "CPUT $t $i $(($(awk '{print $14 + $15}' /proc/$p/stat) - c0)) $n $(($(switches $p) - v0))"
+		done
 	done
 	r=$((r + 1))
 done

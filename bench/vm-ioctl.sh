@@ -11,7 +11,7 @@
 # (RUST_LOG=warn, /dev/deferred_quiet, dynamic major), to show what logging each ioctl costs.
 # With BENCH_ALT=PATH another build of the daemon runs too, as it ships (/dev/deferred_alt,
 # dynamic major): impl "alt", to measure a change against the current code in the same boot.
-CALLS=${1:-20000} TPUT=${2:-8000} ROUNDS=${3:-3} IDLE_S=${4:-10}
+CALLS=${1:-20000} TPUT=${2:-16000} ROUNDS=${3:-5} IDLE_S=${4:-10}
 CANCEL=0x00006b02
 
 wait_node() { # NODE PID: 0 once /dev/NODE exists, 1 if the server died or 20 s passed
@@ -30,6 +30,8 @@ switches() {
 # Rss from smaps_rollup (a page-table walk): the VM kernel (6.1) syncs VmRSS lazily (per-thread counters).
 rss_kb() { awk '/^Rss:/ {print $2}' /proc/$1/smaps_rollup; }
 threads() { ls /proc/$1/task | wc -l; }
+# CPU time (user + system, all threads) so far, in seconds (clock ticks of 1/100 s).
+cpu_s() { awk '{printf "%.2f", ($14 + $15) / 100}' /proc/$1/stat; }
 
 cuse_ref >/tmp/cuse_ref.log 2>&1 &
 REF=$!
@@ -88,7 +90,7 @@ for t in 1 2 4 8; do
 done
 for i in $IMPLS; do
 	p=$(pid $i)
-	echo "BENCH rss_after $i {\"bench\":\"rss\",\"rss_kb\":$(rss_kb $p),\"threads\":$(threads $p)}"
+	echo "BENCH rss_after $i {\"bench\":\"rss\",\"rss_kb\":$(rss_kb $p),\"threads\":$(threads $p),\"cpu_s\":$(cpu_s $p)}"
 done
 for p in $OURS $REF $QUIET $ALT; do kill -INT $p 2>/dev/null; done
 sleep 1
