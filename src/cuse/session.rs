@@ -291,7 +291,8 @@ impl Cuse {
             wake,
             buffer_len: config.read_buffer_len(),
             max_readers: config.threads,
-            spawned: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            parked: Mutex::new(Vec::new()),
             readers: Mutex::new(Vec::with_capacity(config.threads)),
         });
         server.spawn_reader()?;
@@ -550,8 +551,10 @@ struct Server {
     buffer_len: usize,
     /// [`Config::threads`]: the pool grows up to this many readers.
     max_readers: usize,
-    /// Readers spawned (the length of `readers`, without its lock).
-    spawned: AtomicUsize,
+    /// Readers not parked (spawned, less those in `parked`).
+    active: AtomicUsize,
+    /// Parked readers, the most recently parked last; each waits on its own futex word.
+    parked: Mutex<Vec<Arc<AtomicU32>>>,
     /// Every reader spawned, in order (`cuse/0`, `cuse/1`, ...).
     readers: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -574,7 +577,7 @@ impl Server {
         {
             Ok(t) => {
                 readers.push(t);
-                self.spawned.store(readers.len(), Ordering::Release);
+                self.active.fetch_add(1, Ordering::AcqRel);
                 Ok(())
             }
             Err(e) => Err(Error::Sys("spawn a reader thread", io_errno(&e))),
@@ -584,6 +587,70 @@ impl Server {
     /// Readers in the pool now.
     fn readers(&self) -> usize {
         self.readers.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn parked(&self) -> std::sync::MutexGuard<'_, Vec<Arc<AtomicU32>>> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One more reader to wait for requests: the most recently parked one (its stack is the
+    /// warmest), or a new one.
+    fn add_reader(self: &Arc<Server>) -> Result<(), Error> {
+        let mut parked = self.parked();
+        if let Some(word) = parked.pop() {
+            self.active.fetch_add(1, Ordering::AcqRel);
+            drop(parked);
+            word.store(1, Ordering::Release);
+            crate::kernel::wait::futex_wake(&word, 1);
+            return Ok(());
+        }
+        drop(parked);
+        self.spawn_reader()
+    }
+
+    /// Parks the calling reader (out of `read(2)`) if it would otherwise sleep there (no request
+    /// waiting) while two other active readers are free (not busy with a request), until
+    /// [`Server::add_reader`] or stop needs it; `false` if it did not park. The decision and the
+    /// count change are one compare-and-swap, so readers finishing together cannot all park: at
+    /// least two stay active. Under load requests are queued, nobody parks, and the pool keeps
+    /// the readers the clients need.
+    fn park_if_spare(&self, fd: BorrowedFd<'_>, word: &Arc<AtomicU32>) -> bool {
+        if self.active.load(Ordering::Acquire) < self.chan.in_flight() + 3 || readable_now(fd) {
+            return false;
+        }
+        word.store(0, Ordering::Release);
+        {
+            let mut parked = self.parked();
+            let mut active = self.active.load(Ordering::Acquire);
+            loop {
+                if active < self.chan.in_flight() + 3 {
+                    return false;
+                }
+                match self.active.compare_exchange(
+                    active,
+                    active - 1,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => break,
+                    Err(now) => active = now,
+                }
+            }
+            parked.push(word.clone());
+        }
+        // Stop wakes every parked word after raising `stop`; a reader parked after that sees it.
+        while word.load(Ordering::Acquire) == 0 && !self.stop.load(Ordering::Acquire) {
+            crate::kernel::wait::futex_wait(word, 0, None);
+        }
+        true
+    }
+
+    /// Wakes every parked reader (when stopping).
+    fn unpark_all(&self) {
+        for word in self.parked().drain(..) {
+            word.store(1, Ordering::Release);
+            crate::kernel::wait::futex_wake(&word, 1);
+        }
     }
 }
 
@@ -661,7 +728,14 @@ fn reader(server: &Arc<Server>) {
     let mut buf = vec![0u8; server.buffer_len];
     let fd = server.chan.fd();
     let mut answered = false;
+    let park = Arc::new(AtomicU32::new(0));
     while !server.stop.load(Ordering::Acquire) {
+        // Nothing to read and two other readers free already: this one parks. With the kernel
+        // waking waiting readers in turn (FIFO), fewer of them means warmer ones.
+        if answered && server.park_if_spare(fd.as_fd(), &park) {
+            answered = false;
+            continue;
+        }
         if answered && server.should_spin() && !server.spinning.swap(true, Ordering::Acquire) {
             let hit = spin_for_request(fd.as_fd(), server.spin);
             server.spun(hit);
@@ -674,10 +748,10 @@ fn reader(server: &Arc<Server>) {
                 break;
             }
             Ok(n) => {
-                // Every other reader busy with a request (answered ones are out of the
+                // Every other active reader busy with a request (answered ones are out of the
                 // in-flight table, even if their reader has not come back to read yet)?
-                if server.chan.in_flight() + 1 >= server.spawned.load(Ordering::Acquire)
-                    && let Err(e) = server.spawn_reader()
+                if server.chan.in_flight() + 1 >= server.active.load(Ordering::Acquire)
+                    && let Err(e) = server.add_reader()
                 {
                     // The readers there are go on serving.
                     log::warn!("{e}");
@@ -703,6 +777,12 @@ fn reader(server: &Arc<Server>) {
     if !server.stop.load(Ordering::Acquire) {
         let _ = server.gone.write(1); // stopped is not "gone"
     }
+}
+
+/// Whether a request is waiting to be read.
+fn readable_now(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
 /// Polls `fd` without sleeping until it is readable (or hung up: `true`) or `window` has passed
@@ -971,6 +1051,7 @@ impl Device {
     fn shutdown(&mut self) {
         if let Some(server) = &self.server {
             server.stop.store(true, Ordering::Release);
+            server.unpark_all();
             // Once `stop` is seen under the pool's lock no reader is added: take them until
             // none is left (one may have been added just before).
             loop {
@@ -1453,6 +1534,91 @@ mod tests {
         assert!(server.should_spin(), "one client, nothing in flight: spin");
         drop(server);
         dev.stop();
+    }
+
+    #[test]
+    fn eight_clients_at_a_time_never_stall_the_pool() {
+        // Eight requests outstanding at all times, a new one for each answer, as eight clients
+        // do: readers grow, park and come back concurrently; every request must be answered.
+        let (dev, k, _) = start(8);
+        let kfd = k.fd.try_clone().unwrap();
+        let (tx, rx) = mpsc::channel::<u64>();
+        let sender = std::thread::spawn(move || {
+            let k = Kernel { fd: kfd };
+            let mut next = 1000u64;
+            for _ in 0..8 {
+                k.ioctl(next, 1, 0, 0x6b02, 0);
+                next += 1;
+            }
+            while rx.recv().is_ok() {
+                if next < 1000 + 4000 {
+                    k.ioctl(next, 1, 0, 0x6b02, 0);
+                    next += 1;
+                }
+            }
+        });
+        for _ in 0..4000 {
+            let (h, _) = k.recv(); // fails after 5 s without an answer: a stall
+            assert_eq!(h.error, 0);
+            tx.send(h.unique).unwrap();
+        }
+        drop(tx);
+        sender.join().unwrap();
+        assert!(dev.server.as_ref().unwrap().active.load(Ordering::Acquire) >= 1);
+        dev.stop();
+    }
+
+    #[test]
+    fn readers_beyond_need_park_and_come_back_first_when_needed() {
+        let (dev, k, rec) = start(4);
+        let server = dev.server.clone().unwrap();
+        let settle = |what: &str, cond: &dyn Fn() -> bool| {
+            let t0 = Instant::now();
+            while !cond() {
+                assert!(t0.elapsed() < Duration::from_secs(5), "{what}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        // Three held requests: the pool grows to 4 (3 busy, 1 waiting).
+        rec.set_hold(true);
+        for (i, unique) in [80u64, 81, 82].into_iter().enumerate() {
+            k.ioctl(unique, 1, 0, 0x6b64, 0);
+            rec.wait_calls(i + 1);
+        }
+        settle("4 readers", &|| dev.readers() == 4);
+        rec.set_hold(false);
+        for _ in 0..3 {
+            k.recv();
+        }
+        // Requests one at a time: each answer lets its reader check; two stay active.
+        for unique in 83..103u64 {
+            k.ioctl(unique, 1, 0, 0x6b02, 0);
+            assert_eq!(k.recv().0.unique, unique);
+        }
+        settle("2 parked", &|| server.parked().len() == 2);
+        assert_eq!(server.active.load(Ordering::Acquire), 2);
+        assert_eq!(dev.readers(), 4, "parked, not gone");
+        // Two held requests: the second finds the other active reader busy and calls one back.
+        rec.set_hold(true);
+        k.ioctl(103, 1, 0, 0x6b64, 0);
+        rec.wait_calls(23 + 1);
+        k.ioctl(104, 1, 0, 0x6b64, 0);
+        rec.wait_calls(23 + 2);
+        settle("1 parked", &|| server.parked().len() == 1);
+        assert_eq!(dev.readers(), 4, "called back, none spawned");
+        rec.set_hold(false);
+        let mut answered = [k.recv().0.unique, k.recv().0.unique];
+        answered.sort();
+        assert_eq!(answered, [103, 104]);
+        drop(server);
+        // Stopping wakes the parked readers too.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            dev.stop();
+            tx.send(()).unwrap();
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("stop did not return: a parked reader stayed parked");
     }
 
     #[test]
