@@ -876,7 +876,12 @@ impl Server {
             return;
         }
         let (reply, begin) = self.chan.begin(h.unique);
-        if begin == Begin::Interrupted {
+        // A RELEASE always runs: the file is gone whatever its closer does. The kernel sends it
+        // from the closing task, which may be dying (SIGKILL): then it marks the request
+        // interrupted and sends an INTERRUPT for it once a reader has read it, and that INTERRUPT
+        // can reach another reader before this one enters the RELEASE in the table. Skipping it
+        // then would leave the module's file open for good.
+        if begin == Begin::Interrupted && !matches!(req.op, Operation::Release(_)) {
             log::debug!("request {}: interrupted before it ran", h.unique);
             let _ = reply.error(Errno::EINTR);
             return;
@@ -1371,6 +1376,30 @@ mod tests {
             "no second answer to 20"
         );
         assert_eq!(dev.in_flight(), 0);
+        dev.stop();
+    }
+
+    #[test]
+    fn a_release_interrupted_before_it_ran_still_releases() {
+        // As when the closing task dies of SIGKILL: the INTERRUPT can be read before its RELEASE.
+        let (dev, k, rec) = start(1);
+        k.send(FUSE_INTERRUPT, 41, &40u64.to_le_bytes());
+        let mut rel = vec![0u8; 24];
+        rel[..8].copy_from_slice(&7u64.to_le_bytes());
+        k.send(FUSE_RELEASE, 40, &rel);
+        assert_eq!(
+            k.recv().0,
+            OutHeader {
+                len: 16,
+                error: 0,
+                unique: 40
+            }
+        );
+        assert!(
+            rec.calls.lock().unwrap().contains(&"release 7".to_string()),
+            "{:?}",
+            rec.calls.lock().unwrap()
+        );
         dev.stop();
     }
 
