@@ -49,7 +49,8 @@ fn kill_and_reap(pids: &[nix::unistd::Pid]) {
 #[test]
 #[ignore = "needs /dev/cuse: run scripts/test"]
 fn a_client_sigkilled_between_ioctls_is_released_and_leaks_nothing() {
-    let d = Daemon::start(&[]);
+    // -v: the transport's debug lines (each request, INTERRUPTs) are in the log shown on failure.
+    let d = Daemon::start(&["-v"]);
     let baseline = fd_count(d.pid());
     // A process that opened the node, made an ioctl, and now sleeps holding it (forked after
     // the open: the parent then closes its copy).
