@@ -49,7 +49,7 @@ pub struct Config {
     pub major: u32,
     /// Device minor.
     pub minor: u32,
-    /// Reader threads on the one fd.
+    /// Most reader threads on the one fd (the pool starts with one; see `Server::spawn_reader`).
     pub threads: usize,
     /// Largest READ the kernel may send.
     pub max_read: u32,
@@ -1116,12 +1116,10 @@ mod tests {
     use std::sync::Mutex;
     use std::sync::mpsc;
 
-    /// Records every call; ioctl 0x6b63 blocks until told to go on; 0x6b64 blocks while `hold`
-    /// is set.
+    /// Records every call; ioctl 0x6b64 blocks while `hold` is set.
     #[derive(Default)]
     struct Recorder {
         calls: Mutex<Vec<String>>,
-        gate: Mutex<Option<mpsc::Receiver<()>>>,
         hold: (Mutex<bool>, std::sync::Condvar),
     }
 
@@ -1131,11 +1129,21 @@ mod tests {
             self.hold.1.notify_all();
         }
         fn wait_calls(&self, n: usize) {
-            let t0 = Instant::now();
-            while self.calls.lock().unwrap().len() < n {
-                assert!(t0.elapsed() < Duration::from_secs(5), "{n} calls not seen");
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            eventually(&format!("{n} calls"), || {
+                self.calls.lock().unwrap().len() >= n
+            });
+        }
+    }
+
+    /// Waits for `cond`, failing the test (`what` not reached) after 5 s.
+    fn eventually(what: &str, cond: impl Fn() -> bool) {
+        let t0 = Instant::now();
+        while !cond() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "{what}: not reached in 5 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -1152,10 +1160,6 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push(format!("ioctl {} {cmd:#x} {arg}", f.fh));
-            if cmd == 0x6b63 {
-                let rx = self.gate.lock().unwrap().take().unwrap();
-                rx.recv().unwrap();
-            }
             if cmd == 0x6b64 {
                 let mut held = self.hold.0.lock().unwrap();
                 while *held {
@@ -1165,7 +1169,7 @@ mod tests {
             match cmd {
                 0x6b02 => Ok(0),
                 0x6b05 => Ok(arg as i32),
-                0x6b63 | 0x6b64 => Ok(1),
+                0x6b64 => Ok(1),
                 _ => Err(Errno::ENOTTY),
             }
         }
@@ -1348,12 +1352,9 @@ mod tests {
     #[test]
     fn interrupt_answers_a_blocked_request_eintr() {
         let (dev, k, rec) = start(2);
-        let (tx, rx) = mpsc::channel();
-        *rec.gate.lock().unwrap() = Some(rx);
-        k.ioctl(20, 1, 0, 0x6b63, 0); // blocks in the file operation
-        while rec.calls.lock().unwrap().is_empty() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        rec.set_hold(true);
+        k.ioctl(20, 1, 0, 0x6b64, 0); // blocks in the file operation
+        rec.wait_calls(1);
         assert_eq!(dev.in_flight(), 1);
         k.send(FUSE_INTERRUPT, 21, &20u64.to_le_bytes());
         assert_eq!(
@@ -1364,7 +1365,7 @@ mod tests {
                 unique: 20
             }
         );
-        tx.send(()).unwrap(); // the operation finishes: its late answer is dropped
+        rec.set_hold(false); // the operation finishes: its late answer is dropped
         k.ioctl(22, 1, 0, 0x6b02, 0);
         assert_eq!(
             k.recv().0,
@@ -1471,10 +1472,7 @@ mod tests {
             rec.wait_calls(i + 1);
             // A reader that takes a request with no other waiting adds one (up to 3).
             let want = (i + 2).min(3);
-            let t0 = Instant::now();
-            while dev.readers() < want && t0.elapsed() < Duration::from_secs(5) {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            eventually("the pool grown", || dev.readers() >= want);
             assert_eq!(dev.readers(), want, "after {} held requests", i + 1);
         }
         // All three busy: a fourth request waits for one of them.
@@ -1601,20 +1599,13 @@ mod tests {
     fn readers_beyond_need_park_and_come_back_first_when_needed() {
         let (dev, k, rec) = start(4);
         let server = dev.server.clone().unwrap();
-        let settle = |what: &str, cond: &dyn Fn() -> bool| {
-            let t0 = Instant::now();
-            while !cond() {
-                assert!(t0.elapsed() < Duration::from_secs(5), "{what}");
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        };
         // Three held requests: the pool grows to 4 (3 busy, 1 waiting).
         rec.set_hold(true);
         for (i, unique) in [80u64, 81, 82].into_iter().enumerate() {
             k.ioctl(unique, 1, 0, 0x6b64, 0);
             rec.wait_calls(i + 1);
         }
-        settle("4 readers", &|| dev.readers() == 4);
+        eventually("4 readers", || dev.readers() == 4);
         rec.set_hold(false);
         for _ in 0..3 {
             k.recv();
@@ -1624,7 +1615,7 @@ mod tests {
             k.ioctl(unique, 1, 0, 0x6b02, 0);
             assert_eq!(k.recv().0.unique, unique);
         }
-        settle("2 parked", &|| server.parked().len() == 2);
+        eventually("2 parked", || server.parked().len() == 2);
         assert_eq!(server.active.load(Ordering::Acquire), 2);
         assert_eq!(dev.readers(), 4, "parked, not gone");
         // Two held requests: the second finds the other active reader busy and calls one back.
@@ -1633,7 +1624,7 @@ mod tests {
         rec.wait_calls(23 + 1);
         k.ioctl(104, 1, 0, 0x6b64, 0);
         rec.wait_calls(23 + 2);
-        settle("1 parked", &|| server.parked().len() == 1);
+        eventually("1 parked", || server.parked().len() == 1);
         assert_eq!(dev.readers(), 4, "called back, none spawned");
         rec.set_hold(false);
         let mut answered = [k.recv().0.unique, k.recv().0.unique];
