@@ -278,6 +278,20 @@ impl Drop for Daemon {
     }
 }
 
+/// Runs the daemon as `setup` prepares it and checks it refuses to start: exit status 1, stderr
+/// exactly `line` (one line saying what to do), and no `/dev/deferred` left behind.
+pub fn refuses_to_start(setup: impl FnOnce(&mut Command) -> &mut Command, line: &str) {
+    require_cuse();
+    let mut cmd = Command::new(bin("deferred"));
+    let out = setup(&mut cmd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run deferred");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), line);
+    assert!(!Path::new("/dev/deferred").exists());
+}
+
 /// Runs `deferred-ctl ARGS` to completion.
 pub fn ctl(args: &[&str]) -> Output {
     Command::new(bin("deferred-ctl"))
