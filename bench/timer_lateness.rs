@@ -19,7 +19,7 @@ mod common;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{now_ns, stats_json};
+use common::{now_ns, numeric_args, stats_json};
 use deferred::kernel::jiffies::{HZ, jiffies, jiffies_to_monotonic_ns};
 use deferred::kernel::timer::{Timer, TimerList};
 
@@ -73,15 +73,8 @@ fn handler(t: &Timer<PerTimer>) {
 }
 
 fn main() {
-    let args: Vec<u64> = std::env::args()
-        .skip(1)
-        .map(|a| {
-            a.parse().unwrap_or_else(|_| {
-                eprintln!("usage: timer_lateness [SECONDS] [TIMERS] [MAX_JIFFIES]  (e.g. 10 16 8)");
-                std::process::exit(2)
-            })
-        })
-        .collect();
+    let args =
+        numeric_args("usage: timer_lateness [SECONDS] [TIMERS] [MAX_JIFFIES]  (e.g. 10 16 8)");
     let seconds = *args.first().unwrap_or(&10);
     let ntimers = *args.get(1).unwrap_or(&16) as usize;
     let max_jiffies = (*args.get(2).unwrap_or(&8)).max(1);

@@ -17,23 +17,15 @@ mod common;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use common::{now_ns, stats_json};
+use common::{now_ns, numeric_args, stats_json};
 use deferred::cuse::abi::{self, IoctlIn, encode_ioctl_in, encode_request};
 use deferred::cuse::{Config, Cuse};
 use deferred::modules::deferred::{DeferredModule, Options};
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let mut num = |what: &str, default: u64| {
-        args.next().map_or(default, |a| {
-            a.parse().unwrap_or_else(|_| {
-                eprintln!("usage: transport_inproc [CALLS] [SPIN_US]  ({what} is a number)");
-                std::process::exit(2)
-            })
-        })
-    };
-    let calls = num("CALLS", 20_000);
-    let spin = num("SPIN_US", 0);
+    let args = numeric_args("usage: transport_inproc [CALLS] [SPIN_US]  (e.g. 5000 0)");
+    let calls = *args.first().unwrap_or(&20_000);
+    let spin = *args.get(1).unwrap_or(&0);
     deferred::logging::init(0);
     deferred::kernel::start().expect("runtime start");
     let module = DeferredModule::load(Options::default()).expect("load the deferred module");

@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{now_ns, stats_json};
+use common::{now_ns, numeric_args, stats_json};
 use deferred::impl_has_work;
 use deferred::kernel::jiffies::{NSEC_PER_JIFFY, jiffies};
 use deferred::kernel::timer::{Timer, TimerList};
@@ -65,15 +65,7 @@ fn timer_handler(t: &Timer<Pin<&'static Bench>>) {
 }
 
 fn main() {
-    let args: Vec<u64> = std::env::args()
-        .skip(1)
-        .map(|a| {
-            a.parse().unwrap_or_else(|_| {
-                eprintln!("usage: work_wake [SECONDS] [INTERVAL_US]  (e.g. 10 4000)");
-                std::process::exit(2)
-            })
-        })
-        .collect();
+    let args = numeric_args("usage: work_wake [SECONDS] [INTERVAL_US]  (e.g. 10 4000)");
     let seconds = *args.first().unwrap_or(&10);
     let interval_us = *args.get(1).unwrap_or(&4000);
     if seconds == 0 || interval_us == 0 {

@@ -69,6 +69,19 @@ pub fn status_kb(pid: i32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The program's arguments, all numbers; anything else prints `usage` and exits 2.
+pub fn numeric_args(usage: &str) -> Vec<u64> {
+    std::env::args()
+        .skip(1)
+        .map(|a| {
+            a.parse().unwrap_or_else(|_| {
+                eprintln!("{usage}");
+                std::process::exit(2)
+            })
+        })
+        .collect()
+}
+
 /// A small xorshift generator: the benches need spread, not quality, and no crate.
 pub struct Rng(u64);
 
