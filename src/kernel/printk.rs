@@ -36,7 +36,7 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::kernel::jiffies;
+use crate::kernel::{jiffies, wait};
 
 /// Longest line kept (bytes); longer lines are truncated on a character boundary.
 pub const LINE_MAX: usize = 240;
@@ -315,10 +315,6 @@ fn futex_wake(word: &AtomicU32) {
     crate::kernel::wait::futex_wake(word, i32::MAX);
 }
 
-fn futex_wait(word: &AtomicU32, expected: u32) {
-    crate::kernel::wait::futex_wait(word, expected, None);
-}
-
 /// Push one line into the ring. Async-signal-safe, lock-free, never allocates.
 /// Returns false if the ring was full (the line is counted as dropped).
 pub fn push(level: Level, ts_ns: u64, text: &[u8]) -> bool {
@@ -503,7 +499,7 @@ fn console_thread() {
         let urgent = URGENT.load(Ordering::SeqCst);
         let deadline = jiffies::monotonic_ns() + CONSOLE_BATCH_NS;
         while URGENT.load(Ordering::SeqCst) == urgent && jiffies::monotonic_ns() < deadline {
-            crate::kernel::wait::futex_wait(&URGENT, urgent, Some(deadline));
+            wait::futex_wait(&URGENT, urgent, Some(deadline));
         }
         if WAKE.load(Ordering::SeqCst) != seen {
             continue;
@@ -511,7 +507,7 @@ fn console_thread() {
         // Quiet for a while: sleep until woken (tickless when idle).
         CONSOLE_WAITING.store(1, Ordering::SeqCst);
         if WAKE.load(Ordering::SeqCst) == seen {
-            futex_wait(&WAKE, seen);
+            wait::futex_wait(&WAKE, seen, None);
         }
         CONSOLE_WAITING.store(0, Ordering::SeqCst);
     }
