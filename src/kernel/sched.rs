@@ -16,10 +16,11 @@
 //! leaves it as it found it).
 //!
 //! # current
-//! [`current()`] is the running thread, or in softirq context the thread the signal
-//! interrupted (as the kernel's `current` in a timer handler is the interrupted task). Its
-//! `comm` is kept in a per-thread buffer set by [`set_comm`], so it is readable in the handler
-//! without allocating.
+//! [`current()`] is the running thread. The timer interrupt always lands on the CPU's idle
+//! task, the thread `swapper/0` (see [`crate::kernel::softirq`]), which `current` shows as the
+//! kernel does: pid 0, comm `swapper/0`; softirqs run by `ksoftirqd/0` or at a thread's last
+//! `local_bh_enable()` show that thread. The `comm` is kept in a per-thread buffer set by
+//! [`set_comm`], so it is readable in the handler without allocating.
 //!
 //! # Ground rules (per-thread state, shared with the signal handler on the same thread)
 //! - `PREEMPT_COUNT` is a `const` thread-local atomic; the handler adds and removes exactly what
@@ -39,7 +40,7 @@
 use std::cell::Cell;
 use std::fmt;
 use std::panic::Location;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
 use crate::kernel::jiffies;
 
@@ -191,9 +192,36 @@ pub fn gettid() -> i32 {
     unsafe { libc::gettid() }
 }
 
-/// `current`: the running thread (in softirq context, the interrupted one). Async-signal-safe,
-/// allocation-free.
+/// The idle task's name and pid, as the kernel shows them (`init_task`).
+pub const IDLE_COMM: &str = "swapper/0";
+
+/// The thread id of the idle task (0: none yet).
+static IDLE_TID: AtomicI32 = AtomicI32::new(0);
+
+/// Make the calling thread the CPU's idle task: named `swapper/0`, shown by [`current()`] with
+/// pid 0. Called once, by the runtime's interrupt thread.
+pub(crate) fn set_idle_task() {
+    set_comm(IDLE_COMM);
+    IDLE_TID.store(gettid(), Ordering::Release);
+}
+
+/// `is_idle_task(current)`: is the calling thread the CPU's idle task (the one that takes the
+/// timer interrupt)? Async-signal-safe.
+pub fn is_idle_task() -> bool {
+    let idle = IDLE_TID.load(Ordering::Acquire);
+    idle != 0 && idle == gettid()
+}
+
+/// `current`: the running thread; in a timer handler, the idle task `swapper/0` (pid 0).
+/// Async-signal-safe, allocation-free.
 pub fn current() -> Task {
+    let tid = gettid();
+    if tid == IDLE_TID.load(Ordering::Acquire) {
+        return Task {
+            pid: 0,
+            comm: Comm::from_bytes(IDLE_COMM.as_bytes()),
+        };
+    }
     let mut comm = COMM.with(|c| c.get());
     if comm[0] == 0 {
         // Not named through set_comm: ask the kernel (into a stack buffer) and remember it.
@@ -204,7 +232,7 @@ pub fn current() -> Task {
         COMM.with(|c| c.set(buf));
     }
     Task {
-        pid: gettid(),
+        pid: tid,
         comm: Comm::from_bytes(&comm),
     }
 }

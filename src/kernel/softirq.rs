@@ -3,39 +3,58 @@
 //! # The model
 //! The "CPU" is the whole process. Its only interrupt is one POSIX timer
 //! (`timer_create(CLOCK_MONOTONIC)`) that delivers a real-time signal chosen at start from
-//! `SIGRTMIN..=SIGRTMAX`. The timer is armed one-shot, absolute, for the earliest pending
-//! `timer_list` expiry (see [`crate::kernel::timer`]); with nothing pending it is disarmed, so
-//! an idle runtime gets no signal at all (tickless).
+//! `SIGRTMIN..=SIGRTMAX` to one thread, the CPU's idle task `swapper/0` (`SIGEV_THREAD_ID`).
+//! That thread does nothing but wait for the signal, so the interrupt always lands on an idle
+//! CPU, as on the lab's idle machine: `current` in a timer handler is `swapper/0`, pid 0. The
+//! timer is armed one-shot, absolute, for the earliest pending `timer_list` expiry (see
+//! [`crate::kernel::timer`]); with nothing pending it is disarmed, so an idle runtime gets no
+//! signal at all (tickless).
 //!
 //! The signal handler is the hard interrupt: it raises `TIMER_SOFTIRQ` and, as the kernel's
-//! `irq_exit()`, runs pending softirqs in priority order (`HI` first, `RCU` last) unless the
-//! interrupted thread was already in interrupt context. Processing stops after
-//! `MAX_SOFTIRQ_TIME` (2 ms) or `MAX_SOFTIRQ_RESTART` (10) rounds and the rest goes to the
-//! `ksoftirqd/0` thread, exactly the kernel's budget (`kernel/softirq.c`).
+//! `irq_exit()`, runs pending softirqs in priority order (`HI` first, `RCU` last) unless bottom
+//! halves are disabled. Processing stops after `MAX_SOFTIRQ_TIME` (2 ms) or
+//! `MAX_SOFTIRQ_RESTART` (10) rounds and the rest goes to the `ksoftirqd/0` thread, exactly the
+//! kernel's budget (`kernel/softirq.c`).
 //!
-//! Softirq processing is serialised like one CPU: a global `RUNNING` flag taken with a swap.
-//! A thread that loses leaves its pending bits; the winner re-checks the pending mask after
-//! dropping the flag and wakes `ksoftirqd/0` if anything is left, so no raise is lost.
+//! Why a thread of its own: the tail of the timer's lateness is the time the woken thread
+//! waits for a host CPU (see docs/performance.md). A process-directed signal goes to whichever
+//! thread the kernel picks, possibly one that is runnable but not running (a busy transport
+//! reader preempted by another process), and is taken only when that thread next runs. A
+//! thread that only ever sleeps is woken by each signal, the shape `cyclictest -x` measures.
 //!
 //! # Bottom halves
-//! `local_bh_disable()` is a per-thread nesting count (in the preemption count); its first
-//! level blocks the timer signal on this thread (`pthread_sigmask`), so the handler cannot
-//! interrupt a thread that holds a `spin_lock_bh` lock. The last `local_bh_enable()` runs the
-//! softirqs that became pending (on this thread, signal still blocked) and unblocks the signal.
-//! Other threads keep taking the signal meanwhile: "bottom halves off" is per thread, as it is
-//! per CPU in the kernel.
+//! Softirq processing is serialised like one CPU, and `local_bh_disable()` disables it for the
+//! whole CPU, as on a uniprocessor kernel: both live in one atomic word, `BH`, holding the
+//! number of process-context threads inside a bottom-half-disabled section and a `RUNNING` bit.
+//! Softirqs start (on `swapper/0`, `ksoftirqd/0`, or a thread in `local_bh_enable`) only when
+//! the word is 0; the first level of `local_bh_disable()` on a thread counts itself in and, if
+//! softirqs are running on another thread right then, waits for them to finish (the kernel's
+//! PREEMPT_RT `local_bh_disable` waits the same way for the CPU's softirq lock). So a thread
+//! holding a `spin_lock_bh` lock is never overlapped by a timer or tasklet. The interrupt that
+//! comes meanwhile leaves its softirq pending and marks it deferred; the last
+//! `local_bh_enable()` of the CPU runs it, on its own thread, as the kernel's does. Unlike a
+//! uniprocessor, several threads can be inside such sections at once: while a softirq is
+//! deferred, new sections wait for it (as a writer-preferring lock), so overlapping sections
+//! delay a timer by at most the longest of them instead of starving it.
 //!
 //! # Ground rules (shared with signal context)
 //! - `PENDING`: bit mask of raised softirqs, atomic; set by `raise_softirq*`, taken (swap to 0)
 //!   only by the `RUNNING` holder.
-//! - `RUNNING`: held by the one thread running softirq actions. The holder always has the timer
-//!   signal blocked (inside the handler it is blocked by the kernel during delivery; on
-//!   `ksoftirqd/0` and in `local_bh_enable` we block it), so it can never re-enter.
+//! - `BH`: `RUNNING` (one thread runs softirq actions), `DEFERRED` (an attempt found bottom
+//!   halves disabled: no new section starts until softirqs ran), `WAITERS` (a
+//!   `local_bh_disable` sleeps on the word until `RUNNING` or `DEFERRED` clears) and the count
+//!   of bh-disabled threads. `RUNNING` is only taken with the count at 0, and clears
+//!   `DEFERRED`; `DEFERRED` is only set while the count is above 0, so the thread that brings
+//!   it to 0 sees it. Whoever drops `RUNNING` or the count to 0 re-checks `PENDING` after it
+//!   (SeqCst), so no raise is lost; dropping `RUNNING` wakes the waiters.
+//! - The signal is thread-directed at `swapper/0`, which only waits for it: the handler never
+//!   interrupts a thread in the middle of the runtime's own code. A stray process-directed copy
+//!   (someone's `kill`) taken by another thread is forwarded to `swapper/0`.
 //! - `ACTIONS`: written by `open_softirq` (process context, before raising), read in the handler.
 //! - Nothing here allocates, takes a std lock, or logs; the handler saves and restores errno.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::kernel::jiffies;
 use crate::kernel::sched::{
@@ -83,7 +102,15 @@ pub const MAX_SOFTIRQ_TIME_NS: u64 = 2_000_000;
 pub const MAX_SOFTIRQ_RESTART: u32 = 10;
 
 static PENDING: AtomicU32 = AtomicU32::new(0);
-static RUNNING: AtomicBool = AtomicBool::new(false);
+/// The CPU's softirq state: `RUNNING`, `WAITERS` and the count of bh-disabled threads.
+static BH: AtomicU32 = AtomicU32::new(0);
+const RUNNING: u32 = 1 << 31;
+const WAITERS: u32 = 1 << 30;
+/// Softirqs were deferred by a bh-disabled section: no new section starts until they ran.
+const DEFERRED: u32 = 1 << 29;
+const BH_COUNT: u32 = DEFERRED - 1;
+/// The thread id of `swapper/0`, the thread the timer signal is directed at (0 before start).
+static CPU_TID: AtomicI32 = AtomicI32::new(0);
 static ACTIONS: [AtomicUsize; NR_SOFTIRQS] = [const { AtomicUsize::new(0) }; NR_SOFTIRQS];
 static RUN_COUNTS: [AtomicU64; NR_SOFTIRQS] = [const { AtomicU64::new(0) }; NR_SOFTIRQS];
 
@@ -99,11 +126,6 @@ static ARMS: AtomicU64 = AtomicU64::new(0);
 static KSOFTIRQD_WAKE: AtomicU32 = AtomicU32::new(0);
 static KSOFTIRQD_WAKEUPS: AtomicU64 = AtomicU64::new(0);
 static STARTED: Mutex<bool> = Mutex::new(false);
-
-thread_local! {
-    /// This thread keeps the timer signal blocked for good (ksoftirqd/0).
-    static SIGNAL_ALWAYS_BLOCKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
 
 /// `in_irq()` / `in_hardirq()`: inside the interrupt proper (the handler, before softirqs run).
 pub fn in_irq() -> bool {
@@ -225,12 +247,9 @@ pub fn block_timer_signal() -> bool {
     sigmask(libc::SIG_BLOCK)
 }
 
-/// Unblock the timer signal on this thread (raw; prefer [`local_irq_restore`]). Never on
-/// `ksoftirqd/0`, which keeps it blocked for good.
+/// Unblock the timer signal on this thread (raw; prefer [`local_irq_restore`]).
 pub fn unblock_timer_signal() {
-    if !SIGNAL_ALWAYS_BLOCKED.with(|b| b.get()) {
-        sigmask(libc::SIG_UNBLOCK);
-    }
+    sigmask(libc::SIG_UNBLOCK);
 }
 
 /// The saved interrupt state of [`local_irq_save`].
@@ -269,14 +288,48 @@ pub fn irqs_disabled() -> bool {
     unsafe { libc::sigismember(&cur, sig) == 1 }
 }
 
-/// `__do_softirq()`: run pending softirqs, within the budget, if no other thread is.
-/// Precondition: the timer signal is blocked on this thread and it is not in interrupt context.
+/// Take `RUNNING` if nobody runs softirqs and bottom halves are enabled everywhere (clearing
+/// `DEFERRED`). When bottom halves are disabled, mark the softirqs `DEFERRED` (only while a
+/// section is still open: its last `local_bh_enable` then sees the mark) and fail.
+fn softirq_enter() -> bool {
+    let mut cur = BH.load(Ordering::SeqCst);
+    loop {
+        let next = if cur & RUNNING != 0 {
+            return false;
+        } else if cur & BH_COUNT != 0 {
+            if cur & DEFERRED != 0 {
+                return false;
+            }
+            cur | DEFERRED
+        } else {
+            // A waiter's flag alone does not stop us: it waits for us to finish.
+            (cur | RUNNING) & !DEFERRED
+        };
+        match BH.compare_exchange(cur, next, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return next & RUNNING != 0,
+            Err(now) => cur = now,
+        }
+    }
+}
+
+/// Drop `RUNNING`; wake the `local_bh_disable` callers that wait for it.
+fn softirq_exit() {
+    let prev = BH.fetch_and(!(RUNNING | WAITERS), Ordering::SeqCst);
+    if prev & WAITERS != 0 {
+        crate::kernel::wait::futex_wake(&BH, i32::MAX);
+    }
+}
+
+/// `__do_softirq()`: run pending softirqs, within the budget, unless another thread runs them
+/// or bottom halves are disabled (then whoever holds them runs these later). Never re-entered
+/// on a thread: the signal only interrupts `swapper/0`, which runs nothing else.
 fn do_softirq_core() {
-    if PENDING.load(Ordering::SeqCst) == 0 {
+    if PENDING.load(Ordering::SeqCst) == 0 && BH.load(Ordering::SeqCst) & DEFERRED == 0 {
         return;
     }
-    if RUNNING.swap(true, Ordering::SeqCst) {
-        // Another thread is serving softirqs; it re-checks PENDING before it stops.
+    if !softirq_enter() {
+        // Another thread is serving softirqs (it re-checks PENDING before it stops), or a
+        // thread has bottom halves disabled (its last local_bh_enable runs them).
         return;
     }
     sched::preempt_count_add(SOFTIRQ_OFFSET);
@@ -305,36 +358,60 @@ fn do_softirq_core() {
         break;
     }
     sched::preempt_count_sub(SOFTIRQ_OFFSET);
-    RUNNING.store(false, Ordering::SeqCst);
-    // A thread that raised and lost the RUNNING race after our last look leaves its bit to us.
+    softirq_exit();
+    // A raise that lost the race for RUNNING after our last look leaves its bit to us.
     if PENDING.load(Ordering::SeqCst) != 0 {
         wakeup_softirqd();
     }
 }
 
-/// `do_softirq()` from process context: run pending softirqs now on this thread (signal
-/// blocked meanwhile). Does nothing in interrupt context.
+/// `do_softirq()` from process context: run pending softirqs now on this thread. Does nothing
+/// in interrupt context or while bottom halves are disabled somewhere.
 pub fn do_softirq() {
     if in_interrupt() || PENDING.load(Ordering::SeqCst) == 0 {
         return;
     }
-    let flags = local_irq_save();
     do_softirq_core();
-    local_irq_restore(flags);
 }
 
-/// `local_bh_disable()`: disable softirqs on this thread (nests). The first level blocks the
-/// timer signal on this thread. Any context (nesting inside a softirq is allowed).
+/// Threads inside a bottom-half-disabled section right now (the CPU's bh-disable count).
+pub fn bh_disabled_threads() -> u32 {
+    BH.load(Ordering::SeqCst) & BH_COUNT
+}
+
+/// `local_bh_disable()`: disable softirqs (nests). The first level on a thread disables them
+/// for the whole CPU; it first waits while they run on another thread, or while softirqs that
+/// an open section deferred have not run yet (so that sections overlapping on several threads
+/// cannot hold them off for ever). From then on no timer or tasklet runs until the matching
+/// `local_bh_enable()`. Any context (nesting inside a softirq is allowed).
 pub fn local_bh_disable() {
     if sched::softirq_count() == 0 {
-        let _ = block_timer_signal();
+        let mut cur = BH.load(Ordering::SeqCst);
+        loop {
+            if cur & (RUNNING | DEFERRED) == 0 {
+                match BH.compare_exchange(cur, cur + 1, Ordering::SeqCst, Ordering::SeqCst) {
+                    Ok(_) => break,
+                    Err(now) => cur = now,
+                }
+                continue;
+            }
+            // Sleep until softirq_exit clears RUNNING (this thread runs none: its softirq
+            // count is 0).
+            match BH.compare_exchange(cur, cur | WAITERS, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => {
+                    crate::kernel::wait::futex_wait(&BH, cur | WAITERS, None);
+                    cur = BH.load(Ordering::SeqCst);
+                }
+                Err(now) => cur = now,
+            }
+        }
     }
     sched::preempt_count_add(SOFTIRQ_DISABLE_OFFSET);
 }
 
-/// `local_bh_enable()`: undo one `local_bh_disable()`. When the last one is undone (and we are
-/// not inside a softirq) the softirqs that became pending run here, then the timer signal is
-/// unblocked.
+/// `local_bh_enable()`: undo one `local_bh_disable()`. When the last one on this thread is
+/// undone, this thread stops holding softirqs off; if it was the last such thread (and we are
+/// not inside a softirq) the softirqs that became pending meanwhile run here.
 #[track_caller]
 pub fn local_bh_enable() {
     let cnt = sched::softirq_count();
@@ -348,23 +425,42 @@ pub fn local_bh_enable() {
         return;
     }
     sched::preempt_count_sub(SOFTIRQ_DISABLE_OFFSET);
-    if cnt == SOFTIRQ_DISABLE_OFFSET && !in_interrupt() {
-        // Last level: the signal is still blocked, so running here cannot re-enter.
-        do_softirq_core();
-        unblock_timer_signal();
+    if cnt == SOFTIRQ_DISABLE_OFFSET {
+        // This thread's last level (its first one counted it in: softirq field 0 then). The
+        // last section of the CPU runs what the others deferred.
+        let left = (BH.fetch_sub(1, Ordering::SeqCst) - 1) & BH_COUNT;
+        if left == 0 && !in_interrupt() {
+            do_softirq_core();
+        }
     }
 }
 
-extern "C" fn timer_interrupt(_sig: i32, _info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+/// The thread id of `swapper/0`, the thread that takes the timer interrupt (None before
+/// start).
+pub fn cpu_thread() -> Option<i32> {
+    match CPU_TID.load(Ordering::Acquire) {
+        0 => None,
+        t => Some(t),
+    }
+}
+
+extern "C" fn timer_interrupt(sig: i32, _info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
     // SAFETY: __errno_location returns this thread's errno slot, always valid.
     let errno = unsafe { *libc::__errno_location() };
-    INTERRUPTS.fetch_add(1, Ordering::Relaxed);
-    sched::preempt_count_add(HARDIRQ_OFFSET);
-    raise_softirq_irqoff(Softirq::Timer);
-    sched::preempt_count_sub(HARDIRQ_OFFSET);
-    // irq_exit(): run softirqs unless the interrupted code was in interrupt context itself.
-    if !in_interrupt() {
-        do_softirq_core();
+    let cpu = CPU_TID.load(Ordering::Acquire);
+    if cpu != 0 && sched::gettid() != cpu {
+        // A process-directed copy (not our timer's): the interrupt belongs to swapper/0.
+        // SAFETY: tgkill is async-signal-safe; `cpu` is a live thread of this process.
+        unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), cpu, sig) };
+    } else {
+        INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+        sched::preempt_count_add(HARDIRQ_OFFSET);
+        raise_softirq_irqoff(Softirq::Timer);
+        sched::preempt_count_sub(HARDIRQ_OFFSET);
+        // irq_exit(): run softirqs (do_softirq_core defers them if bottom halves are off).
+        if !in_interrupt() {
+            do_softirq_core();
+        }
     }
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
@@ -407,8 +503,6 @@ pub fn timer_programmings() -> u64 {
 
 fn ksoftirqd() {
     sched::set_comm("ksoftirqd/0");
-    SIGNAL_ALWAYS_BLOCKED.with(|b| b.set(true));
-    let _ = block_timer_signal();
     loop {
         let seen = KSOFTIRQD_WAKE.load(Ordering::SeqCst);
         if PENDING.load(Ordering::SeqCst) != 0 {
@@ -418,6 +512,69 @@ fn ksoftirqd() {
             futex_wait(&KSOFTIRQD_WAKE, seen);
         }
     }
+}
+
+/// `swapper/0`: the CPU's idle task. It takes the timer signal (whatever mask the thread that
+/// started the runtime had) and otherwise only sleeps, so every interrupt finds it idle.
+fn idle_task(sig: i32, started: std::sync::mpsc::Sender<i32>) {
+    sched::set_idle_task();
+    let set = sigset_of(sig);
+    // SAFETY: valid set pointer; unblocking one signal on this thread.
+    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    let _ = started.send(sched::gettid());
+    drop(started);
+    interrupt_slice();
+    loop {
+        // SAFETY: pause has no preconditions; it returns after each handler (EINTR).
+        unsafe { libc::pause() };
+    }
+}
+
+/// The shortest time slice the scheduler grants a `SCHED_OTHER` thread (the kernel clamps a
+/// custom slice to 0.1-100 ms).
+const INTERRUPT_SLICE_NS: u64 = 100_000;
+
+/// `struct sched_attr` (`include/uapi/linux/sched/types.h`, the first version: 48 bytes).
+#[repr(C)]
+struct SchedAttr {
+    size: u32,
+    sched_policy: u32,
+    sched_flags: u64,
+    sched_nice: i32,
+    sched_priority: u32,
+    sched_runtime: u64,
+    sched_deadline: u64,
+    sched_period: u64,
+}
+
+/// Ask the scheduler to treat the calling thread (swapper/0) as latency-sensitive: same policy
+/// and nice value, but the shortest slice, so that on EEVDF (Linux 6.12 and later) its wake-up
+/// preempts a running task with a longer slice instead of waiting for that slice to end, as an
+/// interrupt preempts the running task. No privilege needed; older kernels ignore the slice
+/// of a `SCHED_OTHER` thread or refuse it, and then nothing changes.
+fn interrupt_slice() {
+    // SAFETY: sched_getscheduler / getpriority on the calling thread have no preconditions.
+    let (policy, nice) = unsafe {
+        (
+            libc::sched_getscheduler(0),
+            libc::getpriority(libc::PRIO_PROCESS, 0),
+        )
+    };
+    if policy != libc::SCHED_OTHER {
+        return;
+    }
+    let attr = SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32,
+        sched_policy: libc::SCHED_OTHER as u32,
+        sched_flags: 0,
+        sched_nice: nice,
+        sched_priority: 0,
+        sched_runtime: INTERRUPT_SLICE_NS,
+        sched_deadline: 0,
+        sched_period: 0,
+    };
+    // SAFETY: `attr` is a valid sched_attr of the size it declares; pid 0 = this thread.
+    unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
 }
 
 /// Pick the first real-time signal nobody has a handler for.
@@ -451,8 +608,8 @@ pub fn start() -> std::io::Result<()> {
     let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
     sa.sa_sigaction =
         timer_interrupt as extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) as usize;
-    // No SA_ONSTACK: timer handlers run on the interrupted thread's full stack (std's
-    // sigaltstack is only a few KiB). No SA_NODEFER: the signal stays blocked while we run.
+    // No SA_ONSTACK: timer handlers run on swapper/0's full thread stack (std's sigaltstack
+    // is only a few KiB). No SA_NODEFER: the signal stays blocked while we run.
     sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
     // SAFETY: sa.sa_mask is a valid sigset_t to initialise.
     unsafe { libc::sigemptyset(&mut sa.sa_mask) };
@@ -461,16 +618,27 @@ pub fn start() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
 
+    // The CPU's idle task: the one thread the timer signal is directed at.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("swapper/0".into())
+        .spawn(move || idle_task(sig, tx))?;
+    let cpu = rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the swapper/0 thread did not start"))?;
+
     // SAFETY: a zeroed sigevent is valid; we set the notification fields we use.
     let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
-    sev.sigev_notify = libc::SIGEV_SIGNAL;
+    sev.sigev_notify = libc::SIGEV_THREAD_ID;
     sev.sigev_signo = sig;
+    sev.sigev_notify_thread_id = cpu;
     let mut t: libc::timer_t = std::ptr::null_mut();
-    // SAFETY: valid sigevent and out-pointer.
+    // SAFETY: valid sigevent (naming a live thread of this process) and out-pointer.
     if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut t) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     POSIX_TIMER.store(t as usize, Ordering::Release);
+    CPU_TID.store(cpu, Ordering::Release);
     TIMER_SIGNAL.store(sig, Ordering::Release);
 
     std::thread::Builder::new()
