@@ -9,11 +9,13 @@
 //! at once.
 //!
 //! Measured:
-//! - time per tick in signal context: the timer signal is blocked on every thread but one
-//!   "spinner" that reads CLOCK_MONOTONIC and its own CPU time in a loop; the handler runs on it,
-//!   and the CPU time the spinner used across the pause in its readings that contains the tick's
-//!   `[timer_handler]` printk timestamp is the tick's cost (signal delivery + handler; time the
-//!   spinner spent preempted is not CPU time, so a busy machine does not inflate it);
+//! - time per tick in signal context: the timer interrupt runs on the runtime's `swapper/0`
+//!   thread, which does nothing else; a "spinner" thread reads CLOCK_MONOTONIC and swapper/0's
+//!   CPU-time clock in a loop, and the CPU time swapper/0 used in the first episode of readings
+//!   in which it grew that ends after the tick's `[timer_handler]` printk timestamp is the
+//!   tick's cost (the kernel updates it when swapper/0 goes back to sleep; signal delivery +
+//!   handler; time swapper/0 spent preempted is not CPU time, so a busy machine does not
+//!   inflate it);
 //! - detection delay: the `task <comm> (<pid>) is dead` printk timestamp minus the exit (seen
 //!   through a pidfd of our own), and how many exits were reported by the first tick after them;
 //!   `detect_*` for the exits spread over the run, `burst_detect_*` for the burst;
@@ -40,8 +42,6 @@ static ALLOC: deferred::kernel::alloc::CountingAllocator =
     deferred::kernel::alloc::CountingAllocator;
 
 const MON: u32 = 0x0000_6b04;
-/// A pause in the spinner's clock readings longer than this is recorded.
-const GAP_NS: u64 = 1_500;
 
 fn usage() -> ! {
     eprintln!(
@@ -50,28 +50,18 @@ fn usage() -> ! {
     std::process::exit(2);
 }
 
-/// CPU time this thread has used (CLOCK_THREAD_CPUTIME_ID): it counts a signal handler that runs
-/// on the thread, not the time the thread was preempted.
-fn thread_cpu_ns() -> u64 {
+/// CPU time thread `tid` of this process has used (its CPU-time clock: the kernel's
+/// `MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)`): it counts the signal handler that runs on it,
+/// not the time the thread was preempted.
+fn thread_cpu_ns(tid: i32) -> u64 {
+    let clock = (!(tid as u32) << 3 | 6) as libc::clockid_t;
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: a valid timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    // SAFETY: a valid timespec to write into; the clock id names a thread of this process.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn rt_signals(how: libc::c_int) {
-    // SAFETY: building a signal set and changing this thread's mask; plain libc calls.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in libc::SIGRTMIN()..=libc::SIGRTMAX() {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
-    }
 }
 
 /// SIGKILLs `pid` and returns CLOCK_MONOTONIC when it has exited (polled on a pidfd of ours).
@@ -108,41 +98,38 @@ fn main() {
     // Children first, while we are single-threaded.
     let pids = fork_sleepers(n, "mon_daemon");
 
-    // Every thread the runtime starts inherits "all real-time signals blocked".
-    rt_signals(libc::SIG_BLOCK);
     deferred::kernel::start().expect("runtime start");
     let cap = printk::capture();
     let module = DeferredModule::load(Options::default()).expect("load the deferred module");
     let dev = module.device().clone();
-    let sig = softirq::timer_signal().expect("the timer signal");
+    let cpu = softirq::cpu_thread().expect("the interrupt thread");
 
-    // The spinner: the only thread that takes the timer signal.
+    // The spinner: watches swapper/0's CPU time. An episode is a run of readings in which it
+    // grew (swapper/0 ran a tick): (wall time before it, wall time at its end, CPU time used).
     let stop = Arc::new(AtomicBool::new(false));
     let spinner = {
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("spinner".into())
             .spawn(move || {
-                let mut gaps: Vec<(u64, u64, u64)> = Vec::with_capacity(1 << 20);
-                // SAFETY: unblocking one signal on this thread.
-                unsafe {
-                    let mut set: libc::sigset_t = std::mem::zeroed();
-                    libc::sigemptyset(&mut set);
-                    libc::sigaddset(&mut set, sig);
-                    libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-                }
+                let mut episodes: Vec<(u64, u64, u64)> = Vec::with_capacity(1 << 16);
                 let mut last = now_ns();
-                let mut last_cpu = thread_cpu_ns();
+                let mut last_cpu = thread_cpu_ns(cpu);
+                let mut open: Option<(u64, u64)> = None;
                 while !stop.load(Ordering::Relaxed) {
+                    let c = thread_cpu_ns(cpu);
                     let t = now_ns();
-                    let c = thread_cpu_ns();
-                    if t - last > GAP_NS && gaps.len() < gaps.capacity() {
-                        gaps.push((last, t, c - last_cpu));
+                    if c != last_cpu {
+                        open.get_or_insert((last, last_cpu));
+                    } else if let Some((t0, c0)) = open.take()
+                        && episodes.len() < episodes.capacity()
+                    {
+                        episodes.push((t0, t, c - c0));
                     }
                     last = t;
                     last_cpu = c;
                 }
-                gaps
+                episodes
             })
             .expect("spawn the spinner")
     };
@@ -166,9 +153,6 @@ fn main() {
     }
     let rss_after = status_kb(0, "VmRSS");
     let monitored = dev.monitored();
-    // lock_bh's last unlock unblocked the signal on this thread: block it again (and take no
-    // lock_bh from here on).
-    softirq::block_timer_signal();
 
     // Exits over TICKS seconds, then a burst.
     let mut rng = Rng::new(now_ns());
@@ -214,7 +198,7 @@ fn main() {
     }
     std::thread::sleep(Duration::from_millis(3_100));
     stop.store(true, Ordering::Relaxed);
-    let gaps = spinner.join().expect("spinner");
+    let episodes = spinner.join().expect("spinner");
 
     // What the module printed.
     let start_ns = jiffies::start_ns();
@@ -224,12 +208,13 @@ fn main() {
     let mut dead_ts: HashMap<i32, u64> = HashMap::new();
     for l in &lines {
         if l.text.starts_with("[timer_handler]") {
-            if l.text.ends_with("comm = spinner") {
+            if l.text.ends_with("comm = swapper/0") {
                 tick_ts.push(l.ts_ns + start_ns);
             } else {
-                // Interrupted another thread: its cost cannot be read; counted as unmatched.
+                // Run elsewhere (ksoftirqd/0, a local_bh_enable): its cost cannot be read;
+                // counted as unmatched.
                 other_ticks += 1;
-                eprintln!("mon_daemon: a tick interrupted another thread: {}", l.text);
+                eprintln!("mon_daemon: a tick ran on another thread: {}", l.text);
             }
         } else if let Some(rest) = l.text.strip_prefix("task ")
             && l.text.ends_with(" is dead")
@@ -243,7 +228,7 @@ fn main() {
         }
     }
     tick_ts.sort_unstable();
-    // Each tick's cost: the spinner's gap around its [timer_handler] line; exits per tick: the
+    // Each tick's cost: swapper/0's episode around its [timer_handler] line; exits per tick: the
     // "is dead" lines before the next tick.
     let mut deads: Vec<u64> = dead_ts.values().copied().collect();
     deads.sort_unstable();
@@ -256,7 +241,11 @@ fn main() {
     for (i, &ts) in tick_ts.iter().enumerate() {
         let end = tick_ts.get(i + 1).copied().unwrap_or(u64::MAX);
         let exits = deads.iter().filter(|&&d| d >= ts && d < end).count();
-        let g = gaps.iter().find(|&&(a, b, _)| a <= ts && ts <= b);
+        // A running thread's CPU time is brought up to date when it stops running: the tick's
+        // episode is the first that ends after its printk line (within the tick period).
+        let g = episodes
+            .iter()
+            .find(|&&(_, b, _)| ts <= b && b < ts.saturating_add(500_000_000));
         match g {
             Some(&(_, _, c)) => {
                 cost.push(c);
