@@ -37,14 +37,15 @@ static inline double bench_pct_us(const uint64_t *v, unsigned long n, double p)
 
 /*
  * Sorts v and prints the statistics fields (no braces):
- *   "samples":N,"min_us":..,"p50_us":..,"p99_us":..,"max_us":..,"cdf_us":[p0..p100]
+ *   "samples":N,"min_us":..,"p50_us":..,"p99_us":..,"p999_us":..,"max_us":..,"cdf_us":[p0..p100]
  */
 static inline void bench_print_stats(uint64_t *v, unsigned long n)
 {
 	qsort(v, n, sizeof(*v), bench_cmp_u64);
-	printf("\"samples\":%lu,\"min_us\":%.3f,\"p50_us\":%.3f,\"p99_us\":%.3f,\"max_us\":%.3f,\"cdf_us\":[",
+	printf("\"samples\":%lu,\"min_us\":%.3f,\"p50_us\":%.3f,\"p99_us\":%.3f,\"p999_us\":%.3f,"
+	       "\"max_us\":%.3f,\"cdf_us\":[",
 	       n, (double)v[0] / 1000.0, bench_pct_us(v, n, 50), bench_pct_us(v, n, 99),
-	       (double)v[n - 1] / 1000.0);
+	       bench_pct_us(v, n, 99.9), (double)v[n - 1] / 1000.0);
 	for (int p = 0; p <= 100; p++)
 		printf("%s%.3f", p ? "," : "", bench_pct_us(v, n, p));
 	printf("]");

@@ -9,6 +9,11 @@
 //! the softirq expiry add. Timers that expire in the same jiffy run one after another, so the
 //! later ones include the earlier handlers' time, as in the kernel; `first_*` are the first
 //! handler of each timer interrupt only (the mechanism alone, as cyclictest sees one per signal).
+//! The first handler's lateness splits in two stages at the entry of the signal handler
+//! ([`deferred::kernel::softirq::last_interrupt_ns`]): `delivery_*`, from the expiry to the
+//! handler's entry (the kernel: the hrtimer, the signal, waking `swapper/0` and getting it a
+//! CPU), and `runtime_*`, from there to the timer handler's first line (the runtime: the
+//! softirq loop, the timer base, the expiry list).
 //!
 //! The reference is `cyclictest -x` (POSIX timer + signal), run by scripts/bench in the same run.
 //! Prints one JSON line: {"bench":"timer_lateness",...,"min_us":..,"p50_us":..,"p99_us":..,...}.
@@ -34,6 +39,9 @@ struct Samples {
     /// The lateness of the first handler of each timer interrupt (no other handler before it).
     first_ns: Box<[AtomicU64]>,
     first_next: AtomicUsize,
+    /// Per first handler: expiry -> signal handler entry, and entry -> timer handler.
+    delivery_ns: Box<[AtomicU64]>,
+    runtime_ns: Box<[AtomicU64]>,
     last_irq: AtomicU64,
     stop: AtomicU64,
     max_jiffies: u64,
@@ -57,7 +65,10 @@ fn handler(t: &Timer<PerTimer>) {
     if s.last_irq.swap(irq, Ordering::Relaxed) != irq {
         let k = s.first_next.fetch_add(1, Ordering::Relaxed);
         if k < s.first_ns.len() {
+            let entry = deferred::kernel::softirq::last_interrupt_ns();
             s.first_ns[k].store(start.saturating_sub(due), Ordering::Relaxed);
+            s.delivery_ns[k].store(entry.saturating_sub(due), Ordering::Relaxed);
+            s.runtime_ns[k].store(start.saturating_sub(entry), Ordering::Relaxed);
         }
     }
     if s.stop.load(Ordering::Relaxed) != 0 {
@@ -91,6 +102,8 @@ fn main() {
         next: AtomicUsize::new(0),
         first_ns: (0..cap).map(|_| AtomicU64::new(0)).collect(),
         first_next: AtomicUsize::new(0),
+        delivery_ns: (0..cap).map(|_| AtomicU64::new(0)).collect(),
+        runtime_ns: (0..cap).map(|_| AtomicU64::new(0)).collect(),
         last_irq: AtomicU64::new(u64::MAX),
         stop: AtomicU64::new(0),
         max_jiffies,
@@ -127,11 +140,17 @@ fn main() {
         .iter()
         .map(|a| a.load(Ordering::Relaxed))
         .collect();
+    let stage = |a: &[AtomicU64]| -> Vec<u64> {
+        a[..nf].iter().map(|x| x.load(Ordering::Relaxed)).collect()
+    };
+    let (mut delivery, mut runtime) = (stage(&samples.delivery_ns), stage(&samples.runtime_ns));
     println!(
-        "{{\"bench\":\"timer_lateness\",\"timers\":{ntimers},\"max_jiffies\":{max_jiffies},\"hz\":{HZ},\"seconds\":{elapsed:.2},\"signals\":{},\"softirq_allocations\":{},{},{}}}",
+        "{{\"bench\":\"timer_lateness\",\"timers\":{ntimers},\"max_jiffies\":{max_jiffies},\"hz\":{HZ},\"seconds\":{elapsed:.2},\"signals\":{},\"softirq_allocations\":{},{},{},{},{}}}",
         deferred::kernel::softirq::timer_interrupts(),
         deferred::kernel::alloc::softirq_allocations(),
         stats_json("", &mut v),
-        stats_json("first_", &mut first)
+        stats_json("first_", &mut first),
+        stats_json("delivery_", &mut delivery),
+        stats_json("runtime_", &mut runtime)
     );
 }

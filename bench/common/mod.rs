@@ -1,5 +1,6 @@
 //! Shared by the Rust bench programs: latency statistics printed as the C programs print them
-//! (one JSON line, `min_us`/`p50_us`/`p99_us`/`max_us` and `cdf_us`, the 0th..100th percentiles).
+//! (one JSON line, `min_us`/`p50_us`/`p99_us`/`p999_us`/`max_us` and `cdf_us`, the 0th..100th
+//! percentiles).
 
 #![allow(dead_code)]
 
@@ -34,10 +35,11 @@ pub fn stats_json(prefix: &str, ns: &mut [u64]) -> String {
     ns.sort_unstable();
     let _ = write!(
         s,
-        ",\"{prefix}min_us\":{:.3},\"{prefix}p50_us\":{:.3},\"{prefix}p99_us\":{:.3},\"{prefix}max_us\":{:.3},\"{prefix}cdf_us\":[",
+        ",\"{prefix}min_us\":{:.3},\"{prefix}p50_us\":{:.3},\"{prefix}p99_us\":{:.3},\"{prefix}p999_us\":{:.3},\"{prefix}max_us\":{:.3},\"{prefix}cdf_us\":[",
         ns[0] as f64 / 1000.0,
         pct_us(ns, 50.0),
         pct_us(ns, 99.0),
+        pct_us(ns, 99.9),
         ns[ns.len() - 1] as f64 / 1000.0
     );
     for p in 0..=100 {

@@ -120,6 +120,8 @@ static TIMER_SIGNAL: AtomicI32 = AtomicI32::new(0);
 static POSIX_TIMER: AtomicUsize = AtomicUsize::new(0);
 /// Handler entries (timer interrupts taken).
 static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+/// CLOCK_MONOTONIC at the last handler entry (for latency breakdowns).
+static LAST_INTERRUPT_NS: AtomicU64 = AtomicU64::new(0);
 /// POSIX timer arm/disarm calls.
 static ARMS: AtomicU64 = AtomicU64::new(0);
 
@@ -186,6 +188,12 @@ pub fn softirq_runs(nr: Softirq) -> u64 {
 /// Timer interrupts taken so far (signal handler entries).
 pub fn timer_interrupts() -> u64 {
     INTERRUPTS.load(Ordering::Relaxed)
+}
+
+/// CLOCK_MONOTONIC (ns) at the entry of the last timer interrupt's handler: what the kernel's
+/// delivery took ends here, what the runtime does starts (0 before the first).
+pub fn last_interrupt_ns() -> u64 {
+    LAST_INTERRUPT_NS.load(Ordering::Relaxed)
 }
 
 /// Times ksoftirqd/0 was woken.
@@ -453,6 +461,7 @@ extern "C" fn timer_interrupt(sig: i32, _info: *mut libc::siginfo_t, _ctx: *mut 
         // SAFETY: tgkill is async-signal-safe; `cpu` is a live thread of this process.
         unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), cpu, sig) };
     } else {
+        LAST_INTERRUPT_NS.store(jiffies::monotonic_ns(), Ordering::Relaxed);
         INTERRUPTS.fetch_add(1, Ordering::Relaxed);
         sched::preempt_count_add(HARDIRQ_OFFSET);
         raise_softirq_irqoff(Softirq::Timer);
