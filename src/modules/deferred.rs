@@ -5,13 +5,14 @@
 //!
 //! | ioctl | process context (the ioctl) | softirq context (the timer) |
 //! |---|---|---|
-//! | `MY_IOCTL_TIMER_SET n` | flag = SET; `mod_timer(jiffies + n*HZ)` | print the interrupted task |
+//! | `MY_IOCTL_TIMER_SET n` | flag = SET; `mod_timer(jiffies + n*HZ)` | print `current` (the idle task) |
 //! | `MY_IOCTL_TIMER_CANCEL` | `del_timer` | - |
 //! | `MY_IOCTL_TIMER_ALLOC n` | flag = ALLOC; `mod_timer(jiffies + n*HZ)` | `schedule_work`: `alloc_io()` sleeps 5 s on `events/N` (exercise 5), or, with `--alloc-io-direct`, `alloc_io()` right in the timer (exercise 4: the kernel's BUG reports) |
 //! | `MY_IOCTL_TIMER_MON pid` | take a reference on the task, add it under `spin_lock_bh`; flag = MON; `mod_timer(jiffies + HZ)` | under `spin_lock`, report and drop every task that has terminated, newest first; re-arm for a second later |
 //!
-//! Every expiry first prints `[timer_handler] pid = <pid>, comm = <comm>` of the thread the
-//! timer signal interrupted (the lab prints `current`: on its idle VM, `swapper/0`).
+//! Every expiry first prints `[timer_handler] pid = <pid>, comm = <comm>` of `current`: the
+//! task the timer interrupt came to, the idle task `pid = 0, comm = swapper/0` as on the lab's
+//! idle VM (see [`crate::kernel::softirq`]).
 //!
 //! # Huge timeouts
 //! `jiffies + n * HZ` is computed in wrapping 64-bit arithmetic, as the kernel's `unsigned long`
