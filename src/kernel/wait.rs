@@ -69,29 +69,10 @@ use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering::SeqCst};
 use std::cell::Cell;
 
+use super::error::{Error, Result};
 use super::{jiffies, sched};
 
-/// `ERESTARTSYS` (kernel-internal errno 512): `wait_event_interruptible` was interrupted.
-pub const ERESTARTSYS: i32 = 512;
-
-/// The error of an interrupted `wait_event_interruptible`: [`ERESTARTSYS`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Interrupted;
-
-impl Interrupted {
-    /// The kernel's return value for it: `-ERESTARTSYS`.
-    pub const fn to_errno(self) -> i32 {
-        -ERESTARTSYS
-    }
-}
-
-impl core::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("interrupted (ERESTARTSYS)")
-    }
-}
-
-impl std::error::Error for Interrupted {}
+pub use super::error::ERESTARTSYS;
 
 /// `wait_queue_head_t`: where threads sleep until a condition holds.
 ///
@@ -157,19 +138,16 @@ pub fn wait_event(wq: &WaitQueueHead, cond: impl FnMut() -> bool) {
 }
 
 /// `wait_event_interruptible(wq, condition)`: as [`wait_event`], but a pending `kthread_stop()`
-/// of the calling kthread interrupts it: `Err(Interrupted)` (the kernel's `-ERESTARTSYS`).
+/// of the calling kthread interrupts it: `Err(Error::ERESTARTSYS)`, as the kernel returns `-ERESTARTSYS`.
 /// A true condition wins over a pending stop.
 #[track_caller]
-pub fn wait_event_interruptible(
-    wq: &WaitQueueHead,
-    cond: impl FnMut() -> bool,
-) -> Result<(), Interrupted> {
+pub fn wait_event_interruptible(wq: &WaitQueueHead, cond: impl FnMut() -> bool) -> Result {
     if !sched::might_sleep() {
-        return Err(Interrupted);
+        return Err(Error::ERESTARTSYS);
     }
     match wait_common(wq, cond, true, None) {
         WaitResult::Condition(_) => Ok(()),
-        WaitResult::Interrupted => Err(Interrupted),
+        WaitResult::Interrupted => Err(Error::ERESTARTSYS),
         WaitResult::TimedOut => unreachable!("no timeout given"),
     }
 }
@@ -192,21 +170,25 @@ pub fn wait_event_timeout(wq: &WaitQueueHead, mut cond: impl FnMut() -> bool, ti
 }
 
 /// `wait_event_interruptible_timeout`: both of the above. `Ok(remaining)` as
-/// [`wait_event_timeout`]; `Err(Interrupted)` on a pending `kthread_stop()`.
+/// [`wait_event_timeout`]; `Err(Error::ERESTARTSYS)` on a pending `kthread_stop()`.
 #[track_caller]
 pub fn wait_event_interruptible_timeout(
     wq: &WaitQueueHead,
     mut cond: impl FnMut() -> bool,
     timeout: u64,
-) -> Result<u64, Interrupted> {
+) -> Result<u64> {
     if !sched::might_sleep() {
-        return if cond() { Ok(1) } else { Err(Interrupted) };
+        return if cond() {
+            Ok(1)
+        } else {
+            Err(Error::ERESTARTSYS)
+        };
     }
     let deadline = jiffies::jiffies().wrapping_add(timeout);
     match wait_common(wq, cond, true, Some(deadline)) {
         WaitResult::Condition(remaining) => Ok(remaining),
         WaitResult::TimedOut => Ok(0),
-        WaitResult::Interrupted => Err(Interrupted),
+        WaitResult::Interrupted => Err(Error::ERESTARTSYS),
     }
 }
 
@@ -296,7 +278,7 @@ pub struct WaitSlot {
     waiting_on: AtomicPtr<AtomicU32>,
     /// Kickers between reading `waiting_on` and their last touch of it.
     kickers: AtomicU32,
-    /// Non-zero: `wait_event_interruptible` returns `Err(Interrupted)` (a pending stop).
+    /// Non-zero: `wait_event_interruptible` returns `Err(Error::ERESTARTSYS)` (a pending stop).
     interrupt: AtomicU32,
 }
 
