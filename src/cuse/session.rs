@@ -36,6 +36,7 @@ use super::abi::{self, Operation};
 use super::reply::{Begin, Channel, Delivery};
 use crate::kernel::error::Error as KernelError;
 use crate::kernel::fs::{File, FileOperations};
+use crate::sys::futex;
 
 /// Where the CUSE control device lives.
 pub const CUSE_DEV: &str = "/dev/cuse";
@@ -598,7 +599,7 @@ impl Server {
             self.active.fetch_add(1, Ordering::AcqRel);
             drop(parked);
             word.store(1, Ordering::Release);
-            crate::kernel::wait::futex_wake(&word, 1);
+            futex::wake(&word, 1);
             return Ok(());
         }
         drop(parked);
@@ -637,7 +638,7 @@ impl Server {
         }
         // Stop wakes every parked word after raising `stop`; a reader parked after that sees it.
         while word.load(Ordering::Acquire) == 0 && !self.stop.load(Ordering::Acquire) {
-            crate::kernel::wait::futex_wait(word, 0, None);
+            futex::wait(word, 0, None);
         }
         true
     }
@@ -646,7 +647,7 @@ impl Server {
     fn unpark_all(&self) {
         for word in self.parked().drain(..) {
             word.store(1, Ordering::Release);
-            crate::kernel::wait::futex_wake(&word, 1);
+            futex::wake(&word, 1);
         }
     }
 }

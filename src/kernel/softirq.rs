@@ -43,6 +43,7 @@ use crate::kernel::sched::{
     self, HARDIRQ_MASK, HARDIRQ_OFFSET, NMI_MASK, SOFTIRQ_DISABLE_OFFSET, SOFTIRQ_MASK,
     SOFTIRQ_OFFSET,
 };
+use crate::sys::futex;
 
 /// The softirq vectors, highest priority first (the kernel's enum, `include/linux/interrupt.h`).
 #[repr(usize)]
@@ -180,19 +181,11 @@ pub fn timer_signal() -> Option<i32> {
     }
 }
 
-fn futex_wake(word: &AtomicU32) {
-    crate::kernel::wait::futex_wake(word, 1);
-}
-
-fn futex_wait(word: &AtomicU32, expected: u32) {
-    crate::kernel::wait::futex_wait(word, expected, None);
-}
-
 /// `wakeup_softirqd()`: async-signal-safe (atomic + futex wake).
 pub fn wakeup_softirqd() {
     KSOFTIRQD_WAKEUPS.fetch_add(1, Ordering::Relaxed);
     KSOFTIRQD_WAKE.fetch_add(1, Ordering::SeqCst);
-    futex_wake(&KSOFTIRQD_WAKE);
+    futex::wake(&KSOFTIRQD_WAKE, 1);
 }
 
 fn sigset_of(sig: i32) -> libc::sigset_t {
@@ -416,7 +409,7 @@ fn ksoftirqd() {
             do_softirq_core();
         }
         if PENDING.load(Ordering::SeqCst) == 0 || KSOFTIRQD_WAKE.load(Ordering::SeqCst) == seen {
-            futex_wait(&KSOFTIRQD_WAKE, seen);
+            futex::wait(&KSOFTIRQD_WAKE, seen, None);
         }
     }
 }

@@ -71,6 +71,7 @@ use std::cell::Cell;
 
 use super::error::{Error, Result};
 use super::{jiffies, sched};
+use crate::sys::futex;
 
 pub use super::error::ERESTARTSYS;
 
@@ -99,7 +100,7 @@ impl WaitQueueHead {
     fn wake(&self) {
         self.seq.fetch_add(1, SeqCst);
         if self.sleepers.load(SeqCst) != 0 {
-            futex_wake(&self.seq, i32::MAX);
+            futex::wake(&self.seq, i32::MAX);
         }
     }
 
@@ -221,12 +222,12 @@ fn wait_common(
             return WaitResult::Interrupted;
         }
         match deadline {
-            None => futex_wait(&wq.seq, s, None),
+            None => futex::wait(&wq.seq, s, None),
             Some(d) => {
                 if jiffies::time_after_eq(jiffies::jiffies(), d) {
                     return WaitResult::TimedOut;
                 }
-                futex_wait(&wq.seq, s, Some(jiffies::jiffies_to_monotonic_ns(d)));
+                futex::wait(&wq.seq, s, Some(jiffies::jiffies_to_monotonic_ns(d)));
             }
         }
     }
@@ -303,7 +304,7 @@ impl WaitSlot {
             // `kickers` drops to 0 after our decrement below.
             let seq = unsafe { &*seq };
             seq.fetch_add(1, SeqCst);
-            futex_wake(seq, i32::MAX);
+            futex::wake(seq, i32::MAX);
         }
         self.kickers.fetch_sub(1, SeqCst);
     }
@@ -340,53 +341,4 @@ fn current_slot<'a>() -> Option<&'a WaitSlot> {
     // SAFETY: per `set_current_slot`'s contract the slot outlives every use on this thread, and
     // the returned reference is only used during the current wait, on this thread.
     unsafe { p.as_ref() }
-}
-
-/// `futex(FUTEX_WAIT_BITSET)` on `word` while it holds `val`, until woken, a signal, or the
-/// absolute `CLOCK_MONOTONIC` instant `deadline_ns`. Errors (EAGAIN, EINTR, ETIMEDOUT) are not
-/// reported: every caller re-checks its condition. Process context.
-pub(crate) fn futex_wait(word: &AtomicU32, val: u32, deadline_ns: Option<u64>) {
-    let ts;
-    let ts_ptr = match deadline_ns {
-        Some(ns) => {
-            ts = libc::timespec {
-                tv_sec: (ns / 1_000_000_000) as libc::time_t,
-                tv_nsec: (ns % 1_000_000_000) as libc::c_long,
-            };
-            ptr::from_ref(&ts)
-        }
-        None => ptr::null(),
-    };
-    // SAFETY: `word` is a valid, aligned u32 for the duration of the call; `ts_ptr` is null or
-    // points to a timespec that outlives the call. FUTEX_WAIT_BITSET takes an absolute
-    // CLOCK_MONOTONIC timeout (no FUTEX_CLOCK_REALTIME), ignores uaddr2 and uses val3 as mask.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT_BITSET | libc::FUTEX_PRIVATE_FLAG,
-            val,
-            ts_ptr,
-            ptr::null::<u32>(),
-            libc::FUTEX_BITSET_MATCH_ANY,
-        );
-    }
-}
-
-/// `futex(FUTEX_WAKE)`: wakes up to `n` threads waiting on `word`. Async-signal-safe (errno is
-/// saved and restored, so a signal handler calling it leaves the interrupted code's errno alone).
-pub(crate) fn futex_wake(word: &AtomicU32, n: i32) {
-    // SAFETY: reading errno's location is always valid for the calling thread.
-    let errno = unsafe { *libc::__errno_location() };
-    // SAFETY: FUTEX_WAKE only uses the address as a key; `word` is valid for the call.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            n,
-        );
-    }
-    // SAFETY: as above; restores the interrupted code's errno.
-    unsafe { *libc::__errno_location() = errno };
 }

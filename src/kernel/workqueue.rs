@@ -148,7 +148,8 @@ use super::jiffies;
 use super::kthread::{self, TaskStruct, kthread_should_stop};
 use super::sched;
 use super::timer::{Timer, TimerList};
-use super::wait::{self, WaitQueueHead, wait_event, wake_up};
+use super::wait::{WaitQueueHead, wait_event, wake_up};
+use crate::sys::futex;
 
 const PENDING: u32 = 1;
 const LINKED: u32 = 2;
@@ -315,7 +316,7 @@ fn update(raw: &RawWork, mut f: impl FnMut(u32) -> Option<u32>) -> Result<u32, u
         match raw.state.compare_exchange(s, new, SeqCst, SeqCst) {
             Ok(_) => {
                 if cleared && s & WAITERS != 0 {
-                    wait::futex_wake(&raw.state, i32::MAX);
+                    futex::wake(&raw.state, i32::MAX);
                 }
                 return Ok(s);
             }
@@ -339,7 +340,7 @@ fn wait_state_clear(raw: &RawWork, mask: u32) {
         {
             continue;
         }
-        wait::futex_wait(&raw.state, s | WAITERS, None);
+        futex::wait(&raw.state, s | WAITERS, None);
     }
 }
 
@@ -553,7 +554,7 @@ fn wait_state_clear_running_or_unpended(item: &RawWork) {
         {
             continue;
         }
-        wait::futex_wait(&item.state, s | WAITERS, None);
+        futex::wait(&item.state, s | WAITERS, None);
     }
 }
 
