@@ -318,7 +318,7 @@ fn softirq_enter() -> bool {
 fn softirq_exit() {
     let prev = BH.fetch_and(!(RUNNING | WAITERS), Ordering::SeqCst);
     if prev & WAITERS != 0 {
-        crate::kernel::wait::futex_wake(&BH, i32::MAX);
+        futex::wake(&BH, i32::MAX);
     }
 }
 
@@ -401,7 +401,7 @@ pub fn local_bh_disable() {
             // count is 0).
             match BH.compare_exchange(cur, cur | WAITERS, Ordering::SeqCst, Ordering::SeqCst) {
                 Ok(_) => {
-                    crate::kernel::wait::futex_wait(&BH, cur | WAITERS, None);
+                    futex::wait(&BH, cur | WAITERS, None);
                     cur = BH.load(Ordering::SeqCst);
                 }
                 Err(now) => cur = now,
