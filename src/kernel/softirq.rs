@@ -262,7 +262,8 @@ pub struct IrqFlags {
 }
 
 /// `local_irq_save()`: keep the timer interrupt off this thread (block its signal), returning
-/// the previous state. Nests. Async-signal-safe.
+/// the previous state. Nests. Async-signal-safe. The interrupt only ever comes to `swapper/0`,
+/// so on other threads this changes what [`irqs_disabled`] says and nothing else.
 pub fn local_irq_save() -> IrqFlags {
     IrqFlags {
         was_blocked: block_timer_signal(),
@@ -431,8 +432,13 @@ pub fn local_bh_enable() {
         // This thread's last level (its first one counted it in: softirq field 0 then). The
         // last section of the CPU runs what the others deferred.
         let left = (BH.fetch_sub(1, Ordering::SeqCst) - 1) & BH_COUNT;
-        if left == 0 && !in_interrupt() {
-            do_softirq_core();
+        if left == 0 {
+            if in_interrupt() {
+                // Not here (a hard interrupt): ksoftirqd/0 runs what was deferred.
+                wakeup_softirqd();
+            } else {
+                do_softirq_core();
+            }
         }
     }
 }
