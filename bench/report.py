@@ -43,6 +43,7 @@ def cyclictest_stats(ct):
 
     return {
         "samples": n,
+        "cycles": ct["thread"]["0"].get("cycles", n),
         "min_us": float(ct["thread"]["0"]["min"]),
         "p50_us": pct(50),
         "p99_us": pct(99),
@@ -279,13 +280,16 @@ def main():
 
 
 TIMER_IMPLS = [
-    ("ours", "ours (timer_lateness: 16 timer_list timers)"),
+    ("ours", "ours, every handler (timer_lateness: 16 timer_list timers)"),
+    ("ours_first", "ours, the first handler of each interrupt (one sample per signal)"),
     ("ref", "cyclictest -x"),
     ("floor", "floor: bare signal handler (sig_lateness handler)"),
     ("floor_sigwait", "floor: sigwait (sig_lateness sigwait)"),
 ]
 TIMER_LIMIT = 1.2
 TIMER_SET = 3
+# cyclictest -x rounds whose histogram lost more of its cycles than this are left out of ratios.
+CT_KEPT = 0.95
 
 
 def spread(vals):
@@ -304,17 +308,32 @@ def timer_section(recs, w, plots, cmds):
     rounds = {}
     for r in rs:
         rounds.setdefault(r.get("round", 0), {})[r["impl"]] = r
+        if r["impl"] == "ours" and r["data"].get("first_p50_us") is not None:
+            d = {k[len("first_"):]: v for k, v in r["data"].items() if k.startswith("first_")}
+            rounds[r.get("round", 0)]["ours_first"] = {"data": d, "cmd": r.get("cmd")}
     order = sorted(rounds)
+    # cyclictest -x loses samples under overruns: after some late signals its next expected expiry
+    # is a period too far, every later sample comes out negative and lands outside its histogram.
+    bad_ref = set()
+    for k in order:
+        ref = rounds[k].get("ref")
+        if ref and ref["data"].get("cycles") and ref["data"]["samples"] < CT_KEPT * ref["data"]["cycles"]:
+            bad_ref.add(k)
     w("## Timer lateness (host): ours, `cyclictest -x` and the two bare floors, all at once in each round\n")
     w(f"{len(order)} rounds; each runs the four programs at the same time (each wakes 250 times a second), so every")
     w("ratio compares programs under the same load; the figures are the median over rounds. Ratios are ours / other")
     w("within each round: median [min-max] over the rounds, and the median of each set of 3 rounds (the target")
-    w(f"needs p50 and p99 at most {TIMER_LIMIT}x cyclictest's in every set).\n")
+    w(f"needs p50 and p99 at most {TIMER_LIMIT}x cyclictest's in every set). One late wake-up of ours makes every")
+    w("timer due meanwhile late, one sample each; the references take one sample per signal, as does the")
+    w("'first handler' row.\n")
     w("| impl | rounds | samples (median) | min | p50 | p99 | p99.9 | max |")
     w("|---|---|---|---|---|---|---|---|")
     series = []
     for impl, label in TIMER_IMPLS:
         ds = [rounds[k][impl]["data"] for k in order if impl in rounds[k]]
+        if impl == "ref" and bad_ref and len(bad_ref) < len(ds):
+            ds = [rounds[k][impl]["data"] for k in order if impl in rounds[k] and k not in bad_ref]
+            label += f" (the {len(ds)} rounds without lost samples)"
         if not ds:
             continue
         med = lambda key: statistics.median(d[key] for d in ds if d.get(key) is not None) if any(d.get(key) is not None for d in ds) else None
@@ -324,34 +343,48 @@ def timer_section(recs, w, plots, cmds):
         if mid.get("cdf_us"):
             series.append((label, mid["cdf_us"]))
         cmd = next((rounds[k][impl].get("cmd") for k in order if impl in rounds[k]), None)
-        if cmd:
+        if cmd and impl != "ours_first":
             cmds.append(cmd)
     plots.append(("timer lateness (host), median round of each", series))
+    if bad_ref:
+        kept = ", ".join(f"{rounds[k]['ref']['data']['samples']}/{rounds[k]['ref']['data']['cycles']}" for k in sorted(bad_ref))
+        w(f"\ncyclictest -x lost samples in {len(bad_ref)} of {len(order)} rounds (histogram / cycles: {kept}): "
+          "some of its samples come out negative (its expected expiry ahead of the signal: its max then reads "
+          "negative too) and fall outside its histogram, after late signals, so its percentiles leave out late "
+          "stretches. Those rounds are left out of the ratios to it; the sigwait floor is the same mechanism "
+          "(a POSIX timer to one thread, taken in sigwait), measured without that flaw.")
     w("")
-    w("| ours / | p50 | p99 | p99.9 | p50, p99 per set of 3 rounds | target | |")
-    w("|---|---|---|---|---|---|---|")
-    for impl, label in TIMER_IMPLS[1:]:
-        per = {q: [] for q in ("p50_us", "p99_us", "p999_us")}
-        sets = []
-        for i in range(0, len(order), TIMER_SET):
-            s50, s99 = [], []
-            for k in order[i:i + TIMER_SET]:
-                o, x = rounds[k].get("ours"), rounds[k].get(impl)
-                if not o or not x:
-                    continue
-                for q in per:
-                    rr = ratio(o["data"].get(q), x["data"].get(q))
-                    if rr is not None:
-                        per[q].append(rr)
-                        (s50 if q == "p50_us" else s99 if q == "p99_us" else []).append(rr)
-            if s50 and s99:
-                sets.append((statistics.median(s50), statistics.median(s99)))
-        ok = None
-        if impl == "ref" and sets:
-            ok = all(a <= TIMER_LIMIT and b <= TIMER_LIMIT for a, b in sets)
-        w(f"| {label} | {spread(per['p50_us'])} | {spread(per['p99_us'])} | {spread(per['p999_us'])} | "
-          + "; ".join(f"{fmt(a, 2)}, {fmt(b, 2)}" for a, b in sets)
-          + f" | {f'p50 and p99 <= {TIMER_LIMIT}x, every set' if impl == 'ref' else '(floor)'} | {verdict(ok)} |")
+    w("| ours / | rounds | p50 | p99 | p99.9 | p50, p99 per set of 3 rounds | target | |")
+    w("|---|---|---|---|---|---|---|---|")
+    for mine, mlabel in TIMER_IMPLS[:2]:
+        for impl, label in TIMER_IMPLS[2:]:
+            per = {q: [] for q in ("p50_us", "p99_us", "p999_us")}
+            sets = []
+            n = 0
+            for i in range(0, len(order), TIMER_SET):
+                s50, s99 = [], []
+                for k in order[i:i + TIMER_SET]:
+                    o, x = rounds[k].get(mine), rounds[k].get(impl)
+                    if not o or not x or (impl == "ref" and k in bad_ref):
+                        continue
+                    n += 1
+                    for q in per:
+                        rr = ratio(o["data"].get(q), x["data"].get(q))
+                        if rr is not None:
+                            per[q].append(rr)
+                    s50.append(ratio(o["data"]["p50_us"], x["data"]["p50_us"]))
+                    s99.append(ratio(o["data"]["p99_us"], x["data"]["p99_us"]))
+                if s50 and s99:
+                    sets.append((statistics.median(s50), statistics.median(s99)))
+            ok = None
+            full = (len(order) + TIMER_SET - 1) // TIMER_SET
+            if impl == "ref" and len(sets) == full:
+                ok = all(a <= TIMER_LIMIT and b <= TIMER_LIMIT for a, b in sets)
+            who = "every handler" if mine == "ours" else "first handler"
+            w(f"| {who} / {label} | {n} | {spread(per['p50_us'])} | {spread(per['p99_us'])} | {spread(per['p999_us'])} | "
+              + ("; ".join(f"{fmt(a, 2)}, {fmt(b, 2)}" for a, b in sets) or "-")
+              + f" | {f'p50 and p99 <= {TIMER_LIMIT}x, every set' if impl == 'ref' else '(floor)'} | "
+              + (f"{verdict(ok)} |" if impl != "ref" or len(sets) == full else "no verdict: a set without a valid round |"))
     # Where ours spends it: the kernel's delivery vs the runtime's own path (first handler).
     ds = [rounds[k]["ours"]["data"] for k in order if "ours" in rounds[k]]
     if ds and all(d.get("delivery_p50_us") is not None for d in ds):
