@@ -3,10 +3,8 @@
 //! [`Device::stop`] (or dropping it) stops the readers and closes the fd, removing the node.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::thread::JoinHandleExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -151,32 +149,7 @@ impl Device {
 
     fn shutdown(&mut self) {
         if let Some(server) = &self.server {
-            server.stop.store(true, Ordering::Release);
-            server.unpark_all();
-            // Once `stop` is seen under the pool's lock no reader is added: take them until
-            // none is left (one may have been added just before).
-            loop {
-                let readers =
-                    std::mem::take(&mut *server.readers.lock().unwrap_or_else(|e| e.into_inner()));
-                if readers.is_empty() {
-                    break;
-                }
-                for t in readers {
-                    // A reader sees the flag when its read returns: the signal makes it return
-                    // EINTR. It may land just before the reader enters read(2), so it is sent
-                    // again until the reader has left (a reader busy with a request finishes
-                    // it first).
-                    while !t.is_finished() {
-                        // SAFETY: the thread is not joined yet, so its pthread_t is valid; the
-                        // signal has an empty handler.
-                        unsafe { libc::pthread_kill(t.as_pthread_t(), server.wake) };
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    if t.join().is_err() {
-                        log::error!("bug: a reader thread panicked");
-                    }
-                }
-            }
+            server.stop_readers();
         }
         if let Some(server) = self.server.take() {
             match Arc::try_unwrap(server) {

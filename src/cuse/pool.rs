@@ -12,6 +12,7 @@
 //! or the kernel dropped the request); ENODEV/ECONNABORTED: the connection is gone.
 
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -39,31 +40,31 @@ pub(super) struct Server {
     pub(super) max_read: u32,
     pub(super) spin: Duration,
     /// One reader at a time spins (see [`reader`]).
-    pub(super) spinning: AtomicBool,
+    spinning: AtomicBool,
     /// Spins in a row that ran out without a request.
     pub(super) spin_misses: AtomicU32,
     /// Chances to spin still to pass up after misses (a back-off).
     pub(super) spin_skip: AtomicU32,
     /// The callers (thread ids) of the last requests, a ring: how many clients are active.
-    pub(super) recent_callers: [AtomicU32; RECENT_CALLERS],
-    pub(super) recent_next: AtomicUsize,
+    recent_callers: [AtomicU32; RECENT_CALLERS],
+    recent_next: AtomicUsize,
     /// CPUs this process may run on.
     pub(super) cpus: usize,
     /// Set by [`Device::stop`](super::Device::stop): readers leave when they see it.
-    pub(super) stop: AtomicBool,
+    stop: AtomicBool,
     /// Written when the connection ends (not when stopped).
     pub(super) gone: Arc<EventFd>,
     /// The signal that interrupts a reader's read when stopping ([`wake_signal`]).
-    pub(super) wake: i32,
-    pub(super) buffer_len: usize,
+    wake: i32,
+    buffer_len: usize,
     /// [`Config::threads`]: the pool grows up to this many readers.
-    pub(super) max_readers: usize,
+    max_readers: usize,
     /// Readers not parked (spawned, less those in `parked`).
     pub(super) active: AtomicUsize,
     /// Parked readers, the most recently parked last; each waits on its own futex word.
-    pub(super) parked: Mutex<Vec<Arc<AtomicU32>>>,
+    parked: Mutex<Vec<Arc<AtomicU32>>>,
     /// Every reader spawned, in order (`cuse/0`, `cuse/1`, ...).
-    pub(super) readers: Mutex<Vec<JoinHandle<()>>>,
+    readers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Server {
@@ -114,7 +115,7 @@ impl Server {
     /// request while no other is waiting, up to [`Config::threads`]; readers never retire (a
     /// reader asleep in `read(2)` costs no CPU). So the pool follows the clients' concurrency:
     /// more readers than requests in flight would only take turns being woken.
-    pub(super) fn spawn_reader(self: &Arc<Server>) -> Result<(), Error> {
+    fn spawn_reader(self: &Arc<Server>) -> Result<(), Error> {
         let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
         if self.stop.load(Ordering::Acquire) || readers.len() >= self.max_readers {
             return Ok(());
@@ -194,8 +195,40 @@ impl Server {
         true
     }
 
+    /// Stops the pool: raises `stop`, wakes the parked readers and interrupts each reader's
+    /// `read(2)` with the stop signal until it has left (one busy with a request finishes it
+    /// first), then joins them all.
+    pub(super) fn stop_readers(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.unpark_all();
+        // Once `stop` is seen under the pool's lock no reader is added: take them until
+        // none is left (one may have been added just before).
+        loop {
+            let readers =
+                std::mem::take(&mut *self.readers.lock().unwrap_or_else(|e| e.into_inner()));
+            if readers.is_empty() {
+                break;
+            }
+            for t in readers {
+                // A reader sees the flag when its read returns: the signal makes it return
+                // EINTR. It may land just before the reader enters read(2), so it is sent
+                // again until the reader has left (a reader busy with a request finishes
+                // it first).
+                while !t.is_finished() {
+                    // SAFETY: the thread is not joined yet, so its pthread_t is valid; the
+                    // signal has an empty handler.
+                    unsafe { libc::pthread_kill(t.as_pthread_t(), self.wake) };
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                if t.join().is_err() {
+                    log::error!("bug: a reader thread panicked");
+                }
+            }
+        }
+    }
+
     /// Wakes every parked reader (when stopping).
-    pub(super) fn unpark_all(&self) {
+    fn unpark_all(&self) {
         for word in self.parked().drain(..) {
             word.store(1, Ordering::Release);
             futex::wake(&word, 1);
@@ -286,7 +319,7 @@ fn wake_signal() -> Result<i32, Error> {
 
 /// Unblocks the real-time signal `sig` for the calling thread (nix's `SigSet` holds only the
 /// standard signals).
-pub(super) fn unblock(sig: i32) -> Result<(), Errno> {
+fn unblock(sig: i32) -> Result<(), Errno> {
     // SAFETY: a zeroed sigset_t is valid storage; sigemptyset/sigaddset initialise it.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is valid; `sig` is a real-time signal number.
