@@ -104,7 +104,7 @@ pub const MAX_SOFTIRQ_TIME_NS: u64 = 2_000_000;
 pub const MAX_SOFTIRQ_RESTART: u32 = 10;
 
 static PENDING: AtomicU32 = AtomicU32::new(0);
-/// The CPU's softirq state: `RUNNING`, `WAITERS` and the count of bh-disabled threads.
+/// The CPU's softirq state: `RUNNING`, `WAITERS`, `DEFERRED`, the bh-disabled thread count.
 static BH: AtomicU32 = AtomicU32::new(0);
 const RUNNING: u32 = 1 << 31;
 const WAITERS: u32 = 1 << 30;
