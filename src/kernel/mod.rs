@@ -9,6 +9,7 @@
 pub mod alloc;
 pub mod jiffies;
 pub mod lockdep;
+pub mod panic;
 pub mod printk;
 pub mod sched;
 pub mod softirq;
