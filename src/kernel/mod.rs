@@ -31,6 +31,7 @@ pub mod task;
 /// timer handlers can `schedule_work`). Idempotent: every caller may call it; the first does
 /// the work. Process context.
 pub fn start() -> std::io::Result<()> {
+    panic::install_hook();
     printk::start_console();
     softirq::start()?;
     workqueue::init().map_err(std::io::Error::from_raw_os_error)

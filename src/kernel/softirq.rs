@@ -307,7 +307,12 @@ fn do_softirq_core() {
             if action != 0 {
                 // SAFETY: ACTIONS only ever holds 0 or a `fn()` stored by open_softirq.
                 let f: fn() = unsafe { std::mem::transmute::<usize, fn()>(action) };
-                f();
+                crate::kernel::panic::softirq_call(
+                    crate::kernel::panic::Kind::Softirq,
+                    nr,
+                    None,
+                    f,
+                );
             }
         }
         if PENDING.load(Ordering::SeqCst) != 0 {

@@ -72,7 +72,7 @@ use std::panic::Location;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::kernel::jiffies::{self, time_after, time_before, time_before_eq};
-use crate::kernel::panic::warn_at;
+use crate::kernel::panic::{self, warn_at};
 use crate::kernel::sched;
 use crate::kernel::softirq::{self, Softirq};
 
@@ -377,8 +377,20 @@ pub fn expiries() -> u64 {
 #[repr(C)]
 pub struct Timer<T> {
     node: Node,
+    /// The handler: `call_handler::<T, F>` as a `fn(&Timer<T>)`.
     func: AtomicUsize,
+    /// The handler's name: `panic::name_of::<F>` as a [`panic::Name`].
+    name: AtomicUsize,
     data: T,
+}
+
+/// What a timer handler is: a function `fn(&Timer<T>)` (or a closure that captures nothing).
+/// The runtime keeps its type, which also names it in reports (`type_name`).
+pub trait TimerFn<T>: Fn(&Timer<T>) + Copy + Send + Sync {}
+impl<T, F: Fn(&Timer<T>) + Copy + Send + Sync> TimerFn<T> for F {}
+
+fn call_handler<T, F: TimerFn<T>>(t: &Timer<T>) {
+    panic::conjure::<F>()(t)
 }
 
 // SAFETY: the links are only touched under the base lock; `data` is `Sync`, and is dropped in
@@ -395,7 +407,15 @@ unsafe fn call_timer<T>(n: *const Node) {
     let f = t.func.load(Ordering::Acquire);
     // SAFETY: `func` only ever holds a `fn(&Timer<T>)` (set in new/timer_setup).
     let f: fn(&Timer<T>) = unsafe { std::mem::transmute::<usize, fn(&Timer<T>)>(f) };
-    f(t);
+    let name = t.name.load(Ordering::Acquire);
+    // SAFETY: `name` only ever holds a `panic::Name` (set in new/timer_setup).
+    let name: panic::Name = unsafe { std::mem::transmute::<usize, panic::Name>(name) };
+    panic::softirq_call(
+        panic::Kind::Timer,
+        Softirq::Timer as usize,
+        Some(name),
+        || f(t),
+    );
 }
 
 impl<T> Timer<T> {
@@ -419,8 +439,23 @@ impl<T> Timer<T> {
     }
 
     /// `timer_setup`: (re)set the handler. Call it on a timer that is not pending.
-    pub fn timer_setup(&self, func: fn(&Timer<T>)) {
-        self.func.store(func as usize, Ordering::Release);
+    pub fn timer_setup<F: TimerFn<T>>(&self, _func: F) {
+        self.func.store(
+            call_handler::<T, F> as fn(&Timer<T>) as usize,
+            Ordering::Release,
+        );
+        self.name.store(
+            panic::name_of::<F> as panic::Name as usize,
+            Ordering::Release,
+        );
+    }
+
+    /// The handler's name (its path), as reports print it.
+    pub fn handler_name(&self) -> &'static str {
+        let name = self.name.load(Ordering::Acquire);
+        // SAFETY: `name` only ever holds a `panic::Name` (set in new/timer_setup).
+        let name: panic::Name = unsafe { std::mem::transmute::<usize, panic::Name>(name) };
+        name()
     }
 
     /// `mod_timer(timer, expires)`: arm the timer for jiffy `expires`, moving it if it was
@@ -544,7 +579,7 @@ pub struct TimerList<T: Send + Sync = ()> {
 
 impl<T: Send + Sync> TimerList<T> {
     /// `timer_setup(&timer, func, 0)` on a new timer carrying `data`. Process context.
-    pub fn new(func: fn(&Timer<T>), data: T) -> Self {
+    pub fn new<F: TimerFn<T>>(_func: F, data: T) -> Self {
         TimerList {
             timer: Box::new(Timer {
                 node: Node {
@@ -554,7 +589,8 @@ impl<T: Send + Sync> TimerList<T> {
                     pending: AtomicBool::new(false),
                     call: call_timer::<T>,
                 },
-                func: AtomicUsize::new(func as usize),
+                func: AtomicUsize::new(call_handler::<T, F> as fn(&Timer<T>) as usize),
+                name: AtomicUsize::new(panic::name_of::<F> as panic::Name as usize),
                 data,
             }),
         }
@@ -580,7 +616,7 @@ impl<T: Send + Sync> Drop for TimerList<T> {
 }
 
 /// `timer_setup(func, data)`: a new timer (see [`TimerList::new`]).
-pub fn timer_setup<T: Send + Sync>(func: fn(&Timer<T>), data: T) -> TimerList<T> {
+pub fn timer_setup<T: Send + Sync, F: TimerFn<T>>(func: F, data: T) -> TimerList<T> {
     TimerList::new(func, data)
 }
 

@@ -145,6 +145,7 @@ use std::sync::{Mutex, OnceLock};
 
 use super::jiffies;
 use super::kthread::{self, TaskStruct, kthread_should_stop};
+use super::panic;
 use super::sched;
 use super::timer::{Timer, TimerList};
 use super::wait::{self, WaitQueueHead, wait_event, wake_up};
@@ -164,6 +165,8 @@ struct RawWork {
     next: AtomicPtr<RawWork>,
     /// Calls the handler with the container (see [`Work::run`]).
     run: unsafe fn(*const RawWork),
+    /// The handler's name, for reports.
+    name: panic::Name,
 }
 
 /// `struct work_struct`: a work item embedded in a `T`, whose handler receives `&T`.
@@ -233,17 +236,28 @@ macro_rules! impl_has_work {
     };
 }
 
+/// What a work handler is: a function `fn(&T)` receiving the container (or a closure that
+/// captures nothing). The runtime keeps its type, which also names it in reports (`type_name`).
+pub trait WorkFn<T>: Fn(&T) + Copy + Send + Sync {}
+impl<T, F: Fn(&T) + Copy + Send + Sync> WorkFn<T> for F {}
+
+fn call_handler<T, F: WorkFn<T>>(container: &T) {
+    panic::conjure::<F>()(container)
+}
+
 impl<T: HasWork<ID>, const ID: u64> Work<T, ID> {
     /// `INIT_WORK(&work, handler)` / `DECLARE_WORK(name, handler)`: an idle work item whose
     /// handler receives its container.
-    pub const fn new(handler: fn(&T)) -> Self {
+    pub const fn new<F: WorkFn<T>>(handler: F) -> Self {
+        let _ = handler; // zero-sized: its type is what is kept
         Self {
             raw: RawWork {
                 state: AtomicU32::new(0),
                 next: AtomicPtr::new(ptr::null_mut()),
                 run: Self::run,
+                name: panic::name_of::<F>,
             },
-            handler,
+            handler: call_handler::<T, F>,
             _container: PhantomData,
             _pin: PhantomPinned,
         }
@@ -442,9 +456,20 @@ impl Workqueue {
         let wq = Workqueue { inner };
         for pool in inner.pools.iter() {
             let res = if per_cpu {
-                crate::kthread_run!(worker_thread, (pool, true), "{}/{}", name, pool.cpu)
+                crate::kthread_run!(
+                    worker_thread,
+                    (inner.name.as_str(), pool, true),
+                    "{}/{}",
+                    name,
+                    pool.cpu
+                )
             } else {
-                crate::kthread_run!(worker_thread, (pool, false), "{}", name)
+                crate::kthread_run!(
+                    worker_thread,
+                    (inner.name.as_str(), pool, false),
+                    "{}",
+                    name
+                )
             };
             match res {
                 Ok(t) => *pool.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(t),
@@ -465,7 +490,7 @@ impl Drop for Workqueue {
 }
 
 /// The body of a worker thread.
-fn worker_thread((pool, pin): (&'static Pool, bool)) -> i32 {
+fn worker_thread((wq_name, pool, pin): (&'static str, &'static Pool, bool)) -> i32 {
     if pin {
         pin_to_cpu(pool.cpu);
     }
@@ -497,7 +522,7 @@ fn worker_thread((pool, pin): (&'static Pool, bool)) -> i32 {
             // SAFETY: as above.
             let item = unsafe { &*fifo };
             fifo = item.next.load(SeqCst);
-            process_one(item);
+            process_one(wq_name, item);
             pool.done.fetch_add(1, SeqCst);
             wake_up(&pool.progress);
         }
@@ -506,8 +531,9 @@ fn worker_thread((pool, pin): (&'static Pool, bool)) -> i32 {
     0
 }
 
-/// Takes one item off its list: runs it if still pending, skips it if cancelled.
-fn process_one(item: &RawWork) {
+/// Takes one item off its list: runs it if still pending, skips it if cancelled. A handler that
+/// panics is reported (an Oops, see [`panic`]) and finishes like one that returned.
+fn process_one(wq_name: &'static str, item: &RawWork) {
     // A work item never runs on two workers at once: wait for a run elsewhere to end.
     let old = loop {
         match update(item, |s| {
@@ -530,9 +556,11 @@ fn process_one(item: &RawWork) {
         return; // cancelled while queued, or waiting for its delay timer
     }
     CURRENT_WORK.with(|c| c.set(item));
-    // SAFETY: the item was linked from a `Pin<&T>` (see `Work::run`'s contract) and its Drop
-    // waits for RUNNING to clear, which happens only below.
-    unsafe { (item.run)(item) };
+    panic::work_call(item.name, wq_name, || {
+        // SAFETY: the item was linked from a `Pin<&T>` (see `Work::run`'s contract) and its
+        // Drop waits for RUNNING to clear, which happens only below.
+        unsafe { (item.run)(item) }
+    });
     CURRENT_WORK.with(|c| c.set(ptr::null()));
     let _ = update(item, |s| Some(s & !RUNNING));
 }
@@ -980,7 +1008,7 @@ macro_rules! impl_has_delayed_work {
 impl<T: HasWork<ID>, const ID: u64> DelayedWork<T, ID> {
     /// `INIT_DELAYED_WORK(&dwork, handler)`: an idle delayed work (allocates its timer node:
     /// process context).
-    pub fn new(handler: fn(&T)) -> Self {
+    pub fn new<F: WorkFn<T>>(handler: F) -> Self {
         Self {
             work: Work::new(handler),
             timer: TimerList::new(
