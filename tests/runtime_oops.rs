@@ -268,3 +268,66 @@ fn a_panicking_work_handler_is_an_oops_and_the_worker_goes_on() {
     flush_scheduled_work();
     drop(item); // Work::drop: nothing left running, nothing to wait for
 }
+
+struct Queued {
+    work: Work<Queued>,
+}
+impl_has_work!(Queued, work);
+
+fn never_runs(_: &Queued) {}
+
+struct Stuck {
+    work: Work<Stuck>,
+}
+impl_has_work!(Stuck, work);
+
+fn stuck(_: &Stuck) {
+    loop {
+        std::thread::park();
+    }
+}
+
+static QUEUED: deferred::kernel::spinlock::SpinLock<Option<Pin<Box<Queued>>>> =
+    deferred::kernel::spinlock::SpinLock::new("queued", None);
+
+fn drops_a_queued_work(_: &Timer<()>) {
+    let q = QUEUED.lock().take();
+    drop(q);
+}
+
+#[test]
+fn a_queued_work_dropped_in_softirq_context_is_reported_then_panic() {
+    if child_case().is_some() {
+        let _g = boot();
+        let wq = deferred::kernel::workqueue::create_singlethread_workqueue("held_wq").unwrap();
+        let busy: &'static Stuck = Box::leak(Box::new(Stuck {
+            work: Work::new(stuck),
+        }));
+        deferred::kernel::workqueue::queue_work(&wq, Pin::static_ref(busy));
+        let q = Box::pin(Queued {
+            work: Work::new(never_runs),
+        });
+        deferred::kernel::workqueue::queue_work(&wq, q.as_ref());
+        *QUEUED.lock_bh() = Some(q);
+        let t = TimerList::new(drops_a_queued_work, ());
+        t.mod_timer(jiffies() + 1);
+        std::mem::forget((t, wq));
+        wait_for_the_end();
+    }
+    let (code, stderr) = run_child(
+        "a_queued_work_dropped_in_softirq_context_is_reported_then_panic",
+        "work",
+    );
+    assert_eq!(code, Some(PANIC_EXIT_CODE), "{stderr}");
+    assert_in_order(
+        &unstamped(&stderr),
+        &[
+            "ODEBUG: free active (active state 0) object type: work_struct hint: runtime_oops::never_runs",
+            "BUG: sleeping function called from invalid context at ",
+            "BUG: scheduling while atomic: ",
+            "Kernel panic - not syncing: work_struct freed in softirq context while queued",
+        ],
+        &stderr,
+    );
+    assert!(!stderr.contains("allocations were made"), "{stderr}");
+}

@@ -311,11 +311,7 @@ fn line(s: &str) {
 /// exits with [`PANIC_EXIT_CODE`]. Async-signal-safe: stack buffers, `write(2)`, `_exit(2)`.
 pub(crate) fn oops_in_interrupt(loc: Option<&Location<'_>>, msg: Option<&str>) -> ! {
     if PANICKING.swap(true, Ordering::SeqCst) {
-        // Another thread reports and exits: stop here as a halted CPU would.
-        loop {
-            // SAFETY: pause(2) has no preconditions and is async-signal-safe.
-            unsafe { libc::pause() };
-        }
+        halt();
     }
     let (kind, vec, name) = record();
     let task = sched::current();
@@ -387,10 +383,40 @@ pub(crate) fn oops_in_interrupt(loc: Option<&Location<'_>>, msg: Option<&str>) -
             .str(" allocations were made in softirq context")
             .write();
     }
-    line("Kernel panic - not syncing: Fatal exception in interrupt");
-    line("---[ end Kernel panic - not syncing: Fatal exception in interrupt ]---");
+    panic_lines("Fatal exception in interrupt")
+}
+
+/// The kernel's `panic(reason)` from softirq context, where going on is unsound: the lines
+/// printk holds, `Kernel panic - not syncing: <reason>`, and the exit with
+/// [`PANIC_EXIT_CODE`]. Async-signal-safe.
+pub(crate) fn panic_in_interrupt(reason: &str) -> ! {
+    if PANICKING.swap(true, Ordering::SeqCst) {
+        halt();
+    }
+    printk::flush_on_panic();
+    panic_lines(reason)
+}
+
+fn panic_lines(reason: &str) -> ! {
+    Line::new()
+        .str("Kernel panic - not syncing: ")
+        .str(reason)
+        .write();
+    Line::new()
+        .str("---[ end Kernel panic - not syncing: ")
+        .str(reason)
+        .str(" ]---")
+        .write();
     // SAFETY: _exit(2) is async-signal-safe and ends the process (no destructor, no atexit).
     unsafe { libc::_exit(PANIC_EXIT_CODE) }
+}
+
+/// Another thread is reporting a panic and ends the process: stop here, as a halted CPU.
+fn halt() -> ! {
+    loop {
+        // SAFETY: pause(2) has no preconditions and is async-signal-safe.
+        unsafe { libc::pause() };
+    }
 }
 
 /// The Oops report for a panic in a work handler (process context: printk, formatting).

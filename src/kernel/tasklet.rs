@@ -241,8 +241,13 @@ impl<T> Drop for Tasklet<T> {
     fn drop(&mut self) {
         if softirq::in_serving_softirq() || softirq::in_irq() {
             if self.is_scheduled() || self.is_running() {
-                crate::pr_emerg!("BUG: tasklet freed in interrupt context while scheduled");
-                std::process::abort();
+                // On a list, or running: the softirq touches it after we return, and nothing
+                // here may wait for that.
+                crate::kernel::debugobjects::report_free_active(
+                    "tasklet_struct",
+                    self.handler_name(),
+                );
+                panic::panic_in_interrupt("tasklet_struct freed in softirq context while active");
             }
             return;
         }

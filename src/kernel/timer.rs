@@ -68,9 +68,11 @@
 //!   borrows it, and `Drop` unlinks it and waits for a running handler before freeing it.
 
 use std::cell::UnsafeCell;
+use std::mem::ManuallyDrop;
 use std::panic::Location;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
+use crate::kernel::debugobjects::{self, Deferred};
 use crate::kernel::jiffies::{self, time_after, time_before, time_before_eq};
 use crate::kernel::panic::{self, warn_at};
 use crate::kernel::sched;
@@ -381,6 +383,8 @@ pub struct Timer<T> {
     func: AtomicUsize,
     /// The handler's name: `panic::name_of::<F>` as a [`panic::Name`].
     name: AtomicUsize,
+    /// Links the timer on the deferred frees when its `TimerList` is dropped in softirq context.
+    deferred: Deferred,
     data: T,
 }
 
@@ -563,25 +567,19 @@ impl<T> Timer<T> {
             return was;
         }
     }
-
-    /// Is this timer's handler running on this thread right now?
-    fn running_here(&self) -> bool {
-        let (running, tid) = BaseGuard::lock().running();
-        std::ptr::eq(running, self.node_ptr()) && tid == sched::gettid()
-    }
 }
 
 /// `struct timer_list`: owns a [`Timer<T>`] node on the heap (stable while pending) and stops
 /// it on drop (`del_timer_sync`). Derefs to `Timer<T>` for `mod_timer`, `del_timer`, ...
 pub struct TimerList<T: Send + Sync = ()> {
-    timer: Box<Timer<T>>,
+    timer: ManuallyDrop<Box<Timer<T>>>,
 }
 
 impl<T: Send + Sync> TimerList<T> {
     /// `timer_setup(&timer, func, 0)` on a new timer carrying `data`. Process context.
     pub fn new<F: TimerFn<T>>(_func: F, data: T) -> Self {
         TimerList {
-            timer: Box::new(Timer {
+            timer: ManuallyDrop::new(Box::new(Timer {
                 node: Node {
                     prev: UnsafeCell::new(std::ptr::null_mut()),
                     next: UnsafeCell::new(std::ptr::null_mut()),
@@ -591,10 +589,30 @@ impl<T: Send + Sync> TimerList<T> {
                 },
                 func: AtomicUsize::new(call_handler::<T, F> as fn(&Timer<T>) as usize),
                 name: AtomicUsize::new(panic::name_of::<F> as panic::Name as usize),
+                deferred: Deferred::new(free_deferred::<T>),
                 data,
-            }),
+            })),
         }
     }
+}
+
+/// Frees a timer whose `TimerList` was dropped in softirq context (process context: through
+/// the `TimerList`'s own drop, which waits for a running handler).
+///
+/// # Safety
+/// `d` is the `deferred` field of a `Timer<T>` leaked from its `TimerList` by that drop.
+unsafe fn free_deferred<T: Send + Sync>(d: *mut Deferred) {
+    // SAFETY: per the contract, `d` lies `offset_of!(Timer<T>, deferred)` bytes into a boxed
+    // `Timer<T>` that nothing else owns now.
+    let timer = unsafe {
+        Box::from_raw(
+            d.byte_sub(std::mem::offset_of!(Timer<T>, deferred))
+                .cast::<Timer<T>>(),
+        )
+    };
+    drop(TimerList {
+        timer: ManuallyDrop::new(timer),
+    });
 }
 
 impl<T: Send + Sync> std::ops::Deref for TimerList<T> {
@@ -604,14 +622,27 @@ impl<T: Send + Sync> std::ops::Deref for TimerList<T> {
     }
 }
 
+/// Dropping a `TimerList` frees its node: `del_timer_sync` first (a running handler is waited
+/// for). A timer still pending is reported as the kernel's debugobjects reports it (`ODEBUG:
+/// free active ... object type: timer_list hint: <handler>`). In softirq context (a handler
+/// dropping a timer, its own included) nothing may wait or be freed: the timer is deactivated
+/// and the free deferred to process context, where it happens once no handler runs it.
 impl<T: Send + Sync> Drop for TimerList<T> {
     fn drop(&mut self) {
-        if self.timer.running_here() {
-            // Freeing the node under its own running handler: no safe way on.
-            crate::pr_emerg!("BUG: timer_list freed from its own handler");
-            std::process::abort();
+        if self.timer.timer_pending() {
+            debugobjects::report_free_active("timer_list", self.timer.handler_name());
+        }
+        if panic::in_irq_context() {
+            self.timer.del_timer();
+            // SAFETY: `self.timer` is not used again (we are in its drop).
+            let raw = Box::into_raw(unsafe { ManuallyDrop::take(&mut self.timer) });
+            // SAFETY: `raw` is live and now owned by the deferred free alone.
+            unsafe { debugobjects::defer_free(&raw mut (*raw).deferred) };
+            return;
         }
         self.timer.del_timer_sync();
+        // SAFETY: not used again (we are in its drop).
+        unsafe { ManuallyDrop::drop(&mut self.timer) };
     }
 }
 

@@ -63,7 +63,13 @@
 //!   have nothing to worry about.
 //! - The kernel lets a handler `kfree()` its own container; here the handler borrows it for its
 //!   whole run, so dropping a work item from its own handler is reported (`BUG: work item freed
-//!   from its own handler`) and aborts, as the core's `TimerList` does for its handler.
+//!   from its own handler`) and aborts (a `TimerList` can defer its own free, as its node is
+//!   the runtime's; a work item's container is the caller's memory).
+//! - Dropping a work item still pending or running is reported as the kernel's debugobjects
+//!   reports it (`ODEBUG: free active (active state 0) object type: work_struct hint:
+//!   <handler>`), then made safe: cancelled and waited for. In softirq context nothing may wait:
+//!   an idle item drops silently, a delayed one waiting for its timer is cancelled, and one a
+//!   worker holds (queued or running) ends in `panic()` after the kernel's reports.
 //! - A workqueue's control block is never freed ([`destroy_workqueue`] stops and joins its
 //!   workers, then leaves the block, a few hundred bytes, marked dead): a late timer handler
 //!   queueing on a destroyed queue finds memory that is still there, and is refused.
@@ -143,6 +149,7 @@ use core::sync::atomic::{
 use std::cell::Cell;
 use std::sync::{Mutex, OnceLock};
 
+use super::debugobjects;
 use super::error::{Error, Result};
 use super::jiffies;
 use super::kthread::{self, TaskStruct, kthread_should_stop};
@@ -304,7 +311,22 @@ impl<T, const ID: u64> Drop for Work<T, ID> {
             crate::kernel::printk::flush();
             std::process::abort();
         }
-        if raw.state.load(SeqCst) & (PENDING | LINKED | RUNNING) == 0 {
+        let state = raw.state.load(SeqCst);
+        if state & (PENDING | LINKED | RUNNING) == 0 {
+            return;
+        }
+        if state & (PENDING | RUNNING) != 0 {
+            debugobjects::report_free_active("work_struct", (raw.name)());
+        }
+        if panic::in_irq_context() {
+            // cancel_work_sync would sleep here: the kernel's BUG, and no sleep.
+            let _ = sched::might_sleep();
+            unpend(raw);
+            if raw.state.load(SeqCst) & (LINKED | RUNNING) != 0 {
+                // A worker holds it (queued or running): its memory cannot go, and nothing
+                // here may wait for the worker to let it go.
+                panic::panic_in_interrupt("work_struct freed in softirq context while queued");
+            }
             return;
         }
         cancel_raw_sync(raw);
@@ -1039,9 +1061,13 @@ impl<T, const ID: u64> DelayedWork<T, ID> {
 
 impl<T, const ID: u64> Drop for DelayedWork<T, ID> {
     fn drop(&mut self) {
-        // Stop the timer first; `work`'s own Drop then cancels and waits for the worker.
-        self.timer.del_timer_sync();
-        unpend(&self.work.raw);
+        // Stop the timer first (in softirq context no other timer handler runs: no wait);
+        // `work`'s own Drop then reports a pending work, cancels it and waits for the worker.
+        if panic::in_irq_context() {
+            self.timer.del_timer();
+        } else {
+            self.timer.del_timer_sync();
+        }
     }
 }
 
