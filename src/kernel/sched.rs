@@ -389,3 +389,25 @@ pub fn udelay(us: u64) {
 pub fn mdelay(ms: u64) {
     udelay(ms.saturating_mul(1000));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_spans_both_atomic_words_and_is_truncated_to_fifteen_bytes() {
+        std::thread::spawn(|| {
+            set_comm("abcdefghijklmnopqrst");
+            assert_eq!(current().comm().as_str(), "abcdefghijklmno");
+            set_comm("short");
+            assert_eq!(current().comm().as_str(), "short");
+            // The kernel's own name agrees (prctl).
+            let mut buf = [0u8; TASK_COMM_LEN];
+            // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer.
+            unsafe { libc::prctl(libc::PR_GET_NAME, buf.as_mut_ptr()) };
+            assert_eq!(&buf[..6], b"short\0");
+        })
+        .join()
+        .unwrap();
+    }
+}
