@@ -100,7 +100,7 @@ impl Kind {
 
     fn what(self) -> &'static str {
         match self {
-            Kind::None => "code",
+            Kind::None => "interrupt context",
             Kind::Softirq => "softirq action",
             Kind::Timer => "timer handler",
             Kind::Tasklet => "tasklet",
@@ -334,11 +334,10 @@ pub(crate) fn oops_in_interrupt(loc: Option<&Location<'_>>, msg: Option<&str>) -
         .write();
     let mut l = Line::new();
     l.str("Oops: Rust panic [#").num(die.into()).str("] in ");
-    l.str(kind.what()).str(" ");
     match (kind, name) {
-        (Kind::Softirq | Kind::None, _) => l.str(SOFTIRQ_NAMES[vec]),
-        (_, Some(n)) => l.str(n),
-        (_, None) => l.str("?"),
+        (Kind::None, _) => l.str("interrupt context"),
+        (Kind::Softirq, _) => l.str(kind.what()).str(" ").str(SOFTIRQ_NAMES[vec]),
+        (_, n) => l.str(kind.what()).str(" ").str(n.unwrap_or("?")),
     };
     l.write();
     Line::new()
@@ -364,15 +363,18 @@ pub(crate) fn oops_in_interrupt(loc: Option<&Location<'_>>, msg: Option<&str>) -
                 " tasklet_action"
             });
         }
-        _ => {
+        Kind::Softirq => {
             Line::new()
                 .str(" ")
                 .str(SOFTIRQ_NAMES[vec])
                 .str(" softirq action")
                 .write();
         }
+        Kind::None | Kind::Work => {}
     }
-    line(" __do_softirq");
+    if kind != Kind::None {
+        line(" __do_softirq");
+    }
     line(" </IRQ>");
     line("---[ end trace 0000000000000000 ]---");
     let heap = crate::kernel::alloc::softirq_allocations();

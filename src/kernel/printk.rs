@@ -475,9 +475,10 @@ pub(crate) fn flush_on_panic() {
         // Published, or drained and handed back but not claimed again yet.
         if seq == pos + 1 || seq == pos + SLOTS as u64 {
             let mut line = [0u8; 32 + 1 + LINE_MAX + 1];
-            // SAFETY: the slot is published for `pos` (Acquire above); a consumer hands it back
-            // only after reading it, and producers reuse it only after that: at worst the text
-            // is that of a line being consumed right now, a valid buffer either way.
+            // SAFETY: the slot holds line `pos` (published, or drained and handed back): the
+            // consumer only reads it, and a producer writes it again only once the ring has
+            // gone round (SLOTS lines later). The panic path accepts that one last race: the
+            // process ends right after, and a slot is plain bytes, so at worst a garbled line.
             let (level, ts_ns, len) = unsafe {
                 (
                     *slot.level.get(),
