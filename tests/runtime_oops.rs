@@ -331,3 +331,41 @@ fn a_queued_work_dropped_in_softirq_context_is_reported_then_panic() {
     );
     assert!(!stderr.contains("allocations were made"), "{stderr}");
 }
+
+fn never_scheduled_runs(_: Pin<&Tasklet<()>>) {}
+
+static SCHEDULED: deferred::kernel::spinlock::SpinLock<Option<Pin<Box<Tasklet<()>>>>> =
+    deferred::kernel::spinlock::SpinLock::new("scheduled", None);
+
+fn drops_a_scheduled_tasklet(_: &Timer<()>) {
+    let t = SCHEDULED.lock().take();
+    drop(t);
+}
+
+#[test]
+fn a_scheduled_tasklet_dropped_in_softirq_context_is_reported_then_panic() {
+    if child_case().is_some() {
+        let _g = boot();
+        // Disabled and scheduled: parked, still active, until enabled.
+        let t = Box::pin(Tasklet::new_disabled(never_scheduled_runs, ()));
+        t.as_ref().schedule();
+        *SCHEDULED.lock_bh() = Some(t);
+        let timer = TimerList::new(drops_a_scheduled_tasklet, ());
+        timer.mod_timer(jiffies() + 1);
+        std::mem::forget(timer);
+        wait_for_the_end();
+    }
+    let (code, stderr) = run_child(
+        "a_scheduled_tasklet_dropped_in_softirq_context_is_reported_then_panic",
+        "tasklet",
+    );
+    assert_eq!(code, Some(PANIC_EXIT_CODE), "{stderr}");
+    assert_in_order(
+        &unstamped(&stderr),
+        &[
+            "ODEBUG: free active (active state 0) object type: tasklet_struct hint: runtime_oops::never_scheduled_runs",
+            "Kernel panic - not syncing: tasklet_struct freed in softirq context while active",
+        ],
+        &stderr,
+    );
+}
