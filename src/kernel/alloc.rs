@@ -24,18 +24,13 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::kernel::sched::{self, HARDIRQ_MASK, SOFTIRQ_OFFSET};
+use crate::kernel::panic::in_irq_context;
 
 static SOFTIRQ_ALLOCS: AtomicU64 = AtomicU64::new(0);
 static SOFTIRQ_FREES: AtomicU64 = AtomicU64::new(0);
 
 /// The system allocator, counting calls made in interrupt context.
 pub struct CountingAllocator;
-
-#[inline]
-fn in_irq_context() -> bool {
-    sched::preempt_count() & (HARDIRQ_MASK | SOFTIRQ_OFFSET) != 0
-}
 
 /// Size of the emergency buffer (a panic message and its `String`'s growth fit many times).
 const EMERGENCY_SIZE: usize = 64 * 1024;

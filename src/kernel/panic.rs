@@ -205,7 +205,9 @@ fn record_wq() -> &'static str {
     unsafe { std::str::from_utf8_unchecked(std::slice::from_raw_parts(ptr as *const u8, len)) }
 }
 
-/// Hard or soft interrupt context on this thread (the preemption count). Async-signal-safe.
+/// Hard or soft interrupt context on this thread (the preemption count). Async-signal-safe,
+/// allocation-free (the counting allocator calls it).
+#[inline]
 pub(crate) fn in_irq_context() -> bool {
     sched::preempt_count() & (HARDIRQ_MASK | SOFTIRQ_OFFSET) != 0
 }
