@@ -327,6 +327,14 @@ fn local_bh_enable_inside_local_irq_save_keeps_interrupts_off_and_warns_once() {
     local_irq_restore(flags);
     assert!(!timer_signal_blocked() && preempt_count() == 0);
 
+    // Interleaved the other way: irqs off, bh off, irqs on (bh still off), bh on.
+    let flags = local_irq_save();
+    local_bh_disable();
+    local_irq_restore(flags);
+    assert!(timer_signal_blocked(), "bottom halves are still disabled");
+    local_bh_enable();
+    assert!(!timer_signal_blocked() && preempt_count() == 0);
+
     // Properly nested: irqs off and on inside a bh-off section keep the signal off until the
     // last local_bh_enable.
     local_bh_disable();

@@ -265,9 +265,16 @@ pub fn local_irq_save() -> IrqFlags {
 /// still disabled the signal stays blocked (the last `local_bh_enable` unblocks it).
 pub fn local_irq_restore(flags: IrqFlags) {
     IRQ_DISABLE_DEPTH.with(|d| d.fetch_sub(1, Ordering::Relaxed));
-    if !flags.was_blocked && sched::softirq_count() == 0 {
+    if flags.was_blocked {
+        return;
+    }
+    if sched::softirq_count() == 0 {
         BH_BLOCKED_SIGNAL.with(|b| b.store(false, Ordering::Relaxed));
         unblock_timer_signal();
+    } else {
+        // Bottom halves went off inside the interrupts-off section and are still off: their
+        // last local_bh_enable unblocks the signal.
+        BH_BLOCKED_SIGNAL.with(|b| b.store(true, Ordering::Relaxed));
     }
 }
 
