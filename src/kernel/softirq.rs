@@ -264,8 +264,9 @@ pub fn local_irq_save() -> IrqFlags {
 /// `local_irq_restore(flags)`: put back the state `local_irq_save` returned. With bottom halves
 /// still disabled the signal stays blocked (the last `local_bh_enable` unblocks it).
 pub fn local_irq_restore(flags: IrqFlags) {
-    IRQ_DISABLE_DEPTH.with(|d| d.fetch_sub(1, Ordering::Relaxed));
-    if flags.was_blocked {
+    let outer = IRQ_DISABLE_DEPTH.with(|d| d.fetch_sub(1, Ordering::Relaxed)) > 1;
+    if flags.was_blocked || outer {
+        // Interrupts stay disabled (by the caller's state, or an outer local_irq_save).
         return;
     }
     if sched::softirq_count() == 0 {
