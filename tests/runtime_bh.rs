@@ -327,6 +327,17 @@ fn local_bh_enable_inside_local_irq_save_keeps_interrupts_off_and_warns_once() {
     local_irq_restore(flags);
     assert!(!timer_signal_blocked() && preempt_count() == 0);
 
+    // Two interrupts-off levels around the early local_bh_enable: only the outer restore
+    // turns interrupts back on.
+    local_bh_disable();
+    let outer = local_irq_save();
+    let inner = local_irq_save();
+    local_bh_enable();
+    local_irq_restore(inner);
+    assert!(timer_signal_blocked() && irqs_disabled());
+    local_irq_restore(outer);
+    assert!(!timer_signal_blocked() && !irqs_disabled());
+
     // Interleaved the other way: irqs off, bh off, irqs on (bh still off), bh on.
     let flags = local_irq_save();
     local_bh_disable();
