@@ -39,6 +39,15 @@ fn run_child(test: &str, case: &str) -> (Option<i32>, String) {
     )
 }
 
+/// Runs `test` as a child with `CHILD=case`: it must end with PANIC_EXIT_CODE, its stderr
+/// holding the `want` lines (stamps aside) in this order. Returns the stderr.
+fn panics_with(test: &str, case: &str, want: &[&str]) -> String {
+    let (code, stderr) = run_child(test, case);
+    assert_eq!(code, Some(PANIC_EXIT_CODE), "{stderr}");
+    assert_in_order(&unstamped(&stderr), want, &stderr);
+    stderr
+}
+
 /// The case this process runs as a child, if it is one.
 fn child_case() -> Option<String> {
     std::env::var(CHILD).ok()
@@ -125,11 +134,9 @@ fn a_panicking_timer_handler_is_an_oops_then_a_clean_exit() {
     }
     let test = "a_panicking_timer_handler_is_an_oops_then_a_clean_exit";
 
-    let (code, stderr) = run_child(test, "static");
-    assert_eq!(code, Some(PANIC_EXIT_CODE), "{stderr}");
-    let lines = unstamped(&stderr);
-    assert_in_order(
-        &lines,
+    let stderr = panics_with(
+        test,
+        "static",
         &[
             "[boom] the last line before the panic",
             "------------[ cut here ]------------",
@@ -145,7 +152,6 @@ fn a_panicking_timer_handler_is_an_oops_then_a_clean_exit() {
             "Kernel panic - not syncing: Fatal exception in interrupt",
             "---[ end Kernel panic - not syncing: Fatal exception in interrupt ]---",
         ],
-        &stderr,
     );
     // Not std's hook, and nothing allocated on the heap in softirq context.
     assert!(!stderr.contains("panicked at"), "{stderr}");
@@ -158,17 +164,14 @@ fn a_panicking_timer_handler_is_an_oops_then_a_clean_exit() {
     assert!(bug.starts_with('[') && bug.ends_with('!'), "{bug}");
 
     // A formatted message needs a String: it is made in the emergency buffer, not the heap.
-    let (code, stderr) = run_child(test, "formatted");
-    assert_eq!(code, Some(PANIC_EXIT_CODE), "{stderr}");
-    let lines = unstamped(&stderr);
-    assert_in_order(
-        &lines,
+    let stderr = panics_with(
+        test,
+        "formatted",
         &[
             "BUG: kernel panic in softirq context: the answer was 41, not 42",
             "Oops: Rust panic [#1] in timer handler runtime_oops::timer_panics_with_a_formatted_message",
             "Kernel panic - not syncing: Fatal exception in interrupt",
         ],
-        &stderr,
     );
     assert!(!stderr.contains("allocations were made"), "{stderr}");
 
@@ -197,13 +200,9 @@ fn a_panicking_tasklet_is_an_oops_then_a_clean_exit() {
         std::mem::forget(t);
         wait_for_the_end();
     }
-    let (code, stderr) = run_child(
+    let stderr = panics_with(
         "a_panicking_tasklet_is_an_oops_then_a_clean_exit",
         "tasklet",
-    );
-    assert_eq!(code, Some(PANIC_EXIT_CODE), "{stderr}");
-    assert_in_order(
-        &unstamped(&stderr),
         &[
             "kernel BUG at tests/runtime_oops.rs:",
             "BUG: kernel panic in softirq context: called `Option::unwrap()` on a `None` value",
@@ -213,7 +212,6 @@ fn a_panicking_tasklet_is_an_oops_then_a_clean_exit() {
             " tasklet_action",
             "Kernel panic - not syncing: Fatal exception in interrupt",
         ],
-        &stderr,
     );
     assert!(!stderr.contains("allocations were made"), "{stderr}");
 }
@@ -314,20 +312,15 @@ fn a_queued_work_dropped_in_softirq_context_is_reported_then_panic() {
         std::mem::forget((t, wq));
         wait_for_the_end();
     }
-    let (code, stderr) = run_child(
+    let stderr = panics_with(
         "a_queued_work_dropped_in_softirq_context_is_reported_then_panic",
         "work",
-    );
-    assert_eq!(code, Some(PANIC_EXIT_CODE), "{stderr}");
-    assert_in_order(
-        &unstamped(&stderr),
         &[
             "ODEBUG: free active (active state 0) object type: work_struct hint: runtime_oops::never_runs",
             "BUG: sleeping function called from invalid context at ",
             "BUG: scheduling while atomic: ",
             "Kernel panic - not syncing: work_struct freed in softirq context while queued",
         ],
-        &stderr,
     );
     assert!(!stderr.contains("allocations were made"), "{stderr}");
 }
@@ -355,17 +348,13 @@ fn a_scheduled_tasklet_dropped_in_softirq_context_is_reported_then_panic() {
         std::mem::forget(timer);
         wait_for_the_end();
     }
-    let (code, stderr) = run_child(
+    let stderr = panics_with(
         "a_scheduled_tasklet_dropped_in_softirq_context_is_reported_then_panic",
         "tasklet",
-    );
-    assert_eq!(code, Some(PANIC_EXIT_CODE), "{stderr}");
-    assert_in_order(
-        &unstamped(&stderr),
         &[
             "ODEBUG: free active (active state 0) object type: tasklet_struct hint: runtime_oops::never_scheduled_runs",
             "Kernel panic - not syncing: tasklet_struct freed in softirq context while active",
         ],
-        &stderr,
     );
+    assert!(!stderr.contains("allocations were made"), "{stderr}");
 }
