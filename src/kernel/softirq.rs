@@ -37,6 +37,11 @@
 //! deferred, new sections wait for it (as a writer-preferring lock), so overlapping sections
 //! delay a timer by at most the longest of them instead of starving it.
 //!
+//! `local_irq_save` blocks the signal too, and the two nest as in the kernel: a per-thread
+//! depth says whether interrupts are disabled (`irqs_disabled()`), and the signal is unblocked
+//! only when neither holds it. `local_bh_enable` with interrupts disabled prints the kernel's
+//! `WARN_ON_ONCE(in_hardirq() || irqs_disabled())` and leaves the signal to `local_irq_restore`.
+//!
 //! # Ground rules (shared with signal context)
 //! - `PENDING`: bit mask of raised softirqs, atomic; set by `raise_softirq*`, taken (swap to 0)
 //!   only by the `RUNNING` holder.
@@ -54,7 +59,7 @@
 //! - Nothing here allocates, takes a std lock, or logs; the handler saves and restores errno.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::kernel::error::{Error, Result};
 use crate::kernel::jiffies;
@@ -130,6 +135,14 @@ static ARMS: AtomicU64 = AtomicU64::new(0);
 static KSOFTIRQD_WAKE: AtomicU32 = AtomicU32::new(0);
 static KSOFTIRQD_WAKEUPS: AtomicU64 = AtomicU64::new(0);
 static STARTED: Mutex<bool> = Mutex::new(false);
+
+thread_local! {
+    /// `local_irq_save` levels in effect on this thread (the kernel's "irqs disabled").
+    static IRQ_DISABLE_DEPTH: AtomicU32 = const { AtomicU32::new(0) };
+}
+
+/// `WARN_ON_ONCE` of `__local_bh_enable_ip` already fired.
+static BH_ENABLE_IRQS_OFF_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// `in_irq()` / `in_hardirq()`: inside the interrupt proper (the handler, before softirqs run).
 pub fn in_irq() -> bool {
@@ -254,7 +267,7 @@ pub fn unblock_timer_signal() {
     sigmask(libc::SIG_UNBLOCK);
 }
 
-/// The saved interrupt state of [`local_irq_save`].
+/// The saved interrupt state of [`local_irq_save`]: were interrupts disabled before it?
 #[derive(Clone, Copy, Debug)]
 #[must_use = "give it back to local_irq_restore"]
 pub struct IrqFlags {
@@ -265,30 +278,26 @@ pub struct IrqFlags {
 /// the previous state. Nests. Async-signal-safe. The interrupt only ever comes to `swapper/0`,
 /// so on other threads this changes what [`irqs_disabled`] says and nothing else.
 pub fn local_irq_save() -> IrqFlags {
-    IrqFlags {
-        was_blocked: block_timer_signal(),
-    }
+    let raw = block_timer_signal();
+    IRQ_DISABLE_DEPTH.with(|d| d.fetch_add(1, Ordering::Relaxed));
+    IrqFlags { was_blocked: raw }
 }
 
 /// `local_irq_restore(flags)`: put back the state `local_irq_save` returned.
 pub fn local_irq_restore(flags: IrqFlags) {
-    if !flags.was_blocked {
-        unblock_timer_signal();
+    let outer = IRQ_DISABLE_DEPTH.with(|d| d.fetch_sub(1, Ordering::Relaxed)) > 1;
+    if flags.was_blocked || outer {
+        // Interrupts stay disabled (by the caller's state, or an outer local_irq_save).
+        return;
     }
+    unblock_timer_signal();
 }
 
-/// `irqs_disabled()`: is the timer signal blocked on this thread? (One syscall.)
+/// `irqs_disabled()`: are interrupts disabled on this thread, in the kernel's sense: inside
+/// `local_irq_save` (or the timer signal's handler proper)? Bottom halves disabled is not
+/// "interrupts disabled". Async-signal-safe.
 pub fn irqs_disabled() -> bool {
-    let sig = TIMER_SIGNAL.load(Ordering::Acquire);
-    if sig == 0 {
-        return false;
-    }
-    // SAFETY: a zeroed sigset_t is a valid out-parameter.
-    let mut cur: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: querying only (null new set).
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur) };
-    // SAFETY: `cur` was filled in by pthread_sigmask.
-    unsafe { libc::sigismember(&cur, sig) == 1 }
+    in_hardirq() || IRQ_DISABLE_DEPTH.with(|d| d.load(Ordering::Relaxed)) != 0
 }
 
 /// Take `RUNNING` if nobody runs softirqs and bottom halves are enabled everywhere (clearing
@@ -348,7 +357,12 @@ fn do_softirq_core() {
             if action != 0 {
                 // SAFETY: ACTIONS only ever holds 0 or a `fn()` stored by open_softirq.
                 let f: fn() = unsafe { std::mem::transmute::<usize, fn()>(action) };
-                f();
+                crate::kernel::panic::softirq_call(
+                    crate::kernel::panic::Kind::Softirq,
+                    nr,
+                    None,
+                    f,
+                );
             }
         }
         if PENDING.load(Ordering::SeqCst) != 0 {
@@ -414,18 +428,23 @@ pub fn local_bh_disable() {
 
 /// `local_bh_enable()`: undo one `local_bh_disable()`. When the last one on this thread is
 /// undone, this thread stops holding softirqs off; if it was the last such thread (and we are
-/// not inside a softirq) the softirqs that became pending meanwhile run here.
+/// not inside a softirq) the softirqs that became pending meanwhile run here. With interrupts
+/// disabled (`local_irq_save`) the kernel's `WARN_ON_ONCE(in_hardirq() || irqs_disabled())` of
+/// `__local_bh_enable_ip` is printed (once), as enabling bottom halves with interrupts off is a
+/// bug there too.
 #[track_caller]
 pub fn local_bh_enable() {
+    let loc = std::panic::Location::caller();
     let cnt = sched::softirq_count();
     if cnt < SOFTIRQ_DISABLE_OFFSET {
-        let loc = std::panic::Location::caller();
-        crate::pr_warn!(
-            "WARNING: local_bh_enable() without local_bh_disable() at {}:{}",
-            loc.file(),
-            loc.line()
-        );
+        crate::kernel::panic::warn_at(loc, "local_bh_enable() without local_bh_disable()");
         return;
+    }
+    if irqs_disabled() && !BH_ENABLE_IRQS_OFF_WARNED.swap(true, Ordering::Relaxed) {
+        crate::kernel::panic::warn_at(
+            loc,
+            "__local_bh_enable_ip: WARN_ON_ONCE(in_hardirq() || irqs_disabled()): local_bh_enable() with interrupts disabled",
+        );
     }
     sched::preempt_count_sub(SOFTIRQ_DISABLE_OFFSET);
     if cnt == SOFTIRQ_DISABLE_OFFSET {
