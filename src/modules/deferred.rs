@@ -445,7 +445,7 @@ impl FileOperations for DeferredDevice {
                 // The kernel's pid_t is an int: the low 32 bits of the argument, sign and all
                 // (so -1 arrives as -1 from a 32- or a 64-bit caller), as find_vpid(arg) sees it.
                 let pid = arg as u32 as i32;
-                // TODO 4/11: take a reference on the task, `TaskRef::get(pid)` (kernel::task: the
+                // TODO 4/10: take a reference on the task, `TaskRef::get(pid)` (kernel::task: the
                 // kernel's get_proc, ESRCH if there is none), and add it to the list under
                 // `dev.mon.lock_bh()` (the timer takes the lock too: bottom halves off).
                 let task = match TaskRef::get(pid) {

@@ -57,7 +57,7 @@ fn my_thread_f(sync: Arc<Sync>) -> i32 {
         cur.pid(),
         cur.comm()
     );
-    // TODO/4: sleep until the module says stop: `wait_event_interruptible(&wq_stop_thread,
+    // TODO/3: sleep until the module says stop: `wait_event_interruptible(&wq_stop_thread,
     // || flag_stop_thread.read() != 0)` (`kernel::wait`), again after a spurious wake-up
     // (it returns an error).
     while wait_event_interruptible(&sync.wq_stop_thread, || sync.flag_stop_thread.read() != 0)
