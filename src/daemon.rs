@@ -348,7 +348,7 @@ pub fn run(inv: &Invocation) -> Result<(), String> {
         Ok(m) => m,
         Err(e) => {
             kernel::stop();
-            return Err(format!("module `{}`: init failed: {}", info.name, e.desc()));
+            return Err(format!("module `{}`: init failed: {e:?} ({e})", info.name));
         }
     };
     let unload = |module: Box<dyn crate::module::Module>| {

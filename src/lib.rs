@@ -7,6 +7,8 @@
 //!   daemon built from a list of modules (the `deferred` binary is one).
 //! - [`modules`]: the lab's modules written on the runtime: `timer` (1-2), `deferred` (3-4-5-7),
 //!   `kthread` (6).
+//! - `sys` (crate-private): the system-call wrappers both the runtime and the transport use (the
+//!   futex).
 
 pub mod cuse;
 pub mod daemon;
@@ -14,3 +16,4 @@ pub mod kernel;
 pub mod logging;
 pub mod module;
 pub mod modules;
+pub(crate) mod sys;

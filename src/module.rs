@@ -36,8 +36,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use nix::errno::Errno;
-
+use crate::kernel::error::{Error, Result};
 use crate::kernel::fs::{File, FileOperations};
 
 /// A loaded module.
@@ -64,7 +63,7 @@ pub struct ModuleInfo {
     pub has_device: bool,
     /// `module_init`: prints its init lines and sets up its state; an error fails the load
     /// (the daemon exits 1, nothing left behind). Process context, the runtime started.
-    pub init: fn(&Params) -> Result<Box<dyn Module>, Errno>,
+    pub init: fn(&Params) -> Result<Box<dyn Module>>,
 }
 
 impl std::fmt::Debug for ModuleInfo {
@@ -96,7 +95,7 @@ impl ModuleInfo {
 
     /// Parameters as `insmod` takes them: `name=value` or a bare `name` (a bool: true).
     /// Errors say which argument is wrong and what this module takes.
-    pub fn parse_params<S: AsRef<str>>(&self, args: &[S]) -> Result<Params, String> {
+    pub fn parse_params<S: AsRef<str>>(&self, args: &[S]) -> core::result::Result<Params, String> {
         let mut params = self.defaults();
         for arg in args {
             let arg = arg.as_ref();
@@ -110,7 +109,7 @@ impl ModuleInfo {
     }
 
     /// Loads the module: its init runs now (the runtime must be started, [`crate::kernel::start`]).
-    pub fn load(&self, params: &Params) -> Result<Box<dyn Module>, Errno> {
+    pub fn load(&self, params: &Params) -> Result<Box<dyn Module>> {
         (self.init)(params)
     }
 
@@ -164,7 +163,7 @@ impl Params {
         module: &ModuleInfo,
         name: &str,
         value: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> core::result::Result<(), String> {
         self.module = module.name;
         let Some(p) = module.param(name) else {
             let known: Vec<_> = module.params.iter().map(|p| p.name()).collect();
@@ -208,14 +207,14 @@ pub trait ParamValue: Copy + Send + Sync + 'static {
     /// The kernel's name of the type (`bool`, `int`, `uint`, `long`, `ulong`, `charp`).
     const TYPE: &'static str;
     /// Parses a value as the kernel's `param_set_*` would.
-    fn parse(s: &str) -> Result<Self, String>;
+    fn parse(s: &str) -> core::result::Result<Self, String>;
     /// Shows a value as `/sys/module/*/parameters/*` would.
     fn show(&self) -> String;
 }
 
 impl ParamValue for bool {
     const TYPE: &'static str = "bool";
-    fn parse(s: &str) -> Result<bool, String> {
+    fn parse(s: &str) -> core::result::Result<bool, String> {
         // kstrtobool
         match s {
             "1" | "y" | "Y" | "on" => Ok(true),
@@ -248,7 +247,7 @@ macro_rules! int_param {
     ($t:ty, $name:literal) => {
         impl ParamValue for $t {
             const TYPE: &'static str = $name;
-            fn parse(s: &str) -> Result<$t, String> {
+            fn parse(s: &str) -> core::result::Result<$t, String> {
                 parse_int(s)
                     .and_then(|v| <$t>::try_from(v).ok())
                     .ok_or_else(|| {
@@ -273,7 +272,7 @@ int_param!(u64, "ulong");
 
 impl ParamValue for &'static str {
     const TYPE: &'static str = "charp";
-    fn parse(s: &str) -> Result<&'static str, String> {
+    fn parse(s: &str) -> core::result::Result<&'static str, String> {
         // Parameters live as long as the module: leaked once per load, as the kernel keeps them.
         Ok(Box::leak(s.to_string().into_boxed_str()))
     }
@@ -317,7 +316,7 @@ pub trait ParamSpec: Sync {
     /// Its default, shown as the kernel shows the value.
     fn default_value(&self) -> String;
     /// Whether `value` parses; the error says why not.
-    fn check(&self, value: &str) -> Result<(), String>;
+    fn check(&self, value: &str) -> core::result::Result<(), String>;
 }
 
 impl<T: ParamValue> ParamSpec for Param<T> {
@@ -333,7 +332,7 @@ impl<T: ParamValue> ParamSpec for Param<T> {
     fn default_value(&self) -> String {
         self.default.show()
     }
-    fn check(&self, value: &str) -> Result<(), String> {
+    fn check(&self, value: &str) -> core::result::Result<(), String> {
         T::parse(value).map(drop)
     }
 }
@@ -349,20 +348,14 @@ pub trait Device: Send + Sync + 'static {
     type Private: Send + Sync + 'static;
 
     /// `open(2)`: the new file's private data, or the errno refusing the open.
-    fn open(&self, file: &File) -> Result<Self::Private, Errno>;
+    fn open(&self, file: &File) -> Result<Self::Private>;
 
     /// The last close: gets the private data back.
     fn release(&self, _file: &File, _private: Self::Private) {}
 
     /// `ioctl(2)` (64- and 32-bit callers alike; see [`FileOperations::unlocked_ioctl`]).
-    fn ioctl(
-        &self,
-        _file: &File,
-        _private: &Self::Private,
-        _cmd: u32,
-        _arg: u64,
-    ) -> Result<i32, Errno> {
-        Err(Errno::ENOTTY)
+    fn ioctl(&self, _file: &File, _private: &Self::Private, _cmd: u32, _arg: u64) -> Result<i32> {
+        Err(Error::ENOTTY)
     }
 
     /// `read(2)` of up to `size` bytes at `offset`.
@@ -372,8 +365,8 @@ pub trait Device: Send + Sync + 'static {
         _private: &Self::Private,
         _size: u32,
         _offset: u64,
-    ) -> Result<Vec<u8>, Errno> {
-        Err(Errno::EINVAL)
+    ) -> Result<Vec<u8>> {
+        Err(Error::EINVAL)
     }
 
     /// `write(2)` of `data` at `offset`; returns the bytes taken.
@@ -383,8 +376,8 @@ pub trait Device: Send + Sync + 'static {
         _private: &Self::Private,
         _data: &[u8],
         _offset: u64,
-    ) -> Result<u32, Errno> {
-        Err(Errno::EINVAL)
+    ) -> Result<u32> {
+        Err(Error::EINVAL)
     }
 
     /// The file operations serving this device, private data kept per open file.
@@ -406,15 +399,15 @@ struct PerOpen<D: Device> {
 }
 
 impl<D: Device> PerOpen<D> {
-    fn private(&self, file: &File) -> Result<Arc<D::Private>, Errno> {
+    fn private(&self, file: &File) -> Result<Arc<D::Private>> {
         let files = self.files.read().unwrap_or_else(|e| e.into_inner());
         // A call on a handle that was never opened: the transport's bug; refuse it.
-        files.get(&file.fh).cloned().ok_or(Errno::EBADF)
+        files.get(&file.fh).cloned().ok_or(Error::EBADF)
     }
 }
 
 impl<D: Device> FileOperations for PerOpen<D> {
-    fn open(&self, file: &File) -> Result<(), Errno> {
+    fn open(&self, file: &File) -> Result<()> {
         let private = self.dev.open(file)?;
         let mut files = self.files.write().unwrap_or_else(|e| e.into_inner());
         files.insert(file.fh, Arc::new(private));
@@ -432,15 +425,15 @@ impl<D: Device> FileOperations for PerOpen<D> {
         }
     }
 
-    fn unlocked_ioctl(&self, file: &File, cmd: u32, arg: u64) -> Result<i32, Errno> {
+    fn unlocked_ioctl(&self, file: &File, cmd: u32, arg: u64) -> Result<i32> {
         self.dev.ioctl(file, &*self.private(file)?, cmd, arg)
     }
 
-    fn read(&self, file: &File, size: u32, offset: u64) -> Result<Vec<u8>, Errno> {
+    fn read(&self, file: &File, size: u32, offset: u64) -> Result<Vec<u8>> {
         self.dev.read(file, &*self.private(file)?, size, offset)
     }
 
-    fn write(&self, file: &File, data: &[u8], offset: u64) -> Result<u32, Errno> {
+    fn write(&self, file: &File, data: &[u8], offset: u64) -> Result<u32> {
         self.dev.write(file, &*self.private(file)?, data, offset)
     }
 }
@@ -498,13 +491,13 @@ mod tests {
     struct Counter;
     impl Device for Counter {
         type Private = std::sync::atomic::AtomicU32;
-        fn open(&self, file: &File) -> Result<Self::Private, Errno> {
+        fn open(&self, file: &File) -> Result<Self::Private> {
             if file.flags == 1 {
-                return Err(Errno::EACCES);
+                return Err(Error::EACCES);
             }
             Ok(Default::default())
         }
-        fn ioctl(&self, _: &File, n: &Self::Private, _: u32, _: u64) -> Result<i32, Errno> {
+        fn ioctl(&self, _: &File, n: &Self::Private, _: u32, _: u64) -> Result<i32> {
             Ok(n.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as i32 + 1)
         }
     }
@@ -523,10 +516,10 @@ mod tests {
         assert_eq!(ops.unlocked_ioctl(&f(1), 0, 0), Ok(2));
         assert_eq!(ops.unlocked_ioctl(&f(2), 0, 0), Ok(1));
         ops.release(&f(1));
-        assert_eq!(ops.unlocked_ioctl(&f(1), 0, 0), Err(Errno::EBADF));
+        assert_eq!(ops.unlocked_ioctl(&f(1), 0, 0), Err(Error::EBADF));
         assert_eq!(ops.unlocked_ioctl(&f(2), 0, 0), Ok(2));
         let refused = File { flags: 1, ..f(3) };
-        assert_eq!(ops.open(&refused), Err(Errno::EACCES));
-        assert_eq!(ops.read(&f(2), 1, 0), Err(Errno::EINVAL));
+        assert_eq!(ops.open(&refused), Err(Error::EACCES));
+        assert_eq!(ops.read(&f(2), 1, 0), Err(Error::EINVAL));
     }
 }

@@ -24,6 +24,7 @@
 use std::sync::Arc;
 
 use crate::kernel::atomic::Atomic;
+use crate::kernel::error::Result;
 use crate::kernel::kthread::{TaskStruct, kthread_stop};
 use crate::kernel::sched::current;
 use crate::kernel::wait::{WaitQueueHead, wait_event_interruptible, wake_up_interruptible};
@@ -80,7 +81,7 @@ pub struct KthreadModule {
 
 impl KthreadModule {
     /// `insmod kthread.ko`.
-    pub fn load() -> Result<KthreadModule, nix::errno::Errno> {
+    pub fn load() -> Result<KthreadModule> {
         pr_info!("[kthread_init] Init module");
         let sync = Arc::new(Sync {
             wq_stop_thread: WaitQueueHead::new(),
@@ -89,11 +90,9 @@ impl KthreadModule {
             flag_thread_terminated: Atomic::new(0),
         });
         let mut module = KthreadModule { sync, task: None };
-        // TODO/3: start the thread "mykthread0" running `my_thread_f` with the shared state:
-        // `kthread_run!(my_thread_f, sync.clone(), "{}kthread{}", "my", 0)` (`kernel::kthread`;
-        // its error is a negative errno: `Errno::from_raw(-e)`).
-        let task = crate::kthread_run!(my_thread_f, module.sync.clone(), "{}kthread{}", "my", 0)
-            .map_err(|e| nix::errno::Errno::from_raw(-e))?;
+        // TODO/2: start the thread "mykthread0" running `my_thread_f` with the shared state:
+        // `kthread_run!(my_thread_f, sync.clone(), "{}kthread{}", "my", 0)` (`kernel::kthread`).
+        let task = crate::kthread_run!(my_thread_f, module.sync.clone(), "{}kthread{}", "my", 0)?;
         module.task = Some(task);
         Ok(module)
     }
