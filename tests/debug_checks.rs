@@ -3,12 +3,12 @@
 //! taint that makes the daemon exit 1. One test binary: the taint is process-wide.
 
 use std::pin::Pin;
+use std::sync::MutexGuard;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use deferred::impl_has_work;
-use deferred::kernel::alloc::{CountingAllocator, softirq_allocations};
+use deferred::kernel::alloc::softirq_allocations;
 use deferred::kernel::bug;
 use deferred::kernel::jiffies::jiffies;
 use deferred::kernel::printk::{self, Capture};
@@ -16,28 +16,19 @@ use deferred::kernel::task::{self, TaskRef};
 use deferred::kernel::timer::{Timer, TimerList};
 use deferred::kernel::workqueue::{Work, flush_scheduled_work, schedule_work};
 
-#[global_allocator]
-static ALLOC: CountingAllocator = CountingAllocator;
+mod runtime_common;
 
+/// The runtime started, the tests one at a time (the taint and the timer signal are shared).
 fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    deferred::kernel::start().unwrap();
+    let g = runtime_common::setup();
     printk::flush();
     g
 }
 
 /// Waits (bounded) until a captured line contains `needle`; returns every line captured.
 fn wait_for(cap: &Capture, needle: &str) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let texts = cap.texts();
-        if texts.iter().any(|t| t.contains(needle)) {
-            return texts;
-        }
-        assert!(Instant::now() < deadline, "no {needle:?} in {texts:#?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    runtime_common::wait_for(needle, Duration::from_secs(10), || cap.contains(needle));
+    cap.texts()
 }
 
 struct Fired(AtomicBool);
