@@ -351,9 +351,12 @@ pub fn run(inv: &Invocation) -> Result<(), String> {
             return Err(format!("module `{}`: init failed: {e:?} ({e})", info.name));
         }
     };
-    let unload = |module: Box<dyn crate::module::Module>| {
+    // rmmod: exit, then what it left held is a leak (the module's memory still holds it), then
+    // the module's memory goes.
+    let unload = |mut module: Box<dyn crate::module::Module>| {
         module.exit();
         kernel::task::check_leaks(info.name);
+        drop(module);
         kernel::stop();
     };
     let device = match (cuse, module.file_operations()) {

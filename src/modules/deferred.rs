@@ -493,7 +493,7 @@ impl Module for DeferredModule {
         Some(self.dev.clone())
     }
 
-    fn exit(self: Box<Self>) {
+    fn exit(&mut self) {
         pr_info!("[deferred_exit] Exit module");
         self.dev.shutdown();
     }
