@@ -6,7 +6,18 @@
 //! - [`modules`]: the lab's modules written on the runtime: `timer` (1-2), `deferred` (3-4-5-7),
 //!   `kthread` (6).
 
+#[cfg(not(loom))]
 pub mod cuse;
+#[cfg(not(loom))]
 pub mod kernel;
+#[cfg(not(loom))]
 pub mod logging;
+#[cfg(not(loom))]
 pub mod modules;
+
+/// Under `RUSTFLAGS="--cfg loom"` the crate is only the lock-free cores (`kernel::sync`), built
+/// on loom's atomics: their unit tests are the loom models (`cargo test --lib`, see README).
+#[cfg(loom)]
+pub mod kernel {
+    pub mod sync;
+}

@@ -71,6 +71,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::kernel::jiffies::{self, time_after, time_before, time_before_eq};
 use crate::kernel::sched;
 use crate::kernel::softirq::{self, Softirq};
+use crate::kernel::sync::spin::SpinFlag;
 
 /// The list links and bookkeeping of one timer (first field of `Timer<T>`, `repr(C)`).
 #[repr(C)]
@@ -111,7 +112,8 @@ struct BaseInner {
 }
 
 struct Base {
-    lock: AtomicBool,
+    /// The spin flag (model-checked under loom: `sync::spin`).
+    lock: SpinFlag,
     inner: UnsafeCell<BaseInner>,
 }
 
@@ -119,7 +121,7 @@ struct Base {
 unsafe impl Sync for Base {}
 
 static BASE: Base = Base {
-    lock: AtomicBool::new(false),
+    lock: SpinFlag::new(),
     inner: UnsafeCell::new(BaseInner {
         head: Node::sentinel(),
         expiring: Node::sentinel(),
@@ -142,20 +144,7 @@ impl BaseGuard {
         // Block the timer signal unless it is already blocked on this thread: in interrupt
         // context, or with bottom halves disabled.
         let flags = (!softirq::in_interrupt()).then(softirq::local_irq_save);
-        let mut spins = 0u32;
-        while BASE
-            .lock
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            spins += 1;
-            if spins.is_multiple_of(64) {
-                // SAFETY: sched_yield has no preconditions (a plain syscall, signal-safe).
-                unsafe { libc::sched_yield() };
-            } else {
-                std::hint::spin_loop();
-            }
-        }
+        BASE.lock.lock();
         let g = BaseGuard { flags };
         // SAFETY: lock held; first use makes both sentinels empty circular lists.
         unsafe {
@@ -183,7 +172,7 @@ impl BaseGuard {
 
 impl Drop for BaseGuard {
     fn drop(&mut self) {
-        BASE.lock.store(false, Ordering::Release);
+        BASE.lock.unlock();
         if let Some(f) = self.flags {
             softirq::local_irq_restore(f);
         }

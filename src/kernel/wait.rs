@@ -15,23 +15,10 @@
 //!
 //! # The model
 //! The kernel keeps a list of sleeping tasks under a spin lock. Here a queue is a 32-bit
-//! *sequence word* plus a count of sleepers, and sleeping is `futex(FUTEX_WAIT)` on the sequence
-//! word:
-//!
-//! ```text
-//! waiter                                  waker
-//! sleepers += 1                           (make cond true)
-//! loop {                                  seq += 1
-//!     s = seq                             if sleepers > 0 { futex_wake(&seq, all) }
-//!     if cond() { break }
-//!     futex_wait(&seq, s)   // returns at once if seq != s
-//! }
-//! sleepers -= 1
-//! ```
-//!
-//! No wake-up is lost: a waiter that checked `cond` before the waker made it true read `seq`
-//! before the waker bumped it, so its `futex_wait` either returns at once (the word changed) or
-//! is already asleep and gets woken. All operations are `SeqCst`; the waker skips the system call
+//! *sequence word* that every wake-up bumps, plus a count of sleepers, and sleeping is
+//! `futex(FUTEX_WAIT)` on the sequence word while it still holds the value read before the last
+//! check of the condition: the algorithm, and why no wake-up is lost, is
+//! [`crate::kernel::sync::waitq`] (model-checked under loom). The waker skips the system call
 //! when nobody sleeps. A signal interrupting `futex_wait` (EINTR) just goes round the loop.
 //!
 //! Every waiter re-checks its own condition, so `wake_up` wakes all sleepers of the queue (the
@@ -65,6 +52,7 @@
 //!   waits for `kickers == 0` before leaving `wait_event*`, so a kicker never touches a queue that
 //!   has gone (a one-slot hazard pointer).
 
+use core::ops::ControlFlow;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering::SeqCst};
 use std::cell::Cell;
@@ -96,37 +84,8 @@ impl std::error::Error for Interrupted {}
 /// `wait_queue_head_t`: where threads sleep until a condition holds.
 ///
 /// Const-constructible (`DECLARE_WAIT_QUEUE_HEAD`): `static WQ: WaitQueueHead = WaitQueueHead::new();`.
-/// See the module docs for the model and its ground rules.
-#[derive(Debug, Default)]
-pub struct WaitQueueHead {
-    /// Bumped by every wake-up; sleepers `futex_wait` on it.
-    seq: AtomicU32,
-    /// Threads inside a `wait_event*` on this queue (lets wakers skip the system call).
-    sleepers: AtomicU32,
-}
-
-impl WaitQueueHead {
-    /// `init_waitqueue_head` / `DECLARE_WAIT_QUEUE_HEAD`: an empty queue.
-    pub const fn new() -> Self {
-        Self {
-            seq: AtomicU32::new(0),
-            sleepers: AtomicU32::new(0),
-        }
-    }
-
-    /// Wakes every sleeper so it re-checks its condition. Async-signal-safe.
-    fn wake(&self) {
-        self.seq.fetch_add(1, SeqCst);
-        if self.sleepers.load(SeqCst) != 0 {
-            futex_wake(&self.seq, i32::MAX);
-        }
-    }
-
-    /// `waitqueue_active`: true if some thread sleeps (or is about to) on this queue.
-    pub fn active(&self) -> bool {
-        self.sleepers.load(SeqCst) != 0
-    }
-}
+/// Its sequence word and sleep loop live in [`crate::kernel::sync::waitq`] (model-checked).
+pub use super::sync::waitq::WaitQueueHead;
 
 /// `wake_up(&wq)`: wakes the queue's sleepers; each re-checks its condition.
 /// Any context, signal handler included.
@@ -230,24 +189,21 @@ fn wait_common(
     }
     let slot = current_slot();
     let _registration = Registration::new(wq, slot);
-    loop {
-        let s = wq.seq.load(SeqCst);
+    wq.wait_loop(|| {
         if cond() {
-            return WaitResult::Condition(deadline.map_or(0, remaining));
+            return ControlFlow::Break(WaitResult::Condition(deadline.map_or(0, remaining)));
         }
         if interruptible && slot.is_some_and(|s| s.interrupt.load(SeqCst) != 0) {
-            return WaitResult::Interrupted;
+            return ControlFlow::Break(WaitResult::Interrupted);
         }
         match deadline {
-            None => futex_wait(&wq.seq, s, None),
-            Some(d) => {
-                if jiffies::time_after_eq(jiffies::jiffies(), d) {
-                    return WaitResult::TimedOut;
-                }
-                futex_wait(&wq.seq, s, Some(jiffies::jiffies_to_monotonic_ns(d)));
+            None => ControlFlow::Continue(None),
+            Some(d) if jiffies::time_after_eq(jiffies::jiffies(), d) => {
+                ControlFlow::Break(WaitResult::TimedOut)
             }
+            Some(d) => ControlFlow::Continue(Some(jiffies::jiffies_to_monotonic_ns(d))),
         }
-    }
+    })
 }
 
 /// Remaining jiffies before `deadline`, at least 1 (the condition held in time).
@@ -256,20 +212,19 @@ fn remaining(deadline: u64) -> u64 {
     left.max(1) as u64
 }
 
-/// A sleeper's registration on a queue (and in its [`WaitSlot`]); undone on every exit path.
+/// A sleeper's registration in its [`WaitSlot`] (the queue counts its sleepers itself); undone
+/// on every exit path.
 struct Registration<'a> {
-    wq: &'a WaitQueueHead,
     slot: Option<&'a WaitSlot>,
 }
 
 impl<'a> Registration<'a> {
     fn new(wq: &'a WaitQueueHead, slot: Option<&'a WaitSlot>) -> Self {
-        wq.sleepers.fetch_add(1, SeqCst);
         if let Some(slot) = slot {
             slot.waiting_on
-                .store(ptr::from_ref(&wq.seq).cast_mut(), SeqCst);
+                .store(ptr::from_ref(wq.seq()).cast_mut(), SeqCst);
         }
-        Self { wq, slot }
+        Self { slot }
     }
 }
 
@@ -277,13 +232,12 @@ impl Drop for Registration<'_> {
     fn drop(&mut self) {
         if let Some(slot) = self.slot {
             slot.waiting_on.store(ptr::null_mut(), SeqCst);
-            // A kicker that read `waiting_on` before the store above may still touch `wq.seq`:
-            // wait until it is done (a few instructions and one futex call).
+            // A kicker that read `waiting_on` before the store above may still touch the
+            // queue's word: wait until it is done (a few instructions and one futex call).
             while slot.kickers.load(SeqCst) != 0 {
                 std::thread::yield_now();
             }
         }
-        self.wq.sleepers.fetch_sub(1, SeqCst);
     }
 }
 
