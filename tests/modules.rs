@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use deferred::kernel::alloc::{CountingAllocator, softirq_allocations};
 use deferred::kernel::fs::{File, FileOperations};
+use deferred::kernel::jiffies::time_before;
 use deferred::kernel::printk::{self, Capture};
 use deferred::modules::abi::{
     MY_IOCTL_TIMER_ALLOC, MY_IOCTL_TIMER_CANCEL, MY_IOCTL_TIMER_MON, MY_IOCTL_TIMER_SET,
@@ -17,6 +18,10 @@ use deferred::modules::deferred::{
 };
 use deferred::modules::{Module, Params, load};
 use nix::errno::Errno;
+
+#[path = "common/wait.rs"]
+mod wait;
+use wait::wait_for;
 
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator;
@@ -39,24 +44,19 @@ const FILE: File = File {
 
 /// Waits (bounded) until the capture holds `n` lines containing `needle`; returns those lines.
 fn wait_lines(cap: &Capture, needle: &str, n: usize, within: Duration) -> Vec<printk::Line> {
-    let deadline = Instant::now() + within;
-    loop {
-        let got: Vec<_> = cap
-            .lines()
+    let matching = || -> Vec<printk::Line> {
+        cap.lines()
             .into_iter()
             .filter(|l| l.text.contains(needle))
-            .collect();
-        if got.len() >= n {
-            return got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited {within:?} for {n} x {needle:?}, got {}: {:#?}",
-            got.len(),
-            cap.texts()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            .collect()
+    };
+    assert!(
+        wait_for(within, || matching().len() >= n),
+        "waited {within:?} for {n} x {needle:?}, got {}: {:#?}",
+        matching().len(),
+        cap.texts()
+    );
+    matching()
 }
 
 fn count(cap: &Capture, needle: &str) -> usize {
@@ -140,17 +140,32 @@ fn cancel_stops_a_pending_timer_and_the_last_set_wins() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(count(&cap, "[timer_handler]"), 0, "a cancelled timer fired");
 
-    // Re-arming moves the timer: 3 s, then 1 s -> one expiry, after about 1 s.
-    let t0 = Instant::now();
+    // Re-arming moves the timer: 3 s, then 1 s -> one expiry, the second SET's (the handler's
+    // debug line says which expiry fired, and when).
+    let level = log::max_level();
+    log::set_max_level(log::LevelFilter::Debug);
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_SET, 3).unwrap();
+    let first = dev.expires();
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_SET_32, 1).unwrap();
-    wait_lines(&cap, "[timer_handler]", 1, Duration::from_secs(10));
-    assert!(
-        t0.elapsed() < Duration::from_millis(2900),
-        "the first SET won"
+    let second = dev.expires();
+    assert!(time_before(second, first), "{second} not before {first}");
+    let fired = wait_lines(
+        &cap,
+        "[timer_handler] expires = ",
+        1,
+        Duration::from_secs(10),
     );
+    log::set_max_level(level);
+    let (expires, now) = fired[0]
+        .text
+        .strip_prefix("[timer_handler] expires = ")
+        .and_then(|r| r.split_once(", jiffies = "))
+        .unwrap_or_else(|| panic!("{}", fired[0].text));
+    assert_eq!(expires.parse::<u64>(), Ok(second), "the first SET won");
+    let now: u64 = now.parse().unwrap();
+    assert!(!time_before(now, second), "fired at {now}, before {second}");
     std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!(count(&cap, "[timer_handler]"), 1);
+    assert_eq!(count(&cap, "[timer_handler] pid = "), 1);
     Box::new(m).exit();
 }
 
@@ -184,7 +199,10 @@ fn unload_waits_for_a_running_alloc_work() {
     let dev = m.device().clone();
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_ALLOC, 0).unwrap();
     wait_lines(&cap, "[timer_handler]", 1, Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(200)); // the work is sleeping now
+    assert!(
+        wait_for(Duration::from_secs(5), || dev.work_running()),
+        "the work never started"
+    );
     let t0 = Instant::now();
     Box::new(m).exit(); // flush_scheduled_work
     assert!(

@@ -12,7 +12,7 @@ use deferred::kernel::spinlock::SpinLock;
 use deferred::kernel::tasklet::{
     Tasklet, tasklet_disable, tasklet_enable, tasklet_hi_schedule, tasklet_kill, tasklet_schedule,
 };
-use runtime_common::{assert_no_softirq_allocations, setup, wait_until};
+use runtime_common::{assert_no_softirq_allocations, setup, wait_for};
 
 fn count(t: Pin<&Tasklet<AtomicU64>>) {
     assert!(softirq::in_serving_softirq());
@@ -31,7 +31,7 @@ fn scheduled_many_times_before_running_runs_once() {
     }
     assert!(t.is_scheduled());
     local_bh_enable();
-    assert!(wait_until(Duration::from_secs(3), || t.data().load(SeqCst) >= 1));
+    assert!(wait_for(Duration::from_secs(3), || t.data().load(SeqCst) >= 1));
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(
         t.data().load(SeqCst),
@@ -40,7 +40,7 @@ fn scheduled_many_times_before_running_runs_once() {
     );
     // Once run, it can be scheduled again.
     tasklet_schedule(t.as_ref());
-    assert!(wait_until(Duration::from_secs(3), || t.data().load(SeqCst) == 2));
+    assert!(wait_for(Duration::from_secs(3), || t.data().load(SeqCst) == 2));
     assert_no_softirq_allocations();
 }
 
@@ -66,9 +66,7 @@ fn hi_tasklets_run_before_tasklets() {
     tasklet_hi_schedule(hi.as_ref());
     // Both pending; they run at the enable below (or on another thread), HI first.
     local_bh_enable();
-    assert!(wait_until(Duration::from_secs(3), || ORDER_LEN
-        .load(SeqCst)
-        == 2));
+    assert!(wait_for(Duration::from_secs(3), || ORDER_LEN.load(SeqCst) == 2));
     let o = *ORDER.lock_bh();
     assert_eq!(&o[..2], b"HT", "HI_SOFTIRQ runs before TASKLET_SOFTIRQ");
 }
@@ -96,7 +94,7 @@ fn a_tasklet_can_reschedule_itself() {
         },
     ));
     tasklet_schedule(t.as_ref());
-    assert!(wait_until(Duration::from_secs(5), || t
+    assert!(wait_for(Duration::from_secs(5), || t
         .data()
         .runs
         .load(SeqCst)
@@ -122,7 +120,7 @@ fn disable_holds_a_scheduled_tasklet_and_enable_releases_it() {
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(t.data().load(SeqCst), 0);
     tasklet_enable(&t);
-    assert!(wait_until(Duration::from_secs(3), || t.data().load(SeqCst) == 1));
+    assert!(wait_for(Duration::from_secs(3), || t.data().load(SeqCst) == 1));
 }
 
 static DECLARED_RUNS: AtomicU64 = AtomicU64::new(0);
@@ -139,7 +137,7 @@ fn declare_tasklet_disabled_runs_only_after_enable() {
     std::thread::sleep(Duration::from_millis(80));
     assert_eq!(DECLARED_RUNS.load(SeqCst), 0);
     tasklet_enable(&DECLARED_OFF);
-    assert!(wait_until(Duration::from_secs(3), || DECLARED_RUNS
+    assert!(wait_for(Duration::from_secs(3), || DECLARED_RUNS
         .load(SeqCst)
         == 1));
 }
@@ -245,7 +243,7 @@ fn softirq_overflow_goes_to_ksoftirqd_after_the_kernels_budget() {
         (1..=softirq::MAX_SOFTIRQ_RESTART as u64).contains(&here),
         "{here} rounds on this thread"
     );
-    assert!(wait_until(Duration::from_secs(5), || t
+    assert!(wait_for(Duration::from_secs(5), || t
         .data()
         .runs
         .load(SeqCst)
