@@ -5,6 +5,8 @@
 //! - [`cuse`]: the transport, our own loop over `/dev/cuse`; it calls a [`kernel::fs::FileOperations`].
 //! - [`modules`]: the lab's modules written on the runtime: `timer` (1-2), `deferred` (3-4-5-7),
 //!   `kthread` (6).
+//! - `sys` (crate-private): the system-call wrappers both the runtime and the transport use (the
+//!   futex).
 
 #[cfg(not(loom))]
 pub mod cuse;
@@ -14,6 +16,8 @@ pub mod kernel;
 pub mod logging;
 #[cfg(not(loom))]
 pub mod modules;
+#[cfg(not(loom))]
+pub(crate) mod sys;
 
 /// Under `RUSTFLAGS="--cfg loom"` the crate is only the lock-free cores (`kernel::sync`), built
 /// on loom's atomics: their unit tests are the loom models (`cargo test --lib`, see README).

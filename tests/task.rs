@@ -3,10 +3,10 @@
 use std::process::{Child, Command};
 use std::time::Duration;
 
+use deferred::kernel::error::Error;
 use deferred::kernel::task::{TaskRef, TaskWatch};
 #[path = "common/wait.rs"]
 mod wait;
-use nix::errno::Errno;
 use wait::wait_for;
 
 fn sleeper() -> Child {
@@ -54,8 +54,8 @@ fn a_pid_that_never_existed_is_esrch() {
         .trim()
         .parse()
         .unwrap();
-    assert_eq!(TaskRef::get(pid_max + 1).unwrap_err(), Errno::ESRCH);
-    assert_eq!(TaskRef::get(i32::MAX).unwrap_err(), Errno::ESRCH);
+    assert_eq!(TaskRef::get(pid_max + 1).unwrap_err(), Error::ESRCH);
+    assert_eq!(TaskRef::get(i32::MAX).unwrap_err(), Error::ESRCH);
 }
 
 #[test]
@@ -64,7 +64,7 @@ fn a_reaped_pid_is_esrch() {
     let pid = child.id() as i32;
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(TaskRef::get(pid).unwrap_err(), Errno::ESRCH);
+    assert_eq!(TaskRef::get(pid).unwrap_err(), Error::ESRCH);
 }
 
 /// Forces the next fork to get `pid` by writing `pid - 1` to ns_last_pid (root only), retrying

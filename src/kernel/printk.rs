@@ -30,8 +30,9 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::kernel::jiffies;
 use crate::kernel::sync::ring::{self, Doorbell, Ring};
-use crate::kernel::{jiffies, wait};
+use crate::sys::futex;
 
 /// Longest line kept (bytes); longer lines are truncated on a character boundary.
 pub const LINE_MAX: usize = ring::LINE_MAX;
@@ -268,10 +269,6 @@ impl fmt::Write for LineBuf {
     }
 }
 
-fn futex_wake(word: &AtomicU32) {
-    crate::kernel::wait::futex_wake(word, i32::MAX);
-}
-
 /// Push one line into the ring. Async-signal-safe, lock-free, never allocates.
 /// Returns false if the ring was full (the line is counted as dropped).
 pub fn push(level: Level, ts_ns: u64, text: &[u8]) -> bool {
@@ -291,7 +288,7 @@ pub fn push(level: Level, ts_ns: u64, text: &[u8]) -> bool {
     // (one producer claims that position: one wake-up).
     if (pos + 1).wrapping_sub(RING.head()) == HALF_FULL {
         URGENT.fetch_add(1, Ordering::SeqCst);
-        futex_wake(&URGENT);
+        futex::wake(&URGENT, i32::MAX);
     }
     true
 }
@@ -410,7 +407,7 @@ fn console_thread() {
         let urgent = URGENT.load(Ordering::SeqCst);
         let deadline = jiffies::monotonic_ns() + CONSOLE_BATCH_NS;
         while URGENT.load(Ordering::SeqCst) == urgent && jiffies::monotonic_ns() < deadline {
-            wait::futex_wait(&URGENT, urgent, Some(deadline));
+            futex::wait(&URGENT, urgent, Some(deadline));
         }
         if BELL.seen() != seen {
             continue;

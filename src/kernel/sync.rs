@@ -93,11 +93,9 @@ pub fn yield_now() {
     loom::thread::yield_now();
 }
 
+/// The blocking primitive: the futex ([`crate::sys::futex`]), or its model under loom.
 #[cfg(not(loom))]
-pub(crate) use super::wait::{futex_wait, futex_wake};
-
-#[cfg(loom)]
-pub(crate) use self::model_futex::{futex_wait, futex_wake};
+pub(crate) use crate::sys::futex;
 
 /// The blocking primitive under loom: `futex(2)`'s contract built from loom's mutex and condition
 /// variable (one wait channel for every word, as the kernel's futex hash bucket lock: a waiter
@@ -105,7 +103,7 @@ pub(crate) use self::model_futex::{futex_wait, futex_wake};
 /// wake-up is lost; waking everyone is a spurious wake-up for the others, which every caller
 /// tolerates by re-checking its condition).
 #[cfg(loom)]
-mod model_futex {
+pub(crate) mod futex {
     use super::atomic::{AtomicU32, Ordering::SeqCst};
     use loom::sync::{Condvar, Mutex};
 
@@ -115,7 +113,7 @@ mod model_futex {
 
     /// Sleeps while `*word == val`, until a wake-up. A deadline means the sleep may end at any
     /// time (a timeout): the model returns at once, which covers every timing of the timeout.
-    pub(crate) fn futex_wait(word: &AtomicU32, val: u32, deadline_ns: Option<u64>) {
+    pub(crate) fn wait(word: &AtomicU32, val: u32, deadline_ns: Option<u64>) {
         if deadline_ns.is_some() {
             loom::thread::yield_now();
             return;
@@ -128,7 +126,7 @@ mod model_futex {
     }
 
     /// Wakes every sleeper (`n` is not modelled: callers here always wake all).
-    pub(crate) fn futex_wake(_word: &AtomicU32, _n: i32) {
+    pub(crate) fn wake(_word: &AtomicU32, _n: i32) {
         let (lock, cv) = &*BUCKET;
         let _g = lock.lock().unwrap();
         cv.notify_all();

@@ -18,7 +18,7 @@
 //!   announcement or the consumer sees the new count, so a line never waits for the next one.
 
 use super::atomic::{AtomicU32, AtomicU64, Ordering, fence};
-use super::{UnsafeCell, futex_wait, futex_wake};
+use super::{UnsafeCell, futex};
 
 /// Longest line kept (bytes).
 pub const LINE_MAX: usize = 240;
@@ -193,7 +193,7 @@ impl Doorbell {
         self.count.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst); // between the bump and the load of `waiting` (Ground rules)
         if self.waiting.load(Ordering::SeqCst) != 0 {
-            futex_wake(&self.count, i32::MAX);
+            futex::wake(&self.count, i32::MAX);
         }
     }
 
@@ -208,7 +208,7 @@ impl Doorbell {
         self.waiting.store(1, Ordering::SeqCst);
         fence(Ordering::SeqCst); // between the announcement and the load of `count`
         if self.count.load(Ordering::SeqCst) == seen {
-            futex_wait(&self.count, seen, None);
+            futex::wait(&self.count, seen, None);
         }
         self.waiting.store(0, Ordering::SeqCst);
     }

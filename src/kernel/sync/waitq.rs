@@ -5,9 +5,9 @@
 //! waiter                                  waker
 //! sleepers += 1                           (make cond true)
 //! loop {                                  seq += 1
-//!     s = seq                             if sleepers > 0 { futex_wake(&seq, all) }
+//!     s = seq                             if sleepers > 0 { futex::wake(&seq, all) }
 //!     if cond() { break }
-//!     futex_wait(&seq, s)   // returns at once if seq != s
+//!     futex::wait(&seq, s)   // returns at once if seq != s
 //! }
 //! sleepers -= 1
 //! ```
@@ -23,7 +23,7 @@
 use core::ops::ControlFlow;
 
 use super::atomic::{AtomicU32, Ordering::SeqCst, fence};
-use super::{const_fn, futex_wait, futex_wake};
+use super::{const_fn, futex};
 
 /// A wait queue's sequence word and sleeper count.
 #[derive(Debug, Default)]
@@ -47,7 +47,7 @@ impl WaitQueueHead {
         self.seq.fetch_add(1, SeqCst);
         fence(SeqCst); // between our bump and the load of `sleepers` (module docs)
         if self.sleepers.load(SeqCst) != 0 {
-            futex_wake(&self.seq, i32::MAX);
+            futex::wake(&self.seq, i32::MAX);
         }
     }
 
@@ -80,7 +80,7 @@ impl WaitQueueHead {
             let s = self.seq.load(SeqCst);
             match check() {
                 ControlFlow::Break(r) => return r,
-                ControlFlow::Continue(deadline) => futex_wait(&self.seq, s, deadline),
+                ControlFlow::Continue(deadline) => futex::wait(&self.seq, s, deadline),
             }
         }
     }

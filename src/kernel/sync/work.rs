@@ -16,7 +16,7 @@
 use core::ptr;
 
 use super::atomic::{AtomicPtr, AtomicU32, Ordering::SeqCst};
-use super::{futex_wait, futex_wake};
+use super::futex;
 
 /// Will run (queued, or its delay timer armed), not started yet.
 pub const PENDING: u32 = 1;
@@ -45,7 +45,7 @@ pub fn update(state: &AtomicU32, mut f: impl FnMut(u32) -> Option<u32>) -> Resul
         match state.compare_exchange(s, new, SeqCst, SeqCst) {
             Ok(_) => {
                 if cleared && s & WAITERS != 0 {
-                    futex_wake(state, i32::MAX);
+                    futex::wake(state, i32::MAX);
                 }
                 return Ok(s);
             }
@@ -68,7 +68,7 @@ pub fn wait_until(state: &AtomicU32, done: impl Fn(u32) -> bool) {
         {
             continue;
         }
-        futex_wait(state, s | WAITERS, None);
+        futex::wait(state, s | WAITERS, None);
     }
 }
 
