@@ -1,6 +1,7 @@
 //! `timer_list`: one-shot timers in jiffies whose handlers run in softirq context.
 //!
-//! ```ignore
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 //! use deferred::kernel::{jiffies::{jiffies, HZ}, timer::{Timer, TimerList}};
 //!
 //! struct Dev { nseconds: AtomicU64 }
@@ -12,10 +13,15 @@
 //!     t.mod_timer(jiffies() + HZ);                       // periodic: re-arm from the handler
 //! }
 //!
+//! deferred::kernel::start()?;
 //! let timer = TimerList::new(timer_handler, Dev { nseconds: AtomicU64::new(0) });
-//! timer.mod_timer(jiffies() + HZ);
-//! // ...
+//! timer.mod_timer(jiffies() + 1);
+//! while timer.data().nseconds.load(Relaxed) == 0 {      // the first expiry, a jiffy later
+//!     std::thread::yield_now();
+//! }
 //! timer.del_timer_sync();                                // also done by Drop
+//! assert!(!timer.timer_pending());
+//! # Ok::<(), deferred::kernel::error::Error>(())
 //! ```
 //!
 //! # Reaching the container (the kernel's `from_timer`)
