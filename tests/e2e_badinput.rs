@@ -203,7 +203,10 @@ fn mon_of_a_zombie_reports_it_dead_at_the_next_tick() {
         "not reported by the first tick:\n{log}"
     );
     // Reported once, not at every tick: the next tick (its re-arming) passes without a second.
-    let rearmed = lines[..dead].iter().filter(|l| l.contains("re-armed")).count();
+    let rearmed = lines[..dead]
+        .iter()
+        .filter(|l| l.contains("re-armed"))
+        .count();
     d.wait_log("the tick after the report", |_| {
         d.count("[timer_handler] re-armed") >= rearmed + 2
     });
