@@ -46,6 +46,13 @@ fn kill_and_reap(pids: &[nix::unistd::Pid]) {
     }
 }
 
+/// A client's whole round: open, CANCEL (answered 0), release.
+fn cancel_round(d: &Daemon) {
+    let g = d.open();
+    assert_eq!(ioctl(&g, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
+    drop(g);
+}
+
 #[test]
 #[ignore = "needs /dev/cuse: run scripts/test"]
 fn a_client_sigkilled_between_ioctls_is_released_and_leaks_nothing() {
@@ -77,9 +84,7 @@ fn a_client_sigkilled_between_ioctls_is_released_and_leaks_nothing() {
     // Not released while the killed-to-be holder has it: a RELEASE would have been queued when
     // the parent closed its copy, before another client's open, request and release, which
     // the daemon has logged once its release line is there.
-    let g = d.open();
-    assert_eq!(ioctl(&g, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
-    drop(g);
+    cancel_round(&d);
     d.wait_log("the other client's release", |_| {
         d.count("Device released") >= 1
     });
@@ -186,9 +191,7 @@ fn daemon_sigkilled_node_goes_even_held_by_a_clients_child_and_restart_works() {
     // The old descriptor does not reach the new daemon: had it, its line would come before
     // the new client's (which asks after the old call returned).
     assert!(ioctl(&f, MY_IOCTL_TIMER_CANCEL, 0).is_err());
-    let g = d2.open();
-    assert_eq!(ioctl(&g, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
-    drop(g);
+    cancel_round(&d2);
     d2.wait_log("the new client's CANCEL", |_| {
         d2.count("Command: Cancel timer") >= 1
     });

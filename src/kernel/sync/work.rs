@@ -261,8 +261,9 @@ mod loom_tests {
         }
     }
 
-    fn pool() -> Arc<Pool> {
-        Arc::new(Pool {
+    /// A pool with one idle item, and its worker thread.
+    fn pool_and_worker() -> (Arc<Pool>, thread::JoinHandle<()>) {
+        let p = Arc::new(Pool {
             list: WorkList::new(),
             more: WaitQueueHead::new(),
             stop: AtomicBool::new(false),
@@ -271,7 +272,17 @@ mod loom_tests {
                 next: AtomicPtr::new(ptr::null_mut()),
                 runs: AtomicUsize::new(0),
             },
-        })
+        });
+        let w = {
+            let p = p.clone();
+            thread::spawn(move || worker(&p))
+        };
+        (p, w)
+    }
+
+    /// `flush_work`: waits until the item is neither pending nor running.
+    fn flush_work(p: &Pool) {
+        wait_until(&p.item.state, |s| s & (PENDING | RUNNING) == 0);
     }
 
     fn kthread_stop(p: &Pool, worker: thread::JoinHandle<()>) {
@@ -292,11 +303,7 @@ mod loom_tests {
     #[test]
     fn each_queueing_that_succeeds_runs_once() {
         loom::model(|| {
-            let p = pool();
-            let w = {
-                let p = p.clone();
-                thread::spawn(move || worker(&p))
-            };
+            let (p, w) = pool_and_worker();
             let h = {
                 let p = p.clone();
                 thread::spawn(move || queue_work(&p))
@@ -307,8 +314,7 @@ mod loom_tests {
                 mine || theirs,
                 "the first queueing of an idle item succeeds"
             );
-            // flush_work
-            wait_until(&p.item.state, |s| s & (PENDING | RUNNING) == 0);
+            flush_work(&p);
             assert_eq!(
                 p.item.runs.load(SeqCst),
                 usize::from(mine) + usize::from(theirs)
@@ -323,15 +329,11 @@ mod loom_tests {
     #[test]
     fn a_cancelled_item_is_queued_again_without_a_second_link() {
         loom::model(|| {
-            let p = pool();
-            let w = {
-                let p = p.clone();
-                thread::spawn(move || worker(&p))
-            };
+            let (p, w) = pool_and_worker();
             assert!(queue_work(&p));
             let cancelled = unpend(&p.item.state);
             assert!(queue_work(&p));
-            wait_until(&p.item.state, |s| s & (PENDING | RUNNING) == 0);
+            flush_work(&p);
             assert_eq!(p.item.runs.load(SeqCst), 2 - usize::from(cancelled));
             kthread_stop(&p, w);
         });
