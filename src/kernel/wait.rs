@@ -46,20 +46,15 @@
 //! # Ground rules (shared with signal context)
 //! - [`WaitQueueHead`]: `seq` and `sleepers` are atomics; a waker only increments `seq`, reads
 //!   `sleepers` and calls `futex(FUTEX_WAKE)`: no lock, no allocation, errno saved and restored.
-//! - [`WaitSlot`]: `waiting_on` is published by its owner thread only while that thread is inside
-//!   a `wait_event*` on that queue, i.e. while the queue is borrowed and alive. A kicker announces
-//!   itself in `kickers` *before* reading `waiting_on`; the owner clears `waiting_on` and then
-//!   waits for `kickers == 0` before leaving `wait_event*`, so a kicker never touches a queue that
-//!   has gone (a one-slot hazard pointer).
+//! - [`WaitSlot`]: a one-slot hazard pointer to the queue its owner sleeps on, so that a kicker
+//!   never touches a queue that has gone ([`crate::kernel::sync::waitq::WaitSlot`]).
 
 use core::ops::ControlFlow;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering::SeqCst};
 use std::cell::Cell;
 
 use super::error::{Error, Result};
 use super::{jiffies, sched};
-use crate::sys::futex;
 
 pub use super::error::ERESTARTSYS;
 
@@ -176,7 +171,7 @@ fn wait_common(
         if cond() {
             return ControlFlow::Break(WaitResult::Condition(deadline.map_or(0, remaining)));
         }
-        if interruptible && slot.is_some_and(|s| s.interrupt.load(SeqCst) != 0) {
+        if interruptible && slot.is_some_and(WaitSlot::interrupted) {
             return ControlFlow::Break(WaitResult::Interrupted);
         }
         match deadline {
@@ -204,8 +199,7 @@ struct Registration<'a> {
 impl<'a> Registration<'a> {
     fn new(wq: &'a WaitQueueHead, slot: Option<&'a WaitSlot>) -> Self {
         if let Some(slot) = slot {
-            slot.waiting_on
-                .store(ptr::from_ref(wq.seq()).cast_mut(), SeqCst);
+            slot.enter(wq);
         }
         Self { slot }
     }
@@ -214,66 +208,16 @@ impl<'a> Registration<'a> {
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
         if let Some(slot) = self.slot {
-            slot.waiting_on.store(ptr::null_mut(), SeqCst);
-            // A kicker that read `waiting_on` before the store above may still touch the
-            // queue's word: wait until it is done (a few instructions and one futex call).
-            while slot.kickers.load(SeqCst) != 0 {
-                std::thread::yield_now();
-            }
+            slot.leave();
         }
     }
 }
 
 /// A thread's wake-up slot: lets another thread (or a signal handler) wake it out of whatever
 /// `wait_event*` it sleeps in, as the kernel's `wake_up_process()` does, and interrupt its
-/// `wait_event_interruptible`. Owned by a kthread; see the module's ground rules.
-#[derive(Debug, Default)]
-pub struct WaitSlot {
-    /// The sequence word of the queue the owner sleeps on, or null.
-    waiting_on: AtomicPtr<AtomicU32>,
-    /// Kickers between reading `waiting_on` and their last touch of it.
-    kickers: AtomicU32,
-    /// Non-zero: `wait_event_interruptible` returns `Err(Error::ERESTARTSYS)` (a pending stop).
-    interrupt: AtomicU32,
-}
-
-impl WaitSlot {
-    /// An idle slot.
-    pub const fn new() -> Self {
-        Self {
-            waiting_on: AtomicPtr::new(ptr::null_mut()),
-            kickers: AtomicU32::new(0),
-            interrupt: AtomicU32::new(0),
-        }
-    }
-
-    /// Wakes the owner out of its current `wait_event*`, if any, so it re-checks its condition.
-    /// Set the state the owner should see (a flag) *before* calling this. Async-signal-safe.
-    pub fn kick(&self) {
-        self.kickers.fetch_add(1, SeqCst);
-        let seq = self.waiting_on.load(SeqCst);
-        if !seq.is_null() {
-            // SAFETY: `seq` was published by the owner, which is inside `wait_event*` on that
-            // queue and cannot leave it (nor can the queue be dropped, it is borrowed) until
-            // `kickers` drops to 0 after our decrement below.
-            let seq = unsafe { &*seq };
-            seq.fetch_add(1, SeqCst);
-            futex::wake(seq, i32::MAX);
-        }
-        self.kickers.fetch_sub(1, SeqCst);
-    }
-
-    /// Marks the owner interrupted (its `wait_event_interruptible` returns `Err`) and kicks it.
-    pub fn interrupt(&self) {
-        self.interrupt.store(1, SeqCst);
-        self.kick();
-    }
-
-    /// True once [`interrupt`](Self::interrupt) was called.
-    pub fn interrupted(&self) -> bool {
-        self.interrupt.load(SeqCst) != 0
-    }
-}
+/// `wait_event_interruptible`. Owned by a kthread; its algorithm (a one-slot hazard pointer) is
+/// in [`crate::kernel::sync::waitq`], model-checked.
+pub use super::sync::waitq::WaitSlot;
 
 thread_local! {
     /// The calling thread's wake-up slot (kthreads only), set by [`set_current_slot`].

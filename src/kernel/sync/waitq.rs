@@ -22,7 +22,9 @@
 
 use core::ops::ControlFlow;
 
-use super::atomic::{AtomicU32, Ordering::SeqCst, fence};
+use core::ptr;
+
+use super::atomic::{AtomicPtr, AtomicU32, Ordering::SeqCst, fence};
 use super::{const_fn, futex};
 
 /// A wait queue's sequence word and sleeper count.
@@ -56,12 +58,6 @@ impl WaitQueueHead {
         self.sleepers.load(SeqCst) != 0
     }
 
-    /// The sequence word (a thread's wake-up slot names it while its owner sleeps here).
-    #[cfg_attr(loom, allow(dead_code))]
-    pub(crate) fn seq(&self) -> &AtomicU32 {
-        &self.seq
-    }
-
     /// The sleep loop: registers as a sleeper, then calls `check` after each read of the
     /// sequence word; `Break(r)` ends the wait with `r`, `Continue(deadline)` sleeps until a
     /// wake-up (or the absolute `CLOCK_MONOTONIC` deadline, in ns). Unregisters on every exit,
@@ -86,9 +82,87 @@ impl WaitQueueHead {
     }
 }
 
+/// A thread's wake-up slot: lets another thread (or a signal handler) wake it out of whatever
+/// wait it sleeps in (`wake_up_process()`), and interrupt an interruptible wait.
+///
+/// Ground rules: `waiting_on` names the sequence word of the queue the owner sleeps on, published
+/// by the owner only between [`enter`](Self::enter) and [`leave`](Self::leave), i.e. while the
+/// queue is borrowed and alive. A kicker announces itself in `kickers` *before* reading
+/// `waiting_on`; the owner clears `waiting_on` and then waits for `kickers == 0` before it
+/// leaves, so a kicker never touches a queue that has gone (a one-slot hazard pointer). A kicker
+/// sets the state the owner checks first, then (fence) reads `waiting_on`; the owner publishes
+/// `waiting_on`, then (the fence of [`WaitQueueHead::wait_loop`]) checks that state: either the
+/// kicker finds the queue and bumps it, or the owner sees the state.
+#[derive(Debug, Default)]
+pub struct WaitSlot {
+    /// The sequence word of the queue the owner sleeps on, or null.
+    waiting_on: AtomicPtr<AtomicU32>,
+    /// Kickers between reading `waiting_on` and their last touch of it.
+    kickers: AtomicU32,
+    /// Non-zero: an interruptible wait returns interrupted (a pending stop).
+    interrupt: AtomicU32,
+}
+
+impl WaitSlot {
+    const_fn! {
+        /// An idle slot.
+        pub fn new() -> WaitSlot {
+            WaitSlot {
+                waiting_on: AtomicPtr::new(ptr::null_mut()),
+                kickers: AtomicU32::new(0),
+                interrupt: AtomicU32::new(0),
+            }
+        }
+    }
+
+    /// The owner is about to wait on `wq` ([`WaitQueueHead::wait_loop`] next). Process context.
+    pub fn enter(&self, wq: &WaitQueueHead) {
+        self.waiting_on
+            .store(ptr::from_ref(&wq.seq).cast_mut(), SeqCst);
+    }
+
+    /// The owner's wait is over: after this returns no kicker touches the queue any more.
+    pub fn leave(&self) {
+        self.waiting_on.store(ptr::null_mut(), SeqCst);
+        // A kicker that read `waiting_on` before the store above may still touch the queue's
+        // word: wait until it is done (a few instructions and one futex call).
+        while self.kickers.load(SeqCst) != 0 {
+            super::yield_now();
+        }
+    }
+
+    /// Wakes the owner out of its current wait, if any, so it re-checks its condition. Set the
+    /// state the owner should see (a flag) *before* calling this. Async-signal-safe.
+    pub fn kick(&self) {
+        self.kickers.fetch_add(1, SeqCst);
+        fence(SeqCst); // between the caller's state and the load of `waiting_on` (Ground rules)
+        let seq = self.waiting_on.load(SeqCst);
+        if !seq.is_null() {
+            // SAFETY: `seq` was published by the owner, which is inside its wait on that queue
+            // and cannot leave it (nor can the queue be dropped, it is borrowed) until `kickers`
+            // drops to 0 after our decrement below.
+            let seq = unsafe { &*seq };
+            seq.fetch_add(1, SeqCst);
+            futex::wake(seq, i32::MAX);
+        }
+        self.kickers.fetch_sub(1, SeqCst);
+    }
+
+    /// Marks the owner interrupted and kicks it.
+    pub fn interrupt(&self) {
+        self.interrupt.store(1, SeqCst);
+        self.kick();
+    }
+
+    /// True once [`interrupt`](Self::interrupt) was called.
+    pub fn interrupted(&self) -> bool {
+        self.interrupt.load(SeqCst) != 0
+    }
+}
+
 #[cfg(all(test, loom))]
 mod loom_tests {
-    use super::WaitQueueHead;
+    use super::{WaitQueueHead, WaitSlot};
     use crate::kernel::sync::atomic::{AtomicBool, Ordering};
     use core::ops::ControlFlow;
     use loom::sync::Arc;
@@ -120,6 +194,42 @@ mod loom_tests {
             wait_event(&s.0, || s.1.load(Ordering::Relaxed));
             waker.join().unwrap();
             assert!(!s.0.active());
+        });
+    }
+
+    /// `wake_up_process` / `kthread_stop`: a kicker (a flag, then `kick`, or `interrupt`) against
+    /// the slot's owner entering, waiting on and leaving a queue that nobody else wakes: the
+    /// owner always wakes and sees what the kicker set, and `leave` returns only once the kicker
+    /// is done with the queue.
+    #[test]
+    fn a_kick_always_reaches_the_slots_owner() {
+        loom::model(|| {
+            let s = Arc::new((
+                WaitQueueHead::new(),
+                WaitSlot::new(),
+                AtomicBool::new(false),
+            ));
+            let kicker = {
+                let s = s.clone();
+                thread::spawn(move || {
+                    s.2.store(true, Ordering::Relaxed); // kthread_should_stop's flag
+                    s.1.kick();
+                    s.1.interrupt();
+                })
+            };
+            s.1.enter(&s.0);
+            let interrupted = s.0.wait_loop(|| {
+                if s.1.interrupted() {
+                    ControlFlow::Break(true)
+                } else if s.2.load(Ordering::Relaxed) {
+                    ControlFlow::Break(false)
+                } else {
+                    ControlFlow::Continue(None)
+                }
+            });
+            s.1.leave();
+            assert!(interrupted || s.2.load(Ordering::Relaxed));
+            kicker.join().unwrap();
         });
     }
 
