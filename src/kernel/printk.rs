@@ -27,7 +27,7 @@
 
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::kernel::jiffies;
@@ -96,6 +96,13 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Futex word bumped when the ring reaches half full: wakes a console letting lines gather.
 static URGENT: AtomicU32 = AtomicU32::new(0);
 static CONSOLE_STARTED: AtomicBool = AtomicBool::new(false);
+/// The registered console's lowest priority plus one (0: none registered; 255: prints nothing),
+/// for [`flush_on_panic`], which cannot take `CONSUMER`.
+static CONSOLE_LEVEL: AtomicU8 = AtomicU8::new(0);
+/// Ring position up to which drained lines have been written out (the console's batch
+/// included): [`flush_on_panic`] starts there, not at `head`, so a line drained but not yet
+/// written when the process ends is written by the panic path.
+static WRITTEN: AtomicU64 = AtomicU64::new(0);
 
 /// Consumer-side state: serialises draining (process context only).
 struct Consumer {
@@ -174,6 +181,7 @@ pub fn register_console(out: Box<dyn std::io::Write + Send>, max: Option<Level>)
     let mut c = CONSUMER.lock().unwrap_or_else(|e| e.into_inner());
     c.write_batch();
     c.console = Some((out, max));
+    CONSOLE_LEVEL.store(max.map_or(255, |l| l as u8 + 1), Ordering::Relaxed);
 }
 
 type Sink = Arc<Mutex<Vec<Line>>>;
@@ -325,6 +333,7 @@ pub fn dropped() -> u64 {
 fn drain(c: &mut Consumer, until: Option<u64>) {
     drain_ring(c, until);
     c.write_batch();
+    WRITTEN.store(RING.head(), Ordering::Release);
 }
 
 fn drain_ring(c: &mut Consumer, until: Option<u64>) {
@@ -349,6 +358,49 @@ fn drain_ring(c: &mut Consumer, until: Option<u64>) {
             }
             std::thread::yield_now();
         }
+    }
+}
+
+/// dmesg's stamp of `ns` since start, `[    3.825922]`, as bytes (async-signal-safe).
+pub(crate) fn stamp(ns: u64) -> ([u8; 32], usize) {
+    Stamp(ns).bytes()
+}
+
+/// The kernel's `console_flush_on_panic()`: write every line still in the ring to stderr as
+/// dmesg lines, one `write(2)` each, without the console lock (its holder may be the very
+/// thread that panicked, interrupted), from the last line known written (lines the console
+/// drained but had not written yet are written here; one it was writing may come twice). Filtered by the registered console's level (without one: all but debug).
+/// Async-signal-safe: for the panic path only, which exits right after.
+pub(crate) fn flush_on_panic() {
+    let max = match CONSOLE_LEVEL.load(Ordering::Relaxed) {
+        0 => Level::Info as u8,
+        255 => return,
+        l => l - 1,
+    };
+    let tail = RING.tail();
+    let mut pos = WRITTEN.load(Ordering::Acquire);
+    while pos < tail {
+        let mut line = [0u8; 32 + 1 + LINE_MAX + 1];
+        // SAFETY: the panic path accepts that one last race (see `Ring::peek`): the process
+        // ends right after, and a slot is plain bytes, so at worst a garbled line.
+        let len = unsafe {
+            RING.peek(pos, |r| {
+                if r.level > max {
+                    return 0;
+                }
+                let (stamp, n) = Stamp(r.ts_ns).bytes();
+                let text = r.text();
+                line[..n].copy_from_slice(&stamp[..n]);
+                line[n] = b' ';
+                line[n + 1..n + 1 + text.len()].copy_from_slice(text);
+                line[n + 1 + text.len()] = b'\n';
+                n + text.len() + 2
+            })
+        };
+        if let Some(len) = len.filter(|&l| l > 0) {
+            crate::kernel::panic::write_all(&line[..len]);
+        }
+        pos += 1;
     }
 }
 

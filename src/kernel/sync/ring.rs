@@ -163,6 +163,25 @@ impl<const N: usize> Ring<N> {
         self.head.store(pos + 1, Ordering::Relaxed);
         Some(r)
     }
+
+    /// The record at position `pos` if its slot still holds it (published, or drained and
+    /// handed back but not claimed again), handed to `read`. For the panic path only (the
+    /// kernel's `console_flush_on_panic`), which reads without being the consumer.
+    ///
+    /// # Safety
+    /// Racy by design: a producer may claim and rewrite the slot while `read` runs (once the
+    /// ring has gone round). The caller accepts a garbled record (plain bytes, no pointers) and
+    /// does nothing else with the ring afterwards.
+    pub unsafe fn peek<R>(&self, pos: u64, read: impl FnOnce(&Record) -> R) -> Option<R> {
+        let idx = (pos % N as u64) as usize;
+        let slot = &self.slots[idx];
+        let seq = slot.seq.load(Ordering::Acquire).wrapping_add(idx as u64);
+        if seq != pos + 1 && seq != pos + N as u64 {
+            return None;
+        }
+        // SAFETY: the caller accepts the race described above; the record is plain bytes.
+        Some(slot.rec.with(|r| read(unsafe { &*r })))
+    }
 }
 
 impl<const N: usize> Default for Ring<N> {
