@@ -467,15 +467,11 @@ fn reader_threads_are_named_and_grow_with_concurrent_clients_up_to_threads() {
             })
         })
         .collect();
-    let t0 = Instant::now();
-    while names().len() < 3 && t0.elapsed() < Duration::from_secs(60) {
-        assert!(
-            names().len() <= 3,
-            "more readers than --threads: {:?}",
-            names()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(Duration::from_secs(60), || {
+        let n = names();
+        assert!(n.len() <= 3, "more readers than --threads: {n:?}");
+        n.len() == 3
+    });
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();

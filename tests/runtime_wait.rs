@@ -14,6 +14,10 @@ use deferred::kernel::wait::{
 };
 use deferred::kernel::{alloc, printk};
 
+#[path = "common/wait.rs"]
+mod wait;
+use wait::wait_for;
+
 #[global_allocator]
 static ALLOC: alloc::CountingAllocator = alloc::CountingAllocator;
 
@@ -107,9 +111,10 @@ fn wake_up_all_wakes_every_sleeper() {
                 })
             })
             .collect();
-        while !WQ.active() {
-            thread::sleep(Duration::from_millis(5));
-        }
+        assert!(
+            wait_for(Duration::from_secs(5), || WQ.active()),
+            "no sleeper"
+        );
         thread::sleep(Duration::from_millis(50));
         GO.store(true, SeqCst);
         wake_up_all(&WQ);
@@ -188,9 +193,10 @@ fn wake_up_from_a_signal_handler_wakes_the_sleeper_without_allocating() {
     let sleeper = thread::spawn(|| {
         wait_event(&WQ, || FLAG.read() == 1);
     });
-    while !WQ.active() {
-        thread::sleep(Duration::from_millis(5));
-    }
+    assert!(
+        wait_for(Duration::from_secs(5), || WQ.active()),
+        "no sleeper"
+    );
     // SAFETY: signalling our own process; the handler is installed.
     unsafe { libc::kill(libc::getpid(), libc::SIGUSR2) };
     within(Duration::from_secs(10), "signal wake-up", move || {
