@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use deferred::kernel::atomic::Atomic;
 use deferred::kernel::jiffies::{HZ, msecs_to_jiffies};
+use deferred::kernel::sched;
 use deferred::kernel::softirq::{local_bh_disable, local_bh_enable};
 use deferred::kernel::wait::{
     WaitQueueHead, wait_event, wait_event_interruptible, wait_event_timeout, wake_up, wake_up_all,
@@ -103,19 +104,28 @@ fn wake_up_all_wakes_every_sleeper() {
         static WQ: WaitQueueHead = WaitQueueHead::new();
         static GO: AtomicBool = AtomicBool::new(false);
         static AWAKE: Atomic = Atomic::new(0);
+        let (tx, rx) = mpsc::channel();
         let sleepers: Vec<_> = (0..4)
             .map(|_| {
-                thread::spawn(|| {
+                let tx = tx.clone();
+                thread::spawn(move || {
+                    tx.send(sched::gettid()).unwrap();
                     wait_event(&WQ, || GO.load(SeqCst));
                     AWAKE.inc();
                 })
             })
             .collect();
+        let tids: Vec<i32> = rx.iter().take(4).collect();
+        // Every sleeper asleep: blocked in futex(2) (what wait_event sleeps in).
+        let asleep = |tid: i32| {
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall"))
+                .is_ok_and(|s| s.starts_with(&format!("{} ", libc::SYS_futex)))
+        };
         assert!(
-            wait_for(Duration::from_secs(5), || WQ.active()),
-            "no sleeper"
+            wait_for(Duration::from_secs(5), || WQ.active()
+                && tids.iter().all(|&t| asleep(t))),
+            "not every sleeper asleep"
         );
-        thread::sleep(Duration::from_millis(50));
         GO.store(true, SeqCst);
         wake_up_all(&WQ);
         for s in sleepers {
