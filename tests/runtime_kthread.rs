@@ -13,7 +13,7 @@ use deferred::kernel::wait::{
 use deferred::{kthread_create, kthread_run};
 
 mod runtime_common;
-use runtime_common::{wait_for, watchdog};
+use runtime_common::{in_futex, wait_for, watchdog};
 
 fn comm_of(tid: i32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
@@ -45,7 +45,11 @@ fn kthread_create_does_not_run_until_wake_up_process() {
         Some("createdkthread1"),
         "the thread exists, named"
     );
-    thread::sleep(Duration::from_millis(200));
+    // Asleep (blocked in futex(2)) without having run threadfn.
+    assert!(
+        wait_for(Duration::from_secs(5), || in_futex(task.pid())),
+        "the created thread never went to sleep"
+    );
     assert!(!RAN.load(SeqCst), "threadfn ran before wake_up_process");
     assert!(wake_up_process(&task), "a created thread was not running");
     assert!(

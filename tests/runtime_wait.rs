@@ -17,7 +17,7 @@ use deferred::kernel::{alloc, printk};
 
 #[path = "common/wait.rs"]
 mod wait;
-use wait::wait_for;
+use wait::{in_futex, wait_for};
 
 #[global_allocator]
 static ALLOC: alloc::CountingAllocator = alloc::CountingAllocator;
@@ -117,13 +117,9 @@ fn wake_up_all_wakes_every_sleeper() {
             .collect();
         let tids: Vec<i32> = rx.iter().take(4).collect();
         // Every sleeper asleep: blocked in futex(2) (what wait_event sleeps in).
-        let asleep = |tid: i32| {
-            std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall"))
-                .is_ok_and(|s| s.starts_with(&format!("{} ", libc::SYS_futex)))
-        };
         assert!(
             wait_for(Duration::from_secs(5), || WQ.active()
-                && tids.iter().all(|&t| asleep(t))),
+                && tids.iter().all(|&t| in_futex(t))),
             "not every sleeper asleep"
         );
         GO.store(true, SeqCst);

@@ -20,3 +20,11 @@ pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         pause = (pause * 2).min(Duration::from_millis(10));
     }
 }
+
+/// True while thread `tid` of this process is blocked in `futex(2)` (where the runtime's waits
+/// sleep), from `/proc/self/task/TID/syscall`.
+#[allow(dead_code)] // not every includer asks
+pub fn in_futex(tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall"))
+        .is_ok_and(|s| s.starts_with(&format!("{} ", libc::SYS_futex)))
+}

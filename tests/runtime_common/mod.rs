@@ -37,7 +37,7 @@ pub fn watchdog() {
 #[path = "../common/wait.rs"]
 mod wait;
 #[allow(unused_imports)] // not every test binary polls
-pub use wait::wait_for;
+pub use wait::{in_futex, wait_for};
 
 /// No allocator call was made in softirq or hardirq context by this process so far.
 pub fn assert_no_softirq_allocations() {
