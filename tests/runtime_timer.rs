@@ -56,6 +56,21 @@ fn record(t: &Timer<Rec>) {
     r.count.fetch_add(1, SeqCst);
 }
 
+fn witnessed(t: &Timer<AtomicBool>) {
+    t.data().store(true, SeqCst);
+}
+
+/// Returns once a witness timer armed for `expires + 1` has fired: the timer softirq, which runs
+/// timers in expiry order, has then run every timer due at `expires` or earlier.
+fn wait_past(expires: u64) {
+    let w = TimerList::new(witnessed, AtomicBool::new(false));
+    w.mod_timer(expires.wrapping_add(1));
+    assert!(
+        wait_for(Duration::from_secs(5), || w.data().load(SeqCst)),
+        "the witness timer did not fire"
+    );
+}
+
 #[test]
 fn one_shot_fires_once_not_before_its_jiffy() {
     let _g = setup();
@@ -68,7 +83,7 @@ fn one_shot_fires_once_not_before_its_jiffy() {
         .count
         .load(SeqCst)
         == 1));
-    std::thread::sleep(Duration::from_millis(150));
+    wait_past(jiffies() + 1);
     assert_eq!(
         t.data().count.load(SeqCst),
         1,
@@ -124,10 +139,11 @@ fn mod_timer_moves_a_pending_timer_and_says_it_was_pending() {
 fn del_timer_prevents_firing() {
     let _g = setup();
     let t = TimerList::new(record, Rec::default());
-    t.mod_timer(jiffies() + msecs_to_jiffies(40));
+    let expires = jiffies() + msecs_to_jiffies(40);
+    t.mod_timer(expires);
     assert!(t.del_timer(), "was pending");
     assert!(!t.del_timer(), "no longer pending");
-    std::thread::sleep(Duration::from_millis(200));
+    wait_past(expires);
     assert_eq!(t.data().count.load(SeqCst), 0);
 }
 
@@ -248,9 +264,10 @@ fn periodic_timer_rearms_from_its_handler() {
         .count
         .load(SeqCst)
         == 8));
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(t.data().count.load(SeqCst), 8);
+    // The eighth run did not re-arm: nothing can run it again.
     assert!(!t.timer_pending());
+    wait_past(jiffies() + 2);
+    assert_eq!(t.data().count.load(SeqCst), 8);
     assert_no_softirq_allocations();
 }
 
@@ -280,14 +297,18 @@ fn tickless_no_interrupts_while_nothing_is_pending() {
 #[test]
 fn drop_stops_a_pending_timer() {
     let _g = setup();
-    let fired = {
-        let t = TimerList::new(record, Rec::default());
-        t.mod_timer(jiffies() + msecs_to_jiffies(30));
+    static FIRED: AtomicU64 = AtomicU64::new(0);
+    fn fire(_: &Timer<()>) {
+        FIRED.fetch_add(1, SeqCst);
+    }
+    let expires = jiffies() + msecs_to_jiffies(30);
+    {
+        let t = TimerList::new(fire, ());
+        t.mod_timer(expires);
         assert!(t.timer_pending());
-        t.data().count.load(SeqCst)
-    };
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(fired, 0);
+    }
+    wait_past(expires);
+    assert_eq!(FIRED.load(SeqCst), 0, "a dropped timer fired");
 }
 
 #[test]
