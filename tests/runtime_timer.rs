@@ -11,7 +11,7 @@ use deferred::kernel::sched;
 use deferred::kernel::softirq;
 use deferred::kernel::spinlock::SpinLock;
 use deferred::kernel::timer::{Timer, TimerList};
-use runtime_common::{assert_no_softirq_allocations, setup, wait_for};
+use runtime_common::{assert_no_softirq_allocations, setup, wait_for, wait_past};
 
 struct Rec {
     count: AtomicU64,
@@ -54,21 +54,6 @@ fn record(t: &Timer<Rec>) {
     *r.kernel_comm.lock() = kernel_comm;
     r.tid.store(c.pid(), SeqCst);
     r.count.fetch_add(1, SeqCst);
-}
-
-fn witnessed(t: &Timer<AtomicBool>) {
-    t.data().store(true, SeqCst);
-}
-
-/// Returns once a witness timer armed for `expires + 1` has fired: the timer softirq, which runs
-/// timers in expiry order, has then run every timer due at `expires` or earlier.
-fn wait_past(expires: u64) {
-    let w = TimerList::new(witnessed, AtomicBool::new(false));
-    w.mod_timer(expires.wrapping_add(1));
-    assert!(
-        wait_for(Duration::from_secs(5), || w.data().load(SeqCst)),
-        "the witness timer did not fire"
-    );
 }
 
 #[test]

@@ -36,8 +36,12 @@ pub fn watchdog() {
 
 #[path = "../common/wait.rs"]
 mod wait;
+#[path = "../common/witness.rs"]
+mod witness;
 #[allow(unused_imports)] // not every test binary polls
 pub use wait::{in_futex, wait_for};
+#[allow(unused_imports)]
+pub use witness::wait_past;
 
 /// No allocator call was made in softirq or hardirq context by this process so far.
 pub fn assert_no_softirq_allocations() {
