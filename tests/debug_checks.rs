@@ -27,7 +27,11 @@ fn serial() -> MutexGuard<'static, ()> {
 
 /// Waits (bounded) until a captured line contains `needle`; returns every line captured.
 fn wait_for(cap: &Capture, needle: &str) -> Vec<String> {
-    runtime_common::wait_for(needle, Duration::from_secs(10), || cap.contains(needle));
+    assert!(
+        runtime_common::wait_for(Duration::from_secs(10), || cap.contains(needle)),
+        "no {needle:?} in {:#?}",
+        cap.texts()
+    );
     cap.texts()
 }
 

@@ -16,6 +16,7 @@ pub mod printk;
 pub mod sched;
 pub mod softirq;
 pub mod spinlock;
+pub mod sync;
 pub mod tasklet;
 pub mod timer;
 
