@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use deferred::kernel::jiffies::jiffies;
 use deferred::kernel::printk;
 use deferred::kernel::sched::{self, in_atomic, preempt_count};
-use deferred::kernel::softirq::{in_interrupt, in_softirq, local_bh_disable, local_bh_enable};
+use deferred::kernel::softirq::{
+    self, in_interrupt, in_softirq, local_bh_disable, local_bh_enable,
+};
 use deferred::kernel::spinlock::SpinLock;
 use deferred::kernel::tasklet::{Tasklet, tasklet_schedule};
 use deferred::kernel::timer::{Timer, TimerList};
-use runtime_common::{assert_no_softirq_allocations, setup, wait_until};
+use runtime_common::{assert_no_softirq_allocations, setup, wait_for};
 
 struct Where {
     runs: AtomicU64,
@@ -42,8 +44,15 @@ fn bh_disable_nests_and_the_last_enable_runs_pending_softirqs() {
     local_bh_disable(); // Softirqs are now disabled
     local_bh_disable(); // Softirqs remain disabled
     assert!(in_softirq() && in_interrupt() && in_atomic());
+    let wakeups = softirq::ksoftirqd_wakeups();
     tasklet_schedule(t.as_ref());
-    std::thread::sleep(Duration::from_millis(30));
+    // Nothing may run it now: raised with bottom halves off (in_interrupt), it wakes no
+    // ksoftirqd (the kernel's raise_softirq), and this thread does not take the timer signal.
+    assert_eq!(
+        softirq::ksoftirqd_wakeups(),
+        wakeups,
+        "raising with bottom halves off woke ksoftirqd"
+    );
     assert_eq!(t.data().runs.load(SeqCst), 0);
     local_bh_enable(); // Softirqs remain disabled
     assert!(in_softirq());
@@ -99,14 +108,14 @@ fn a_timer_expiring_in_a_bh_disabled_section_runs_at_its_last_enable_on_that_thr
     let _g = setup();
     let me = sched::gettid();
     let t = expiry();
-    let irqs = deferred::kernel::softirq::timer_interrupts();
+    let irqs = softirq::timer_interrupts();
     local_bh_disable();
     SECTION_OPEN.store(true, SeqCst);
     t.mod_timer(jiffies() + 2);
     // Busy (sleeping is not allowed here) until the interrupt has come and gone.
-    assert!(wait_until(Duration::from_secs(3), || {
+    assert!(wait_for(Duration::from_secs(3), || {
         sched::mdelay(1);
-        deferred::kernel::softirq::timer_interrupts() > irqs
+        softirq::timer_interrupts() > irqs
     }));
     sched::mdelay(20);
     assert_eq!(
@@ -164,7 +173,7 @@ fn a_spin_lock_bh_holder_excludes_the_timer_on_every_thread() {
         })
         .collect();
     let runs0 = t.data().load(SeqCst);
-    assert!(wait_until(Duration::from_secs(5), || t.data().load(SeqCst)
+    assert!(wait_for(Duration::from_secs(5), || t.data().load(SeqCst)
         >= runs0 + 50));
     stop.store(true, SeqCst);
     let held: u64 = holders.into_iter().map(|h| h.join().unwrap()).sum();
@@ -176,7 +185,7 @@ fn a_spin_lock_bh_holder_excludes_the_timer_on_every_thread() {
         "a timer handler found the lock held by a bh-disabled thread ({} times)",
         v / 1_000_000
     );
-    assert_eq!(deferred::kernel::softirq::bh_disabled_threads(), 0);
+    assert_eq!(softirq::bh_disabled_threads(), 0);
     assert_no_softirq_allocations();
 }
 
@@ -202,7 +211,7 @@ fn local_bh_disable_waits_for_a_softirq_running_on_another_thread() {
         },
     );
     t.mod_timer(jiffies() + 1);
-    assert!(wait_until(Duration::from_secs(3), || t
+    assert!(wait_for(Duration::from_secs(3), || t
         .data()
         .started
         .load(SeqCst)));
@@ -220,12 +229,12 @@ fn the_timer_interrupt_lands_on_the_idle_task_swapper_0() {
     let _g = setup();
     let t = expiry();
     t.mod_timer(jiffies() + 1);
-    assert!(wait_until(Duration::from_secs(3), || t
+    assert!(wait_for(Duration::from_secs(3), || t
         .data()
         .runs
         .load(SeqCst)
         == 1));
-    let cpu = deferred::kernel::softirq::cpu_thread().expect("started");
+    let cpu = softirq::cpu_thread().expect("started");
     assert_eq!(
         t.data().tid.load(SeqCst),
         cpu,
@@ -268,7 +277,7 @@ fn might_sleep_in_a_timer_prints_both_bug_reports_and_does_not_sleep() {
         },
     );
     t.mod_timer(jiffies() + 1);
-    assert!(wait_until(Duration::from_secs(3), || t
+    assert!(wait_for(Duration::from_secs(3), || t
         .data()
         .done
         .load(SeqCst)));
@@ -304,7 +313,7 @@ fn might_sleep_in_a_timer_prints_both_bug_reports_and_does_not_sleep() {
         },
     );
     again.mod_timer(jiffies() + 1);
-    assert!(wait_until(Duration::from_secs(3), || again
+    assert!(wait_for(Duration::from_secs(3), || again
         .data()
         .done
         .load(SeqCst)));
@@ -356,7 +365,7 @@ fn lockdep_reports_spin_lock_without_bh_on_a_lock_a_timer_takes_once() {
     let cap = printk::capture();
     let t = TimerList::new(locking_handler, AtomicU64::new(0));
     t.mod_timer(jiffies() + 1);
-    assert!(wait_until(Duration::from_secs(3), || t.data().load(SeqCst) == 1));
+    assert!(wait_for(Duration::from_secs(3), || t.data().load(SeqCst) == 1));
     assert!(MON_LOCK.class().used_in_softirq());
     // Right: process context with bottom halves off.
     *GOOD_LOCK.lock_bh() += 1;
@@ -408,7 +417,7 @@ fn lockdep_reports_spin_lock_without_bh_on_a_lock_a_timer_takes_once() {
 
 /// Is the timer signal blocked on this thread right now (the raw signal mask)?
 fn timer_signal_blocked() -> bool {
-    let sig = deferred::kernel::softirq::timer_signal().expect("runtime started");
+    let sig = softirq::timer_signal().expect("runtime started");
     // SAFETY: a zeroed sigset_t is a valid out-parameter; a null new set only queries.
     unsafe {
         let mut cur: libc::sigset_t = std::mem::zeroed();
@@ -419,7 +428,7 @@ fn timer_signal_blocked() -> bool {
 
 #[test]
 fn local_bh_enable_inside_local_irq_save_keeps_interrupts_off_and_warns_once() {
-    use deferred::kernel::softirq::{irqs_disabled, local_irq_restore, local_irq_save};
+    use softirq::{irqs_disabled, local_irq_restore, local_irq_save};
     let _g = setup();
     let cap = printk::capture();
     assert!(!timer_signal_blocked() && !irqs_disabled());
@@ -464,7 +473,7 @@ fn local_bh_enable_inside_local_irq_save_keeps_interrupts_off_and_warns_once() {
     assert!(!timer_signal_blocked() && !irqs_disabled());
 
     // Interleaved the other way: irqs off, bh off, irqs on (bh still off), bh on.
-    let bh_off = || in_softirq() && deferred::kernel::softirq::bh_disabled_threads() >= 1;
+    let bh_off = || in_softirq() && softirq::bh_disabled_threads() >= 1;
     let flags = local_irq_save();
     local_bh_disable();
     local_irq_restore(flags);
@@ -496,12 +505,12 @@ fn irq_off_lock_handler(t: &Timer<AtomicU64>) {
 
 #[test]
 fn a_lock_taken_with_interrupts_disabled_is_not_softirq_on_for_lockdep() {
-    use deferred::kernel::softirq::{local_irq_restore, local_irq_save};
+    use softirq::{local_irq_restore, local_irq_save};
     let _g = setup();
     let cap = printk::capture();
     let t = TimerList::new(irq_off_lock_handler, AtomicU64::new(0));
     t.mod_timer(jiffies() + 1);
-    assert!(wait_until(Duration::from_secs(3), || t.data().load(SeqCst) == 1));
+    assert!(wait_for(Duration::from_secs(3), || t.data().load(SeqCst) == 1));
     assert!(IRQ_OFF_LOCK.class().used_in_softirq());
     // Process context, interrupts off: no softirq can interrupt the holder. Safe, as
     // spin_lock_irqsave is in the kernel: no SOFTIRQ-ON usage, no report.
