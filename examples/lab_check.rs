@@ -151,6 +151,15 @@ fn expected_log(args: &Args, ex: u32) -> Result<Transcript, String> {
 struct Line {
     t: Option<f64>,
     text: String,
+    /// The line as the daemon printed it, when normalizing changed it (not kept in files).
+    printed: Option<String>,
+}
+
+impl Line {
+    /// The line as printed (a report's file and line, pids and names, as they were).
+    fn shown(&self) -> &str {
+        self.printed.as_deref().unwrap_or(&self.text)
+    }
 }
 
 /// What a scenario produced: the daemon's lines (with `insmod`/`rmmod` markers between runs),
@@ -191,6 +200,7 @@ impl Transcript {
                 t.lines.push(Line {
                     t: ts,
                     text: text.to_string(),
+                    printed: None,
                 });
             } else if let Some(rest) = l.strip_prefix("C ") {
                 t.client.push(rest.to_string());
@@ -303,10 +313,7 @@ impl<'a> Session<'a> {
     fn load(&mut self, args: &[&str]) -> bool {
         let pidfile = std::env::temp_dir().join(format!("lab-check-{}.pid", std::process::id()));
         let _ = std::fs::remove_file(&pidfile);
-        self.out.lines.push(Line {
-            t: None,
-            text: format!("insmod: {}", args.join(" ")),
-        });
+        self.note(format!("insmod: {}", args.join(" ")));
         let spawned = Command::new(self.daemon)
             .args(args)
             .arg("--pidfile")
@@ -416,14 +423,15 @@ impl<'a> Session<'a> {
         for l in raw {
             self.out.lines.push(names.line(&l));
         }
-        self.out.lines.push(Line {
-            t: None,
-            text: marker,
-        });
+        self.note(marker);
     }
 
     fn note(&mut self, text: String) {
-        self.out.lines.push(Line { t: None, text });
+        self.out.lines.push(Line {
+            t: None,
+            text,
+            printed: None,
+        });
     }
 
     /// Runs the lab's `test` program; its output goes to the transcript.
@@ -708,11 +716,14 @@ impl Names {
             return Line {
                 t: None,
                 text: raw.to_string(),
+                printed: None,
             };
         };
+        let normalized = self.text(text);
         Line {
             t: Some(t),
-            text: self.text(text),
+            printed: (normalized != text).then(|| text.to_string()),
+            text: normalized,
         }
     }
 
@@ -772,6 +783,9 @@ impl Names {
 // ---------------------------------------------------------------------------------------------
 // Comparing two logs
 
+/// How many lines of a report are shown after its first.
+const REPORT_LINES: usize = 24;
+
 /// Does this line start one of the runtime's reports of a broken rule?
 fn is_report(text: &str) -> bool {
     [
@@ -825,15 +839,15 @@ fn compare(expected: &Transcript, got: &Transcript) -> Option<String> {
             continue;
         }
         if is_report(&l.text) {
-            let mut why = format!("the runtime reported a broken rule:\n  {}", l.text);
-            for next in got.lines.iter().skip(i + 1).take(14) {
+            let mut why = format!("the runtime reported a broken rule:\n  {}", l.shown());
+            for next in got.lines.iter().skip(i + 1).take(REPORT_LINES) {
                 let normal = !next.text.is_empty() && known_texts.contains(next.text.as_str());
                 if next.t.is_none()
                     || (!is_report(&next.text) && (normal || starts_module_line(&next.text)))
                 {
                     break;
                 }
-                why += &format!("\n  {}", next.text);
+                why += &format!("\n  {}", next.shown());
             }
             return Some(why);
         }
@@ -954,7 +968,11 @@ mod tests {
         Transcript {
             lines: lines
                 .iter()
-                .map(|&(t, s)| Line { t, text: s.into() })
+                .map(|&(t, s)| Line {
+                    t,
+                    text: s.into(),
+                    printed: None,
+                })
                 .collect(),
             client: vec![],
         }
@@ -1078,6 +1096,23 @@ mod tests {
             why,
             "the runtime reported a broken rule:\n  WARNING: inconsistent lock state\n  \
              inconsistent {IN-SOFTIRQ-W} -> {SOFTIRQ-ON-W} usage."
+        );
+        // Shown as printed: the learner needs the file and line.
+        let mut bug = t(&[
+            (Some(0.0), "a"),
+            (
+                Some(0.5),
+                "BUG: sleeping function called from invalid context at <file>:<line>",
+            ),
+        ]);
+        bug.lines[1].printed = Some(
+            "BUG: sleeping function called from invalid context at src/modules/deferred.rs:9"
+                .into(),
+        );
+        let why = compare(&key, &bug).unwrap();
+        assert!(
+            why.ends_with("context at src/modules/deferred.rs:9"),
+            "{why}"
         );
         // A report the answer key prints too (exercise 4's) is part of the expected log.
         let key4 = t(&[(
