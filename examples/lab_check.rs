@@ -806,14 +806,24 @@ fn is_tick(text: &str) -> bool {
     text.starts_with(TICK)
 }
 
+/// A line to compare: a line, or a run of identical ticks kept once, with the time of its last.
+struct Entry<'a> {
+    line: &'a Line,
+    last: Option<f64>,
+}
+
 /// The lines to compare: each run of identical ticks kept once.
-fn collapsed(lines: &[Line]) -> Vec<&Line> {
-    let mut out: Vec<&Line> = Vec::new();
+fn collapsed(lines: &[Line]) -> Vec<Entry<'_>> {
+    let mut out: Vec<Entry<'_>> = Vec::new();
     for l in lines {
-        if is_tick(&l.text) && out.last().is_some_and(|p| p.text == l.text) {
+        if is_tick(&l.text)
+            && let Some(p) = out.last_mut()
+            && p.line.text == l.text
+        {
+            p.last = l.t;
             continue;
         }
-        out.push(l);
+        out.push(Entry { line: l, last: l.t });
     }
     out
 }
@@ -856,14 +866,14 @@ fn compare(expected: &Transcript, got: &Transcript) -> Option<String> {
     let (e, g) = (collapsed(&expected.lines), collapsed(&got.lines));
     let n = e.len().max(g.len());
     for i in 0..n {
-        let (el, gl) = (e.get(i), g.get(i));
+        let (el, gl) = (e.get(i).map(|x| x.line), g.get(i).map(|x| x.line));
         if el.map(|l| &l.text) == gl.map(|l| &l.text) {
             continue;
         }
-        let show = |l: Option<&&Line>| l.map_or("(nothing more)".to_string(), |l| l.text.clone());
+        let show = |l: Option<&Line>| l.map_or("(nothing more)".to_string(), |l| l.text.clone());
         let mut why = String::from("your log differs from the answer key's");
         if i > 0 {
-            why += &format!(" after `{}`", e[i - 1].text);
+            why += &format!(" after `{}`", e[i - 1].line.text);
         }
         why += &format!(":\n  expected: {}\n  got:      {}", show(el), show(gl));
         if let Some(hint) = hint(el.map(|l| l.text.as_str()), gl.map(|l| l.text.as_str())) {
@@ -871,20 +881,21 @@ fn compare(expected: &Transcript, got: &Transcript) -> Option<String> {
         }
         return Some(why);
     }
-    // 3. Timing: each line's delay after the one before, within slack of the answer key's.
+    // 3. Timing: each line's delay after the one before (the last tick of a run), within slack
+    // of the answer key's.
     for i in 1..n {
-        let (Some(te), Some(tg)) = (e[i].t, g[i].t) else {
+        let (Some(te), Some(tg)) = (e[i].line.t, g[i].line.t) else {
             continue;
         };
-        let (Some(pe), Some(pg)) = (e[i - 1].t, g[i - 1].t) else {
+        let (Some(pe), Some(pg)) = (e[i - 1].last, g[i - 1].last) else {
             continue;
         };
         let (de, dg) = (te - pe, tg - pg);
         if (de - dg).abs() > slack(de) {
             return Some(format!(
                 "`{}` came {dg:.3} s after `{}`; in the answer key's log, {de:.3} s after it",
-                g[i].text,
-                g[i - 1].text
+                g[i].line.text,
+                g[i - 1].line.text
             ));
         }
     }
@@ -1038,6 +1049,26 @@ mod tests {
         tr.client.push("$ test c: Cancel timer | exit 0".into());
         assert_eq!(Transcript::parse(&tr.to_string()), Some(tr));
         assert_eq!(Transcript::parse("garbage"), None);
+    }
+
+    #[test]
+    fn tick_runs_are_timed_from_their_last() {
+        let tick = "[timer_handler] pid = <pid>, comm = <comm>";
+        let dead = "task sleep (<pid of x>) is dead";
+        let key = t(&[
+            (Some(0.0), "a"),
+            (Some(1.0), tick),
+            (Some(2.0), tick),
+            (Some(2.0), dead),
+        ]);
+        let got = t(&[
+            (Some(0.0), "a"),
+            (Some(1.0), tick),
+            (Some(2.0), tick),
+            (Some(3.0), tick),
+            (Some(3.0), dead),
+        ]);
+        assert_eq!(compare(&key, &got), None);
     }
 
     #[test]
