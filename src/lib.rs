@@ -3,13 +3,17 @@
 //! - [`kernel`]: the deferred-work runtime, one file per kernel facility, with the kernel's names
 //!   and rules (softirqs run in a real signal handler, work items on named worker threads, ...).
 //! - [`cuse`]: the transport, our own loop over `/dev/cuse`; it calls a [`kernel::fs::FileOperations`].
+//! - [`module`]: what a module is (init, exit, parameters, file operations); [`daemon`]: the
+//!   daemon built from a list of modules (the `deferred` binary is one).
 //! - [`modules`]: the lab's modules written on the runtime: `timer` (1-2), `deferred` (3-4-5-7),
 //!   `kthread` (6).
 //! - `sys` (crate-private): the system-call wrappers both the runtime and the transport use (the
 //!   futex).
 
 pub mod cuse;
+pub mod daemon;
 pub mod kernel;
 pub mod logging;
+pub mod module;
 pub mod modules;
 pub(crate) mod sys;

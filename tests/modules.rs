@@ -16,7 +16,7 @@ use deferred::modules::abi::{
 use deferred::modules::deferred::{
     DeferredModule, Options, TIMER_TYPE_ALLOC, TIMER_TYPE_MON, TIMER_TYPE_NONE, TIMER_TYPE_SET,
 };
-use deferred::modules::{Module, Params, load};
+use deferred::modules::{Module, kthread, timer};
 
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator;
@@ -385,7 +385,7 @@ fn unload_with_a_pending_timer_and_watched_processes_is_clean() {
 fn timer_module_counts_seconds_periodically_or_once() {
     let _g = serial();
     let cap = printk::capture();
-    let m = load("timer", Params::default()).unwrap();
+    let m = timer::MODULE.load(&timer::MODULE.defaults()).unwrap();
     let lines = wait_lines(
         &cap,
         "[timer_handler] nseconds =",
@@ -412,14 +412,8 @@ fn timer_module_counts_seconds_periodically_or_once() {
     assert_eq!(all.last().unwrap(), "[timer_exit] Exit module");
 
     let cap = printk::capture();
-    let m = load(
-        "timer",
-        Params {
-            once: true,
-            ..Params::default()
-        },
-    )
-    .unwrap();
+    let once = timer::MODULE.parse_params(&["once=1"]).unwrap();
+    let m = timer::MODULE.load(&once).unwrap();
     wait_lines(&cap, "nseconds = 1", 1, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(1600));
     assert_eq!(count(&cap, "nseconds ="), 1);
@@ -431,8 +425,8 @@ fn timer_module_counts_seconds_periodically_or_once() {
 fn kthread_module_runs_mykthread0_and_waits_for_it_at_unload() {
     let _g = serial();
     let cap = printk::capture();
-    let m = deferred::modules::kthread::KthreadModule::load().unwrap();
-    let tid = m.task().pid();
+    let m = kthread::KthreadModule::load().unwrap();
+    let tid = m.task().unwrap().pid();
     let line = wait_lines(
         &cap,
         "[my_thread_f] Current process id is",

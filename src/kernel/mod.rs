@@ -7,6 +7,7 @@
 
 // Core (interrupt side): owned by the runtime-core helper.
 pub mod alloc;
+pub mod bug;
 pub mod jiffies;
 pub mod lockdep;
 pub mod printk;

@@ -69,8 +69,8 @@ use std::panic::Location;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::kernel::jiffies::{self, time_after, time_before, time_before_eq};
-use crate::kernel::sched;
 use crate::kernel::softirq::{self, Softirq};
+use crate::kernel::{bug, sched};
 
 /// The list links and bookkeeping of one timer (first field of `Timer<T>`, `repr(C)`).
 #[repr(C)]
@@ -353,7 +353,10 @@ pub fn expiries() -> u64 {
 #[repr(C)]
 pub struct Timer<T> {
     node: Node,
+    /// The handler, a `fn(&Timer<T>)`; 0 until set up (see [`TimerList::declare`]).
     func: AtomicUsize,
+    /// Where it was set up (declared), for the debug reports.
+    setup: &'static Location<'static>,
     data: T,
 }
 
@@ -369,9 +372,18 @@ unsafe fn call_timer<T>(n: *const Node) {
     // SAFETY: per the contract.
     let t = unsafe { &*(n as *const Timer<T>) };
     let f = t.func.load(Ordering::Acquire);
-    // SAFETY: `func` only ever holds a `fn(&Timer<T>)` (set in new/timer_setup).
+    if f == 0 {
+        // Never armed without a handler (mod_timer refuses): nothing to run.
+        return;
+    }
+    // SAFETY: a non-zero `func` only ever holds a `fn(&Timer<T>)` (set in new/timer_setup).
     let f: fn(&Timer<T>) = unsafe { std::mem::transmute::<usize, fn(&Timer<T>)>(f) };
-    f(t);
+    let handler = bug::Handler {
+        kind: "timer",
+        data: std::any::type_name::<T>(),
+        setup: t.setup,
+    };
+    bug::running(handler, || f(t));
 }
 
 impl<T> Timer<T> {
@@ -402,7 +414,17 @@ impl<T> Timer<T> {
     /// `mod_timer(timer, expires)`: arm the timer for jiffy `expires`, moving it if it was
     /// pending. Returns whether it was pending. Any context (re-arming from its own handler
     /// makes a periodic timer).
+    #[track_caller]
     pub fn mod_timer(&self, expires: u64) -> bool {
+        if self.func.load(Ordering::Acquire) == 0 {
+            bug::warn_at(
+                "kernel/time/timer.c:1043 __mod_timer",
+                "ODEBUG: assert_init not available (active state 0) object type: timer_list hint: 0x0\n\
+                 mod_timer() on a timer never set up: call timer_setup() first (not armed)",
+                Location::caller(),
+            );
+            return false;
+        }
         let g = BaseGuard::lock();
         // SAFETY: lock held by `g`.
         let b = unsafe { g.inner() };
@@ -424,7 +446,11 @@ impl<T> Timer<T> {
     #[track_caller]
     pub fn add_timer(&self) {
         if self.timer_pending() {
-            warn_at(Location::caller(), "add_timer() on a pending timer");
+            bug::warn_at(
+                "kernel/time/timer.c:1163 add_timer",
+                "add_timer() on a pending timer",
+                Location::caller(),
+            );
             return;
         }
         self.mod_timer(self.expires());
@@ -470,7 +496,11 @@ impl<T> Timer<T> {
     pub fn del_timer_sync(&self) -> bool {
         let loc = Location::caller();
         if softirq::in_irq() {
-            warn_at(loc, "del_timer_sync() in hardirq context");
+            bug::warn_at(
+                "kernel/time/timer.c:1435 del_timer_sync",
+                "del_timer_sync() in hardirq context",
+                loc,
+            );
         }
         let me = sched::gettid();
         let n = self.node_ptr() as *const Node;
@@ -483,9 +513,11 @@ impl<T> Timer<T> {
             if b.running == n {
                 if b.running_tid == me {
                     drop(g);
-                    warn_at(
+                    bug::warn_at(
+                        "kernel/time/timer.c:1435 del_timer_sync",
+                        "del_timer_sync() called from the timer's own handler: it would wait for \
+                         itself for ever (use del_timer(), or do not re-arm)",
                         loc,
-                        "del_timer_sync() called from the timer's own handler: it would wait for itself for ever",
                     );
                     return self.del_timer();
                 }
@@ -527,20 +559,6 @@ impl<T> Timer<T> {
     }
 }
 
-/// The kernel's WARN: a cut-here block with the caller's location.
-fn warn_at(loc: &Location<'_>, what: &str) {
-    let t = sched::current();
-    crate::pr_warn!("------------[ cut here ]------------");
-    crate::pr_warn!(
-        "WARNING: CPU: 0 PID: {} at {}:{} {}",
-        t.pid(),
-        loc.file(),
-        loc.line(),
-        what
-    );
-    crate::pr_warn!("---[ end trace 0000000000000000 ]---");
-}
-
 /// `struct timer_list`: owns a [`Timer<T>`] node on the heap (stable while pending) and stops
 /// it on drop (`del_timer_sync`). Derefs to `Timer<T>` for `mod_timer`, `del_timer`, ...
 pub struct TimerList<T: Send + Sync = ()> {
@@ -549,7 +567,17 @@ pub struct TimerList<T: Send + Sync = ()> {
 
 impl<T: Send + Sync> TimerList<T> {
     /// `timer_setup(&timer, func, 0)` on a new timer carrying `data`. Process context.
+    #[track_caller]
     pub fn new(func: fn(&Timer<T>), data: T) -> Self {
+        let t = Self::declare(data);
+        t.timer_setup(func);
+        t
+    }
+
+    /// A `struct timer_list` carrying `data`, not set up yet: [`Timer::timer_setup`] gives it its
+    /// handler; `mod_timer` before that is refused with the kernel's WARNING. Process context.
+    #[track_caller]
+    pub fn declare(data: T) -> Self {
         TimerList {
             timer: Box::new(Timer {
                 node: Node {
@@ -559,7 +587,8 @@ impl<T: Send + Sync> TimerList<T> {
                     pending: AtomicBool::new(false),
                     call: call_timer::<T>,
                 },
-                func: AtomicUsize::new(func as usize),
+                func: AtomicUsize::new(0),
+                setup: Location::caller(),
                 data,
             }),
         }
@@ -585,11 +614,13 @@ impl<T: Send + Sync> Drop for TimerList<T> {
 }
 
 /// `timer_setup(func, data)`: a new timer (see [`TimerList::new`]).
+#[track_caller]
 pub fn timer_setup<T: Send + Sync>(func: fn(&Timer<T>), data: T) -> TimerList<T> {
     TimerList::new(func, data)
 }
 
 /// `mod_timer(&timer, expires)`.
+#[track_caller]
 pub fn mod_timer<T>(timer: &Timer<T>, expires: u64) -> bool {
     timer.mod_timer(expires)
 }
