@@ -933,10 +933,11 @@ fn hint(expected: Option<&str>, got: Option<&str>) -> Option<String> {
     if g.starts_with("rmmod: still running") {
         return Some("unload did not finish: is something waiting for what never comes?".into());
     }
-    if g.starts_with(TICK) && !e.starts_with(TICK) {
+    const HANDLER: &str = "[timer_handler] ";
+    if g.starts_with(HANDLER) && !e.starts_with(HANDLER) {
         return Some("a timer fired where the answer key's did not".into());
     }
-    if e.starts_with(TICK) && !g.starts_with(TICK) {
+    if e.starts_with(HANDLER) && !g.starts_with(HANDLER) {
         return Some("the answer key's timer fired here and yours did not".into());
     }
     if e.contains(DEAD) && !g.contains(DEAD) {
