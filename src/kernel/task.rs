@@ -34,9 +34,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
 
 use super::error::{Error, Result};
-
-/// `TASK_COMM_LEN`: a comm holds at most 15 bytes and a NUL.
-pub const TASK_COMM_LEN: usize = 16;
+use super::sched::TASK_COMM_LEN;
 
 #[derive(Debug)]
 enum Handle {
