@@ -207,3 +207,32 @@ fn task_references_still_held_at_unload_are_reported_by_name() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+fn allocating_tasklet(t: Pin<&deferred::kernel::tasklet::Tasklet<Fired>>) {
+    let v = vec![1u8; 64];
+    std::hint::black_box(v);
+    t.data().0.store(true, Ordering::SeqCst);
+}
+
+#[test]
+fn an_allocation_in_a_tasklet_names_the_tasklet() {
+    let _g = serial();
+    let cap = printk::capture();
+    let t = Box::pin(deferred::kernel::tasklet::Tasklet::new(
+        allocating_tasklet,
+        Fired(AtomicBool::new(false)),
+    ));
+    let line = line!() - 4;
+    t.as_ref().schedule();
+    let texts = wait_for(&cap, "in the tasklet handler");
+    let at = format!("set up at tests/debug_checks.rs:{line}");
+    assert!(
+        texts.iter().any(|l| l.contains(&at) && l.contains("Fired")),
+        "{at}: {texts:#?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|l| l.starts_with("BUG: sleeping function called"))
+    );
+}

@@ -19,7 +19,7 @@
 
 use std::cell::Cell;
 use std::panic::Location;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::kernel::{jiffies, sched};
 
@@ -104,17 +104,21 @@ fn print_handler(level: crate::kernel::printk::Level) {
     }
 }
 
-/// The jiffy of the last allocation report (`__might_resched` reports at most once a second).
+/// The jiffy and the handler (its setup location's address, 0 for none) of the last allocation
+/// report: the same handler is reported at most once a second (`__might_resched` ratelimits),
+/// another at once.
 static LAST_ALLOC_REPORT: AtomicU64 = AtomicU64::new(0);
+static LAST_ALLOC_SITE: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 /// An allocation (of `size` bytes) in softirq context, from the counting allocator: the
-/// kernel's `might_sleep()` report of `kmalloc(GFP_KERNEL)`, naming the running handler, at most
-/// once a second; always taints. Any context: no allocation.
+/// kernel's `might_sleep()` report of `kmalloc(GFP_KERNEL)`, naming the running handler; always
+/// taints. Any context: no allocation.
 pub(crate) fn softirq_allocation(size: usize) {
     add_taint(TAINT_WARN);
     let now = jiffies::jiffies().max(1);
+    let site = current_handler().map_or(0, |h| h.setup as *const Location<'static> as usize);
     let last = LAST_ALLOC_REPORT.load(Ordering::Relaxed);
-    if last != 0 && now.wrapping_sub(last) < jiffies::HZ {
+    if LAST_ALLOC_SITE.load(Ordering::Relaxed) == site && now.wrapping_sub(last) < jiffies::HZ {
         return;
     }
     if LAST_ALLOC_REPORT
@@ -123,6 +127,7 @@ pub(crate) fn softirq_allocation(size: usize) {
     {
         return;
     }
+    LAST_ALLOC_SITE.store(site, Ordering::Relaxed);
     let t = sched::current();
     let count = sched::preempt_count();
     crate::pr_err!("BUG: sleeping function called from invalid context at mm/slab.h:742");

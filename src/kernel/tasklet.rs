@@ -69,6 +69,8 @@ static TASKLET_HI_VEC: AtomicPtr<Node> = AtomicPtr::new(std::ptr::null_mut());
 pub struct Tasklet<T = ()> {
     node: Node,
     func: fn(Pin<&Tasklet<T>>),
+    /// Where it was declared, for the debug reports ([`crate::kernel::bug`]).
+    setup: &'static std::panic::Location<'static>,
     data: T,
     _pin: PhantomPinned,
 }
@@ -83,21 +85,29 @@ unsafe impl<T: Send> Send for Tasklet<T> {}
 unsafe fn call_tasklet<T>(n: *const Node) {
     // SAFETY: per the contract: live and pinned.
     let t = unsafe { Pin::new_unchecked(&*(n as *const Tasklet<T>)) };
-    (t.func)(t);
+    let handler = crate::kernel::bug::Handler {
+        kind: "tasklet",
+        data: std::any::type_name::<T>(),
+        setup: t.setup,
+    };
+    crate::kernel::bug::running(handler, || (t.func)(t));
 }
 
 impl<T> Tasklet<T> {
     /// `DECLARE_TASKLET` / `tasklet_init`: an enabled tasklet.
+    #[track_caller]
     pub const fn new(func: fn(Pin<&Tasklet<T>>), data: T) -> Self {
         Self::with_count(func, data, 0)
     }
 
     /// `DECLARE_TASKLET_DISABLED`: a disabled tasklet (count 1): scheduling it queues it, and it
     /// runs after `tasklet_enable`.
+    #[track_caller]
     pub const fn new_disabled(func: fn(Pin<&Tasklet<T>>), data: T) -> Self {
         Self::with_count(func, data, 1)
     }
 
+    #[track_caller]
     const fn with_count(func: fn(Pin<&Tasklet<T>>), data: T, count: u32) -> Self {
         Tasklet {
             node: Node {
@@ -107,6 +117,7 @@ impl<T> Tasklet<T> {
                 call: call_tasklet::<T>,
             },
             func,
+            setup: std::panic::Location::caller(),
             data,
             _pin: PhantomPinned,
         }
@@ -325,6 +336,7 @@ pub(crate) fn init() {
 }
 
 /// `tasklet_init`: a new enabled tasklet (pin it before scheduling: `Box::pin`).
+#[track_caller]
 pub const fn tasklet_init<T>(func: fn(Pin<&Tasklet<T>>), data: T) -> Tasklet<T> {
     Tasklet::new(func, data)
 }
