@@ -482,10 +482,10 @@ impl<'a> Session<'a> {
         self.wait_lines(needle, n, timeout)
     }
 
-    /// `sleep SECONDS &`: a child process that lives until killed, known in the log as `what`.
-    fn spawn_sleep(&mut self, what: &str) -> Option<i32> {
+    /// `sleep SECONDS &`, known in the log as `what`.
+    fn spawn_sleep(&mut self, seconds: &str, what: &str) -> Option<i32> {
         let child = Command::new("sleep")
-            .arg("1000")
+            .arg(seconds)
             .stdin(Stdio::null())
             .spawn()
             .ok()?;
@@ -497,14 +497,7 @@ impl<'a> Session<'a> {
 
     /// A child that has exited but is not reaped (a zombie), known in the log as `what`.
     fn spawn_zombie(&mut self, what: &str) -> Option<i32> {
-        let child = Command::new("sleep")
-            .arg("0")
-            .stdin(Stdio::null())
-            .spawn()
-            .ok()?;
-        let pid = child.id() as i32;
-        self.roles.insert(pid, format!("<pid of the {what}>"));
-        self.children.push(child);
+        let pid = self.spawn_sleep("0", what)?;
         let zombie = wait_for(WAIT, || {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
@@ -617,8 +610,8 @@ fn play(ex: u32, daemon: &Path, client: &Path) -> Transcript {
         // stops the ticks; unload with a live process still watched.
         7 => {
             if s.load(args) {
-                let live = s.spawn_sleep("live sleep");
-                let exiting = s.spawn_sleep("exiting sleep");
+                let live = s.spawn_sleep("1000", "live sleep");
+                let exiting = s.spawn_sleep("1000", "exiting sleep");
                 let none = s.free_pid();
                 if let (Some(live), Some(exiting)) = (live, exiting) {
                     s.test(&["p", &live.to_string()]);
