@@ -351,9 +351,12 @@ pub fn run(inv: &Invocation) -> Result<(), String> {
             return Err(format!("module `{}`: init failed: {e:?} ({e})", info.name));
         }
     };
-    let unload = |module: Box<dyn crate::module::Module>| {
+    // rmmod: exit, then what it left held is a leak (the module's memory still holds it), then
+    // the module's memory goes.
+    let unload = |mut module: Box<dyn crate::module::Module>| {
         module.exit();
         kernel::task::check_leaks(info.name);
+        drop(module);
         kernel::stop();
     };
     let device = match (cuse, module.file_operations()) {
@@ -544,43 +547,15 @@ mod tests {
         );
 
         use crate::modules::{deferred::ALLOC_IO_DIRECT, timer::ONCE};
+        let once = |args: &[&str]| parse(args).unwrap().params.get(&ONCE);
+        let direct = |args: &[&str]| parse(args).unwrap().params.get(&ALLOC_IO_DIRECT);
         assert!(!a.params.get(&ONCE));
-        assert!(
-            parse(&["deferred", "timer", "--once"])
-                .unwrap()
-                .params
-                .get(&ONCE)
-        );
-        assert!(
-            parse(&["deferred", "timer", "once=1"])
-                .unwrap()
-                .params
-                .get(&ONCE)
-        );
-        assert!(
-            parse(&["deferred", "timer", "once"])
-                .unwrap()
-                .params
-                .get(&ONCE)
-        );
-        assert!(
-            !parse(&["deferred", "timer", "once=n"])
-                .unwrap()
-                .params
-                .get(&ONCE)
-        );
-        assert!(
-            parse(&["deferred", "--alloc-io-direct"])
-                .unwrap()
-                .params
-                .get(&ALLOC_IO_DIRECT)
-        );
-        assert!(
-            parse(&["deferred", "deferred", "alloc_io_direct=y", "-v"])
-                .unwrap()
-                .params
-                .get(&ALLOC_IO_DIRECT)
-        );
+        assert!(once(&["deferred", "timer", "--once"]));
+        assert!(once(&["deferred", "timer", "once=1"]));
+        assert!(once(&["deferred", "timer", "once"]));
+        assert!(!once(&["deferred", "timer", "once=n"]));
+        assert!(direct(&["deferred", "--alloc-io-direct"]));
+        assert!(direct(&["deferred", "deferred", "alloc_io_direct=y", "-v"]));
         assert_eq!(
             parse(&["deferred", "--once"]).unwrap_err(),
             "--once is a parameter of timer, not of `deferred`"

@@ -5,7 +5,7 @@
 //! Init runs at load (`insmod`: the runtime is started) and returns the loaded [`Module`];
 //! [`Module::exit`] is `rmmod`. A module with a character device hands out its
 //! [`FileOperations`]: the daemon serves them through CUSE *after* init and removes the device
-//! *before* exit. A device that keeps state per open file implements [`Device`] (its `open`
+//! *before* exit, and frees the module after the checks of what exit left held. A device that keeps state per open file implements [`Device`] (its `open`
 //! returns the file's `private_data`, which every later call gets back) and hands out
 //! [`Device::file_operations`].
 //!
@@ -46,8 +46,11 @@ pub trait Module: Send {
     fn file_operations(&self) -> Option<Arc<dyn FileOperations>> {
         None
     }
-    /// Unloads it (`module_exit`): called once the device, if any, is gone.
-    fn exit(self: Box<Self>);
+    /// Unloads it (`module_exit`): called once the device, if any, is gone. It releases what the
+    /// module holds (stops its timers, flushes its work, puts its task references): the daemon
+    /// then reports what is still held, as the kernel's kmemleak would
+    /// ([`crate::kernel::task::check_leaks`]), and only then frees the module.
+    fn exit(&mut self);
 }
 
 /// A module as the daemon knows it before loading it (`THIS_MODULE` and its metadata).
@@ -447,7 +450,7 @@ mod tests {
 
     struct Nothing;
     impl Module for Nothing {
-        fn exit(self: Box<Self>) {}
+        fn exit(&mut self) {}
     }
 
     const M: ModuleInfo = ModuleInfo {

@@ -4,8 +4,9 @@
 //! exits 1 when it is tainted ([`crate::daemon`]). What taints:
 //! - an allocation in softirq context (the kernel's `might_sleep()` in `kmalloc(GFP_KERNEL)`),
 //!   reported when it happens, naming the handler that runs ([`softirq_allocation`]);
-//! - a WARNING of the timer or workqueue code ([`warn_at`]): `mod_timer` on a timer never set
-//!   up, `del_timer_sync` from the timer's own handler, ...;
+//! - a WARNING ([`crate::kernel::panic::warn_at`]): `mod_timer` on a timer never set up,
+//!   `del_timer_sync` from the timer's own handler, ...; a workqueue flushed from its own work
+//!   (lockdep's recursive locking, [`crate::kernel::workqueue`]);
 //! - task references still held after a module's exit (a kmemleak-style report,
 //!   [`crate::kernel::task::check_leaks`]).
 //!
@@ -14,13 +15,12 @@
 //! does not taint.
 //!
 //! # Ground rules
-//! Everything here runs in any context, softirq included: atomics, a `const` thread-local and the
-//! lock-free printk ring; no allocation, no lock.
+//! Everything here runs in any context, softirq included: atomics, the guard's `const`
+//! thread-local record and the lock-free printk ring; no allocation, no lock.
 
-use std::cell::Cell;
-use std::panic::Location;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
+use crate::kernel::panic::{self, Kind};
 use crate::kernel::{jiffies, sched};
 
 /// `TAINT_WARN` ('W'): a WARNING or a BUG was reported.
@@ -54,53 +54,13 @@ pub fn taint_string() -> &'static str {
     }
 }
 
-/// The deferred function running on this thread in softirq context, for the reports.
-#[derive(Clone, Copy)]
-pub struct Handler {
-    /// `timer` or `tasklet`.
-    pub kind: &'static str,
-    /// The type of the data it was set up with.
-    pub data: &'static str,
-    /// Where it was set up (`timer_setup`, `tasklet_setup`).
-    pub setup: &'static Location<'static>,
-}
-
-thread_local! {
-    static HANDLER: Cell<Option<Handler>> = const { Cell::new(None) };
-}
-
-/// Runs `f` as `handler` (the softirq runner wraps each timer and tasklet call in it).
-pub(crate) fn running<R>(handler: Handler, f: impl FnOnce() -> R) -> R {
-    let prev = HANDLER.with(|h| h.replace(Some(handler)));
-    let r = f();
-    HANDLER.with(|h| h.set(prev));
-    r
-}
-
-/// The handler running on this thread, if any.
-pub fn current_handler() -> Option<Handler> {
-    HANDLER.with(Cell::get)
-}
-
-/// Prints `in <kind> handler (data <type>, set up at <file:line>)`, or the context when no
-/// handler is known.
-fn print_handler(level: crate::kernel::printk::Level) {
-    match current_handler() {
-        Some(h) => crate::kernel::printk::printk(
-            level,
-            format_args!(
-                "in the {} handler of the {} {} set up at {}:{}",
-                h.kind,
-                h.kind,
-                h.data,
-                h.setup.file(),
-                h.setup.line()
-            ),
-        ),
-        None => crate::kernel::printk::printk(
-            level,
-            format_args!("in softirq context (no timer or tasklet handler running)"),
-        ),
+/// Prints which handler runs (the runtime's guard records it, [`crate::kernel::panic`]).
+fn print_handler() {
+    match panic::record() {
+        (Kind::None, _, _) => {
+            crate::pr_err!("in softirq context (no timer or tasklet handler running)")
+        }
+        (kind, _, name) => crate::pr_err!("in {} {}", kind.what(), name.unwrap_or("?")),
     }
 }
 
@@ -116,7 +76,8 @@ static LAST_ALLOC_SITE: AtomicUsize = AtomicUsize::new(usize::MAX);
 pub(crate) fn softirq_allocation(size: usize) {
     add_taint(TAINT_WARN);
     let now = jiffies::jiffies().max(1);
-    let site = current_handler().map_or(0, |h| h.setup as *const Location<'static> as usize);
+    // The handler by its name (a `&'static str`: its address identifies it).
+    let site = panic::record().2.map_or(0, |n| n.as_ptr() as usize);
     let last = LAST_ALLOC_REPORT.load(Ordering::Relaxed);
     if LAST_ALLOC_SITE.load(Ordering::Relaxed) == site && now.wrapping_sub(last) < jiffies::HZ {
         return;
@@ -140,21 +101,5 @@ pub(crate) fn softirq_allocation(size: usize) {
     crate::pr_err!(
         "kmalloc({size}, GFP_KERNEL): memory allocated in softirq context (format!, String, Vec, Box, println! allocate)"
     );
-    print_handler(crate::kernel::printk::Level::Err);
-}
-
-/// The kernel's `WARN()`: a cut-here block, the WARNING line with the kernel's source
-/// location and function, what went wrong, the caller and the running handler; taints.
-/// Any context.
-pub fn warn_at(kernel_at: &str, what: &str, caller: &Location<'_>) {
-    add_taint(TAINT_WARN);
-    let t = sched::current();
-    crate::pr_warn!("------------[ cut here ]------------");
-    crate::pr_warn!("WARNING: CPU: 0 PID: {} at {}", t.pid(), kernel_at);
-    crate::pr_warn!("{what}");
-    crate::pr_warn!("called at {}:{}", caller.file(), caller.line());
-    if current_handler().is_some() {
-        print_handler(crate::kernel::printk::Level::Warning);
-    }
-    crate::pr_warn!("---[ end trace 0000000000000000 ]---");
+    print_handler();
 }

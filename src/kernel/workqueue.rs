@@ -63,7 +63,13 @@
 //!   have nothing to worry about.
 //! - The kernel lets a handler `kfree()` its own container; here the handler borrows it for its
 //!   whole run, so dropping a work item from its own handler is reported (`BUG: work item freed
-//!   from its own handler`) and aborts, as the core's `TimerList` does for its handler.
+//!   from its own handler`) and aborts (a `TimerList` can defer its own free, as its node is
+//!   the runtime's; a work item's container is the caller's memory).
+//! - Dropping a work item still pending or running is reported as the kernel's debugobjects
+//!   reports it (`ODEBUG: free active (active state 0) object type: work_struct hint:
+//!   <handler>`), then made safe: cancelled and waited for. In softirq context nothing may wait:
+//!   an idle item drops silently, a delayed one waiting for its timer is cancelled, and one a
+//!   worker holds (queued or running) ends in `panic()` after the kernel's reports.
 //! - A workqueue's control block is never freed ([`destroy_workqueue`] stops and joins its
 //!   workers, then leaves the block, a few hundred bytes, marked dead): a late timer handler
 //!   queueing on a destroyed queue finds memory that is still there, and is refused.
@@ -115,15 +121,13 @@
 //! - Handlers run in process context on the worker thread.
 //!
 //! # Ground rules (shared with signal context)
-//! - `RawWork::state`: every transition is one CAS; the signal path (`queue_*`, the delay
-//!   timer's handler, `cancel_delayed_work`) only sets `PENDING|LINKED` (or `DELAYED` ->
-//!   `LINKED`) and links, clears `PENDING`, or fails. It never waits.
-//! - `RawWork::next`: written only by whoever set `LINKED` (before publishing the item with the
-//!   CAS on `head`), read only by the worker that swapped the list out. An item cannot be linked
-//!   twice: linking requires `LINKED` clear, and the worker clears it (after reading `next`) only
-//!   once the item is off every list.
-//! - `Pool::head`: pushes are CAS loops (no ABA: nobody pops single items; the worker swaps the
-//!   whole stack out). `pushed`/`done` are atomics; wake-ups are futex wakes.
+//! - `RawWork::state` and the workers' lists follow [`crate::kernel::sync::work`] (the state
+//!   word's transitions, `WAITERS`, the intrusive Treiber stack; model-checked under loom): the
+//!   signal path (`queue_*`, the delay timer's handler, `cancel_delayed_work`) only sets
+//!   `PENDING|LINKED` (or `DELAYED` -> `LINKED`) and links, clears `PENDING`, or fails. It never
+//!   waits. An item cannot be linked twice: linking requires `LINKED` clear, and the worker
+//!   clears it (after reading `next`) only once the item is off every list.
+//! - `pushed`/`done` are atomics; wake-ups are futex wakes.
 //! - The workqueue control block and the system queue are `'static`: the handler never frees.
 //! - `WqInner::dead`/`inflight`: a queueing call increments `inflight`, then checks `dead`, links,
 //!   decrements; `destroy_workqueue` sets `dead`, then waits for `inflight == 0` before stopping
@@ -144,20 +148,16 @@ use std::cell::Cell;
 use std::panic::Location;
 use std::sync::{Mutex, OnceLock};
 
+use super::debugobjects;
 use super::error::{Error, Result};
 use super::jiffies;
 use super::kthread::{self, TaskStruct, kthread_should_stop};
+use super::panic;
 use super::sched;
 use super::timer::{Timer, TimerList};
 use super::wait::{WaitQueueHead, wait_event, wake_up};
-use crate::sys::futex;
 
-const PENDING: u32 = 1;
-const LINKED: u32 = 2;
-const RUNNING: u32 = 4;
-const CANCELING: u32 = 8;
-const WAITERS: u32 = 16;
-const DELAYED: u32 = 32;
+use super::sync::work::{self, CANCELING, DELAYED, LINKED, Linked, PENDING, RUNNING, WorkList};
 
 /// The type-erased part of a work item: what the worker and the lists see.
 #[derive(Debug)]
@@ -167,6 +167,14 @@ struct RawWork {
     next: AtomicPtr<RawWork>,
     /// Calls the handler with the container (see [`Work::run`]).
     run: unsafe fn(*const RawWork),
+    /// The handler's name, for reports.
+    name: panic::Name,
+}
+
+impl Linked for RawWork {
+    fn next(&self) -> &AtomicPtr<RawWork> {
+        &self.next
+    }
 }
 
 /// `struct work_struct`: a work item embedded in a `T`, whose handler receives `&T`.
@@ -236,17 +244,28 @@ macro_rules! impl_has_work {
     };
 }
 
+/// What a work handler is: a function `fn(&T)` receiving the container (or a closure that
+/// captures nothing). The runtime keeps its type, which also names it in reports (`type_name`).
+pub trait WorkFn<T>: Fn(&T) + Copy + Send + Sync {}
+impl<T, F: Fn(&T) + Copy + Send + Sync> WorkFn<T> for F {}
+
+fn call_handler<T, F: WorkFn<T>>(container: &T) {
+    panic::conjure::<F>()(container)
+}
+
 impl<T: HasWork<ID>, const ID: u64> Work<T, ID> {
     /// `INIT_WORK(&work, handler)` / `DECLARE_WORK(name, handler)`: an idle work item whose
     /// handler receives its container.
-    pub const fn new(handler: fn(&T)) -> Self {
+    pub const fn new<F: WorkFn<T>>(handler: F) -> Self {
+        let _ = handler; // zero-sized: its type is what is kept
         Self {
             raw: RawWork {
                 state: AtomicU32::new(0),
                 next: AtomicPtr::new(ptr::null_mut()),
                 run: Self::run,
+                name: panic::name_of::<F>,
             },
-            handler,
+            handler: call_handler::<T, F>,
             _container: PhantomData,
             _pin: PhantomPinned,
         }
@@ -291,7 +310,22 @@ impl<T, const ID: u64> Drop for Work<T, ID> {
             crate::kernel::printk::flush();
             std::process::abort();
         }
-        if raw.state.load(SeqCst) & (PENDING | LINKED | RUNNING) == 0 {
+        let state = raw.state.load(SeqCst);
+        if state & (PENDING | LINKED | RUNNING) == 0 {
+            return;
+        }
+        if state & (PENDING | RUNNING) != 0 {
+            debugobjects::report_free_active("work_struct", (raw.name)());
+        }
+        if panic::in_irq_context() {
+            // cancel_work_sync would sleep here: the kernel's BUG, and no sleep.
+            let _ = sched::might_sleep();
+            unpend(raw);
+            if raw.state.load(SeqCst) & (LINKED | RUNNING) != 0 {
+                // A worker holds it (queued or running): its memory cannot go, and nothing
+                // here may wait for the worker to let it go.
+                panic::panic_in_interrupt("work_struct freed in softirq context while queued");
+            }
             return;
         }
         cancel_raw_sync(raw);
@@ -303,46 +337,14 @@ impl<T, const ID: u64> Drop for Work<T, ID> {
 // ---------------------------------------------------------------------------------------------
 // State word helpers.
 
-/// Applies `f` to the state with a CAS loop; `f` returns the new state or `None` to give up.
-/// Clearing any bit also clears `WAITERS` and wakes the sleepers. Returns the old state on
-/// success. Async-signal-safe.
-fn update(raw: &RawWork, mut f: impl FnMut(u32) -> Option<u32>) -> Result<u32, u32> {
-    let mut s = raw.state.load(SeqCst);
-    loop {
-        let Some(mut new) = f(s) else { return Err(s) };
-        let cleared = s & !new & !WAITERS != 0;
-        if cleared {
-            new &= !WAITERS;
-        }
-        match raw.state.compare_exchange(s, new, SeqCst, SeqCst) {
-            Ok(_) => {
-                if cleared && s & WAITERS != 0 {
-                    futex::wake(&raw.state, i32::MAX);
-                }
-                return Ok(s);
-            }
-            Err(actual) => s = actual,
-        }
-    }
+/// [`work::update`] on the item's state word. Async-signal-safe.
+fn update(raw: &RawWork, f: impl FnMut(u32) -> Option<u32>) -> Result<u32, u32> {
+    work::update(&raw.state, f)
 }
 
 /// Sleeps until none of `mask` is set in the state. Process context.
 fn wait_state_clear(raw: &RawWork, mask: u32) {
-    loop {
-        let s = raw.state.load(SeqCst);
-        if s & mask == 0 {
-            return;
-        }
-        if s & WAITERS == 0
-            && raw
-                .state
-                .compare_exchange(s, s | WAITERS, SeqCst, SeqCst)
-                .is_err()
-        {
-            continue;
-        }
-        futex::wait(&raw.state, s | WAITERS, None);
-    }
+    work::wait_until(&raw.state, |s| s & mask == 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -350,9 +352,9 @@ fn wait_state_clear(raw: &RawWork, mask: u32) {
 
 /// One worker thread and its list.
 struct Pool {
-    /// Intrusive Treiber stack of linked items (newest first).
-    head: AtomicPtr<RawWork>,
-    /// The worker sleeps here until `head` is non-null or it is stopped.
+    /// Linked items (an intrusive Treiber stack, [`WorkList`]).
+    list: WorkList<RawWork>,
+    /// The worker sleeps here until `list` is non-empty or it is stopped.
     more: WaitQueueHead,
     /// Items linked so far / taken off and finished so far (see `flush_workqueue`).
     pushed: AtomicU64,
@@ -427,7 +429,7 @@ impl Workqueue {
         let n = if per_cpu { num_online_cpus() } else { 1 };
         let pools = (0..n)
             .map(|cpu| Pool {
-                head: AtomicPtr::new(ptr::null_mut()),
+                list: WorkList::new(),
                 more: WaitQueueHead::new(),
                 pushed: AtomicU64::new(0),
                 done: AtomicU64::new(0),
@@ -445,9 +447,20 @@ impl Workqueue {
         let wq = Workqueue { inner };
         for pool in inner.pools.iter() {
             let res = if per_cpu {
-                crate::kthread_run!(worker_thread, (pool, true), "{}/{}", name, pool.cpu)
+                crate::kthread_run!(
+                    worker_thread,
+                    (inner.name.as_str(), pool, true),
+                    "{}/{}",
+                    name,
+                    pool.cpu
+                )
             } else {
-                crate::kthread_run!(worker_thread, (pool, false), "{}", name)
+                crate::kthread_run!(
+                    worker_thread,
+                    (inner.name.as_str(), pool, false),
+                    "{}",
+                    name
+                )
             };
             match res {
                 Ok(t) => *pool.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(t),
@@ -468,95 +481,50 @@ impl Drop for Workqueue {
 }
 
 /// The body of a worker thread.
-fn worker_thread((pool, pin): (&'static Pool, bool)) -> i32 {
+fn worker_thread((wq_name, pool, pin): (&'static str, &'static Pool, bool)) -> i32 {
     if pin {
         pin_to_cpu(pool.cpu);
     }
     CURRENT_POOL.with(|c| c.set(pool));
     loop {
         wait_event(&pool.more, || {
-            !pool.head.load(SeqCst).is_null() || kthread_should_stop()
+            !pool.list.is_empty() || kthread_should_stop()
         });
-        let list = pool.head.swap(ptr::null_mut(), SeqCst);
-        if list.is_null() {
+        if pool.list.is_empty() {
             if kthread_should_stop() {
                 break;
             }
             continue;
         }
-        // Reverse the stack (newest first) into queueing order.
-        let mut fifo: *mut RawWork = ptr::null_mut();
-        let mut cur = list;
-        while !cur.is_null() {
-            // SAFETY: items on a list are live (their Drop waits until LINKED clears) and their
-            // `next` belongs to us, the worker that swapped the list out.
-            let item = unsafe { &*cur };
-            let next = item.next.load(SeqCst);
-            item.next.store(fifo, SeqCst);
-            fifo = cur;
-            cur = next;
-        }
-        while !fifo.is_null() {
-            // SAFETY: as above.
-            let item = unsafe { &*fifo };
-            fifo = item.next.load(SeqCst);
-            process_one(item);
-            pool.done.fetch_add(1, SeqCst);
-            wake_up(&pool.progress);
+        // SAFETY: items on a list are live: their Drop waits until LINKED clears, which only
+        // `process_one` does.
+        unsafe {
+            pool.list.take_all(|item| {
+                process_one(wq_name, item);
+                pool.done.fetch_add(1, SeqCst);
+                wake_up(&pool.progress);
+            });
         }
     }
     CURRENT_POOL.with(|c| c.set(ptr::null()));
     0
 }
 
-/// Takes one item off its list: runs it if still pending, skips it if cancelled.
-fn process_one(item: &RawWork) {
-    // A work item never runs on two workers at once: wait for a run elsewhere to end.
-    let old = loop {
-        match update(item, |s| {
-            if s & PENDING != 0 && s & DELAYED != 0 {
-                // Re-queued with a delay while still linked: unlink; its timer links it again.
-                Some(s & !LINKED)
-            } else if s & PENDING != 0 && s & RUNNING != 0 {
-                None
-            } else if s & PENDING != 0 {
-                Some((s & !(LINKED | PENDING)) | RUNNING)
-            } else {
-                Some(s & !LINKED)
-            }
-        }) {
-            Ok(old) => break old,
-            Err(_) => wait_state_clear_running_or_unpended(item),
-        }
-    };
-    if old & PENDING == 0 || old & DELAYED != 0 {
+/// Takes one item off its list: runs it if still pending, skips it if cancelled. A handler that
+/// panics is reported (an Oops, see [`panic`]) and finishes like one that returned.
+fn process_one(wq_name: &'static str, item: &RawWork) {
+    // A work item never runs on two workers at once: `start` waits for a run elsewhere to end.
+    if !work::start(&item.state) {
         return; // cancelled while queued, or waiting for its delay timer
     }
     CURRENT_WORK.with(|c| c.set(item));
-    // SAFETY: the item was linked from a `Pin<&T>` (see `Work::run`'s contract) and its Drop
-    // waits for RUNNING to clear, which happens only below.
-    unsafe { (item.run)(item) };
+    panic::work_call(item.name, wq_name, || {
+        // SAFETY: the item was linked from a `Pin<&T>` (see `Work::run`'s contract) and its
+        // Drop waits for RUNNING to clear, which happens only below.
+        unsafe { (item.run)(item) }
+    });
     CURRENT_WORK.with(|c| c.set(ptr::null()));
-    let _ = update(item, |s| Some(s & !RUNNING));
-}
-
-/// Waits until the item is no longer running, or no longer pending.
-fn wait_state_clear_running_or_unpended(item: &RawWork) {
-    loop {
-        let s = item.state.load(SeqCst);
-        if s & RUNNING == 0 || s & PENDING == 0 {
-            return;
-        }
-        if s & WAITERS == 0
-            && item
-                .state
-                .compare_exchange(s, s | WAITERS, SeqCst, SeqCst)
-                .is_err()
-        {
-            continue;
-        }
-        futex::wait(&item.state, s | WAITERS, None);
-    }
+    work::finish(&item.state);
 }
 
 /// Pins the calling thread to `cpu` if the process may run there (errors are ignored: a
@@ -578,15 +546,7 @@ fn pin_to_cpu(cpu: usize) {
 /// Async-signal-safe.
 fn push(pool: &Pool, raw: &RawWork) {
     pool.pushed.fetch_add(1, SeqCst);
-    let me = ptr::from_ref(raw).cast_mut();
-    let mut head = pool.head.load(SeqCst);
-    loop {
-        raw.next.store(head, SeqCst);
-        match pool.head.compare_exchange(head, me, SeqCst, SeqCst) {
-            Ok(_) => break,
-            Err(h) => head = h,
-        }
-    }
+    pool.list.push(raw);
     wake_up(&pool.more);
 }
 
@@ -607,16 +567,14 @@ fn queue_raw(wq: &WqInner, pool: &Pool, raw: &RawWork) -> bool {
 }
 
 fn queue_live(pool: &Pool, raw: &RawWork) -> bool {
-    match update(raw, |s| {
-        (s & (PENDING | CANCELING) == 0).then_some(s | PENDING | LINKED)
-    }) {
-        Ok(old) => {
-            if old & LINKED == 0 {
+    match work::queue(&raw.state) {
+        Some(link) => {
+            if link {
                 push(pool, raw);
             }
             true
         }
-        Err(_) => false,
+        None => false,
     }
 }
 
@@ -662,10 +620,7 @@ fn cancel_raw_sync(raw: &RawWork) -> bool {
 
 /// Clears `PENDING` (and `DELAYED`); true if it was pending. Any context.
 fn unpend(raw: &RawWork) -> bool {
-    update(raw, |s| {
-        (s & PENDING != 0).then_some(s & !(PENDING | DELAYED))
-    })
-    .is_ok()
+    work::unpend(&raw.state)
 }
 
 /// The synchronous cancel; `stop_timer` deactivates a delay timer (after `CANCELING` is set,
@@ -1008,7 +963,7 @@ macro_rules! impl_has_delayed_work {
 impl<T: HasWork<ID>, const ID: u64> DelayedWork<T, ID> {
     /// `INIT_DELAYED_WORK(&dwork, handler)`: an idle delayed work (allocates its timer node:
     /// process context).
-    pub fn new(handler: fn(&T)) -> Self {
+    pub fn new<F: WorkFn<T>>(handler: F) -> Self {
         Self {
             work: Work::new(handler),
             timer: TimerList::new(
@@ -1037,9 +992,13 @@ impl<T, const ID: u64> DelayedWork<T, ID> {
 
 impl<T, const ID: u64> Drop for DelayedWork<T, ID> {
     fn drop(&mut self) {
-        // Stop the timer first; `work`'s own Drop then cancels and waits for the worker.
-        self.timer.del_timer_sync();
-        unpend(&self.work.raw);
+        // Stop the timer first (in softirq context no other timer handler runs: no wait);
+        // `work`'s own Drop then reports a pending work, cancels it and waits for the worker.
+        if panic::in_irq_context() {
+            self.timer.del_timer();
+        } else {
+            self.timer.del_timer_sync();
+        }
     }
 }
 

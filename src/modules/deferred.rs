@@ -365,6 +365,11 @@ impl DeferredDevice {
         self.timer.expires()
     }
 
+    /// Is the work item's handler (`alloc_io`) running now?
+    pub fn work_running(&self) -> bool {
+        self.dev().work.running()
+    }
+
     /// How many tasks are monitored.
     pub fn monitored(&self) -> usize {
         self.dev().mon.lock_bh().live
@@ -493,7 +498,7 @@ impl Module for DeferredModule {
         Some(self.dev.clone())
     }
 
-    fn exit(self: Box<Self>) {
+    fn exit(&mut self) {
         pr_info!("[deferred_exit] Exit module");
         self.dev.shutdown();
     }

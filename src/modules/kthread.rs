@@ -104,7 +104,7 @@ impl KthreadModule {
 }
 
 impl Module for KthreadModule {
-    fn exit(self: Box<Self>) {
+    fn exit(&mut self) {
         // TODO/7: tell the thread to stop (set `flag_stop_thread`, `wake_up_interruptible(&
         // wq_stop_thread)`), then wait until it says it is done (`wait_event_interruptible` on
         // `wq_thread_terminated`, again after a spurious wake-up).

@@ -31,7 +31,7 @@ mod tests {
         crate::kernel::start().unwrap();
         for m in MODULES {
             assert_eq!(find(m.name).map(|f| f.name), Some(m.name));
-            let loaded = m.load(&m.defaults()).unwrap();
+            let mut loaded = m.load(&m.defaults()).unwrap();
             assert_eq!(
                 loaded.file_operations().is_some(),
                 m.has_device,

@@ -96,7 +96,7 @@ impl TimerModule {
 }
 
 impl Module for TimerModule {
-    fn exit(self: Box<Self>) {
+    fn exit(&mut self) {
         pr_info!("[timer_exit] Exit module");
         // TODO 1: stop the timer and wait for a handler still running: `del_timer_sync`.
         self.timer.del_timer_sync();
