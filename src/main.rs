@@ -56,12 +56,10 @@ struct Args {
     /// Most reader threads on /dev/cuse (the pool starts with one and grows while all are busy).
     #[arg(long, default_value_t = 8)]
     threads: usize,
-    /// After answering the only request in flight, one reader polls for the next before it
-    /// sleeps: for the client's usual gap between an answer and its next call plus 4 times their
-    /// spread (learned from the round trips), at most this many microseconds, backing off when
-    /// none comes (0: never; saves a sleep and a wake-up per round trip for a client that asks
-    /// again at once).
-    #[arg(long, default_value_t = 1000, value_name = "US",
+    /// After answering the only request in flight, one reader polls for the next this many
+    /// microseconds before it sleeps, backing off when none comes (0: never; saves a sleep and
+    /// a wake-up per round trip for a client that asks again at once).
+    #[arg(long, default_value_t = 200, value_name = "US",
           value_parser = clap::value_parser!(u64).range(0..=100_000))]
     spin_us: u64,
     /// Write the daemon's pid to this file once the device is ready (node present, with its

@@ -31,8 +31,8 @@ pub struct Config {
     pub gid: Option<u32>,
     /// How long to wait for the kernel's answer and the node.
     pub timeout: Duration,
-    /// After answering a request, the longest one reader polls for the next before it sleeps in
-    /// `read(2)` (zero: never); below that the window follows the round trips (`spin.rs`).
+    /// After answering a request, how long one reader polls for the next before it sleeps in
+    /// `read(2)` (zero: never). See the reader pool (`pool.rs`).
     pub spin: Duration,
 }
 
@@ -48,7 +48,7 @@ impl Default for Config {
             mode: None,
             gid: None,
             timeout: Duration::from_secs(5),
-            spin: Duration::from_micros(1000),
+            spin: Duration::from_micros(200),
         }
     }
 }

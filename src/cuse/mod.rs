@@ -32,8 +32,7 @@
 //! - `config`: [`Config`]; `error`: [`Error`], one line for the command line.
 //! - `init`: the CUSE_INIT handshake and its confirmation; `node`: waiting for `/dev/<name>`, its
 //!   group and mode.
-//! - `pool`: the reader threads (growth, parking, spinning); `spin`: how long a reader polls for
-//!   the next request, learned from the round trips; `dispatch`: a request to the
+//! - `pool`: the reader threads (growth, parking, spinning); `dispatch`: a request to the
 //!   [`FileOperations`](crate::kernel::fs::FileOperations) and its answer.
 //! - `device`: [`Cuse`] and [`Device`], the connection's life from open to stop.
 //!
@@ -57,7 +56,6 @@ mod init;
 mod node;
 mod pool;
 pub mod reply;
-mod spin;
 #[cfg(test)]
 mod tests;
 

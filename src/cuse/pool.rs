@@ -26,7 +26,6 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use super::config::Config;
 use super::error::{Error, sys};
 use super::reply::Channel;
-use super::spin::SpinWindow;
 use crate::kernel::fs::FileOperations;
 use crate::sys::futex;
 
@@ -39,8 +38,13 @@ pub(super) struct Server {
     pub(super) fops: Arc<dyn FileOperations>,
     pub(super) next_fh: AtomicU64,
     pub(super) max_read: u32,
-    /// How long a reader that has just answered polls for the next request (see [`reader`]).
-    pub(super) spin: SpinWindow,
+    pub(super) spin: Duration,
+    /// One reader at a time spins (see [`reader`]).
+    spinning: AtomicBool,
+    /// Spins in a row that ran out without a request.
+    pub(super) spin_misses: AtomicU32,
+    /// Chances to spin still to pass up after misses (a back-off).
+    pub(super) spin_skip: AtomicU32,
     /// The callers (thread ids) of the last requests, a ring: how many clients are active.
     recent_callers: [AtomicU32; RECENT_CALLERS],
     recent_next: AtomicUsize,
@@ -86,7 +90,10 @@ impl Server {
             fops,
             next_fh: AtomicU64::new(1),
             max_read: config.max_read,
-            spin: SpinWindow::new(config.spin),
+            spin: config.spin,
+            spinning: AtomicBool::new(false),
+            spin_misses: AtomicU32::new(0),
+            spin_skip: AtomicU32::new(0),
             recent_callers: [const { AtomicU32::new(0) }; RECENT_CALLERS],
             recent_next: AtomicUsize::new(0),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -230,7 +237,16 @@ impl Server {
 
     /// Whether a reader that has just answered should spin for the next request (see [`reader`]).
     pub(super) fn should_spin(&self) -> bool {
-        self.chan.in_flight() == 0 && self.active_clients() <= self.cpus && self.spin.should_spin()
+        if self.spin.is_zero() || self.chan.in_flight() != 0 || self.active_clients() > self.cpus {
+            return false;
+        }
+        // Back-off after misses: pass up this chance if some are still to be passed up.
+        let skip = self.spin_skip.load(Ordering::Relaxed);
+        if skip > 0 {
+            self.spin_skip.store(skip - 1, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     /// Remembers the caller of a request.
@@ -251,6 +267,17 @@ impl Server {
             }
         }
         n
+    }
+
+    /// Records how a spin went.
+    pub(super) fn spun(&self, hit: bool) {
+        if hit {
+            self.spin_misses.store(0, Ordering::Relaxed);
+        } else {
+            let misses = self.spin_misses.fetch_add(1, Ordering::Relaxed) + 1;
+            self.spin_skip
+                .store(1 << (misses - 1).min(6), Ordering::Relaxed);
+        }
     }
 }
 
@@ -312,25 +339,22 @@ fn unblock(sig: i32) -> Result<(), Errno> {
 /// One reader thread: one read = one request, until stopped or the connection is gone.
 ///
 /// Spin, then sleep: a reader that has just answered the only request in flight polls the fd
-/// (without sleeping) before it goes to sleep in `read(2)`, one reader at a time, for a window
-/// learned from the round trips ([`super::spin`]: the client's usual gap between an answer and
-/// its next call plus 4 times their spread, at most [`Config::spin`]). A client that asks again
-/// right away is served without a sleep and a wake-up on either side of the round trip (on an
-/// idle CPU, waking a sleeper is most of it).
+/// (without sleeping) for up to [`Config::spin`] before it goes to sleep in `read(2)`, one
+/// reader at a time. A client that asks again right away is served without a sleep and a
+/// wake-up on either side of the round trip (on an idle CPU, waking a sleeper is most of it).
 /// It is not tried while other requests are in flight (other readers are running and the next
 /// request is likely queued already), nor while more clients are active (distinct callers among
 /// the last 8 requests) than there are CPUs: then the CPUs are busy, and a spinning reader would
-/// only take one from a client. Spins that run out back off, so a client that asks rarely
-/// costs no more than a sleeping reader; a quiet device costs nothing.
-/// The same trade as the kernel's `net.core.busy_read`, with the window set by what it sees.
+/// only take one from a client. Spins that run out make the
+/// readers pass up the next chances (1, 2, 4, ... up to 64 in a row), so a client that asks
+/// rarely costs no more than a sleeping reader; a quiet device costs nothing.
+/// The same trade as the kernel's `net.core.busy_read`.
 fn reader(server: &Arc<Server>) {
     // Whoever spawned us may block signals; the stop signal must get through.
     let _ = unblock(server.wake);
     let mut buf = vec![0u8; server.buffer_len];
     let fd = server.chan.fd();
     let mut answered = false;
-    // When this reader last answered: the next request it reads measures the client's gap.
-    let mut answered_at: Option<Instant> = None;
     let park = Arc::new(AtomicU32::new(0));
     while !server.stop.load(Ordering::Acquire) {
         // Nothing to read and two other readers free already: this one parks. With the kernel
@@ -339,11 +363,10 @@ fn reader(server: &Arc<Server>) {
             answered = false;
             continue;
         }
-        if answered && server.should_spin() {
-            server.spin.spin(|| request_or_error(fd.as_fd()));
-        }
-        if !answered {
-            answered_at = None;
+        if answered && server.should_spin() && !server.spinning.swap(true, Ordering::Acquire) {
+            let hit = spin_for_request(fd.as_fd(), server.spin);
+            server.spun(hit);
+            server.spinning.store(false, Ordering::Release);
         }
         answered = false;
         match nix::unistd::read(fd, &mut buf) {
@@ -352,9 +375,6 @@ fn reader(server: &Arc<Server>) {
                 break;
             }
             Ok(n) => {
-                if let Some(t) = answered_at.take() {
-                    server.spin.observe(t.elapsed());
-                }
                 // Every other active reader busy with a request (answered ones are out of the
                 // in-flight table, even if their reader has not come back to read yet)?
                 if server.chan.in_flight() + 1 >= server.active.load(Ordering::Acquire)
@@ -369,7 +389,6 @@ fn reader(server: &Arc<Server>) {
                     log::error!("bug: a request handler panicked; the request was answered EIO");
                 }
                 answered = true;
-                answered_at = Some(Instant::now());
             }
             Err(Errno::EAGAIN | Errno::EINTR | Errno::ENOENT) => continue,
             Err(Errno::ENODEV | Errno::ECONNABORTED) => {
@@ -393,8 +412,22 @@ fn readable_now(fd: BorrowedFd<'_>) -> bool {
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
-/// Whether a request is waiting (or the fd has an error or hang-up for `read` to report).
-fn request_or_error(fd: BorrowedFd<'_>) -> bool {
-    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-    !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0) | Err(Errno::EINTR))
+/// Polls `fd` without sleeping until it is readable (or hung up: `true`) or `window` has passed
+/// (`false`).
+fn spin_for_request(fd: BorrowedFd<'_>, window: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        // The clock is read every few polls: in a VM it can cost more than a poll.
+        for _ in 0..4 {
+            let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::ZERO) {
+                Ok(0) | Err(Errno::EINTR) => {}
+                _ => return true, // readable, hung up, or an error the read will report
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= window {
+            return false;
+        }
+    }
 }

@@ -485,14 +485,6 @@ const HALF_FULL: u64 = SLOTS as u64 / 2;
 
 fn console_thread() {
     crate::kernel::sched::set_comm("printk");
-    // SCHED_BATCH: the console keeps its fair share of a CPU (it is never starved, the ring does
-    // not fill) but its wake-ups never preempt a running thread: a reader spinning for the next
-    // request or a client keeps its CPU, and the batch is written when a CPU is free or the
-    // running thread's slice ends. Writing the log stays off the request path.
-    let batch = libc::sched_param { sched_priority: 0 };
-    // SAFETY: 0 is the calling thread; `batch` is a valid sched_param. A failure (a seccomp
-    // filter, say) leaves the thread SCHED_OTHER, which only costs latency.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &batch) };
     loop {
         let seen = WAKE.load(Ordering::SeqCst);
         {
