@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use deferred::kernel::alloc::{CountingAllocator, softirq_allocations};
 use deferred::kernel::error::Error;
 use deferred::kernel::fs::{File, FileOperations};
+use deferred::kernel::jiffies::{HZ, jiffies, time_before};
 use deferred::kernel::printk::{self, Capture};
 use deferred::modules::abi::{
     MY_IOCTL_TIMER_ALLOC, MY_IOCTL_TIMER_CANCEL, MY_IOCTL_TIMER_MON, MY_IOCTL_TIMER_SET,
@@ -16,7 +17,14 @@ use deferred::modules::abi::{
 use deferred::modules::deferred::{
     DeferredModule, Options, TIMER_TYPE_ALLOC, TIMER_TYPE_MON, TIMER_TYPE_NONE, TIMER_TYPE_SET,
 };
-use deferred::modules::{Module, Params, load};
+use deferred::modules::{Module, kthread, timer};
+
+#[path = "common/wait.rs"]
+mod wait;
+#[path = "common/witness.rs"]
+mod witness;
+use wait::wait_for;
+use witness::wait_past;
 
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator;
@@ -39,24 +47,19 @@ const FILE: File = File {
 
 /// Waits (bounded) until the capture holds `n` lines containing `needle`; returns those lines.
 fn wait_lines(cap: &Capture, needle: &str, n: usize, within: Duration) -> Vec<printk::Line> {
-    let deadline = Instant::now() + within;
-    loop {
-        let got: Vec<_> = cap
-            .lines()
+    let matching = || -> Vec<printk::Line> {
+        cap.lines()
             .into_iter()
             .filter(|l| l.text.contains(needle))
-            .collect();
-        if got.len() >= n {
-            return got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited {within:?} for {n} x {needle:?}, got {}: {:#?}",
-            got.len(),
-            cap.texts()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            .collect()
+    };
+    assert!(
+        wait_for(within, || matching().len() >= n),
+        "waited {within:?} for {n} x {needle:?}, got {}: {:#?}",
+        matching().len(),
+        cap.texts()
+    );
+    matching()
 }
 
 fn count(cap: &Capture, needle: &str) -> usize {
@@ -65,6 +68,11 @@ fn count(cap: &Capture, needle: &str) -> usize {
 
 fn load_deferred(opts: Options) -> DeferredModule {
     DeferredModule::load(opts).unwrap()
+}
+
+/// rmmod: exit, then the module's memory goes.
+fn unload(mut m: impl Module) {
+    m.exit();
 }
 
 fn sleeper() -> Child {
@@ -81,7 +89,7 @@ fn load_open_ioctl_release_unload_print_the_labs_lines_in_order() {
     dev.open(&FILE).unwrap();
     assert_eq!(dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
     dev.release(&FILE);
-    Box::new(m).exit();
+    unload(m);
     assert_eq!(
         cap.texts(),
         [
@@ -117,11 +125,11 @@ fn set_fires_once_after_n_seconds_printing_the_interrupted_task() {
     let (pid, comm) = rest.split_once(", comm = ").unwrap();
     let pid: i32 = pid.parse().unwrap();
     assert!(pid > 0 && !comm.is_empty(), "{text}");
-    // One-shot: no second expiry.
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(count(&cap, "[timer_handler]"), 1);
+    // One-shot: no second expiry (not re-armed, and a second later nothing came).
     assert!(!dev.timer_pending());
-    Box::new(m).exit();
+    wait_past(dev.expires().wrapping_add(HZ));
+    assert_eq!(count(&cap, "[timer_handler]"), 1);
+    unload(m);
     assert_eq!(softirq_allocations(), 0);
 }
 
@@ -132,26 +140,42 @@ fn cancel_stops_a_pending_timer_and_the_last_set_wins() {
     let m = load_deferred(Options::default());
     let dev = m.device().clone();
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_SET, 1).unwrap();
+    let cancelled = dev.expires();
     assert_eq!(dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
     assert!(!dev.timer_pending());
     // Cancel of an idle timer: still 0, flag unchanged.
     assert_eq!(dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
     assert_eq!(dev.flag(), TIMER_TYPE_SET);
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_past(cancelled);
     assert_eq!(count(&cap, "[timer_handler]"), 0, "a cancelled timer fired");
 
-    // Re-arming moves the timer: 3 s, then 1 s -> one expiry, after about 1 s.
-    let t0 = Instant::now();
+    // Re-arming moves the timer: 3 s, then 1 s -> one expiry, the second SET's (the handler's
+    // debug line says which expiry fired, and when).
+    let level = log::max_level();
+    log::set_max_level(log::LevelFilter::Debug);
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_SET, 3).unwrap();
+    let first = dev.expires();
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_SET_32, 1).unwrap();
-    wait_lines(&cap, "[timer_handler]", 1, Duration::from_secs(10));
-    assert!(
-        t0.elapsed() < Duration::from_millis(2900),
-        "the first SET won"
+    let second = dev.expires();
+    assert!(time_before(second, first), "{second} not before {first}");
+    let fired = wait_lines(
+        &cap,
+        "[timer_handler] expires = ",
+        1,
+        Duration::from_secs(10),
     );
-    std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!(count(&cap, "[timer_handler]"), 1);
-    Box::new(m).exit();
+    log::set_max_level(level);
+    let (expires, now) = fired[0]
+        .text
+        .strip_prefix("[timer_handler] expires = ")
+        .and_then(|r| r.split_once(", jiffies = "))
+        .unwrap_or_else(|| panic!("{}", fired[0].text));
+    assert_eq!(expires.parse::<u64>(), Ok(second), "the first SET won");
+    let now: u64 = now.parse().unwrap();
+    assert!(!time_before(now, second), "fired at {now}, before {second}");
+    wait_past(first);
+    assert_eq!(count(&cap, "[timer_handler] pid = "), 1);
+    unload(m);
 }
 
 #[test]
@@ -172,7 +196,7 @@ fn alloc_runs_alloc_io_on_a_worker_five_seconds_after_the_timer() {
     let slept = yawn[0].ts_ns - fired[0].ts_ns;
     assert!(slept >= 4_990_000_000, "alloc_io slept only {slept} ns");
     assert!(!cap.contains("BUG:"), "{:#?}", cap.texts());
-    Box::new(m).exit();
+    unload(m);
     assert_eq!(softirq_allocations(), 0);
 }
 
@@ -184,9 +208,12 @@ fn unload_waits_for_a_running_alloc_work() {
     let dev = m.device().clone();
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_ALLOC, 0).unwrap();
     wait_lines(&cap, "[timer_handler]", 1, Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(200)); // the work is sleeping now
+    assert!(
+        wait_for(Duration::from_secs(5), || dev.work_running()),
+        "the work never started"
+    );
     let t0 = Instant::now();
-    Box::new(m).exit(); // flush_scheduled_work
+    unload(m); // flush_scheduled_work
     assert!(
         t0.elapsed() >= Duration::from_secs(4),
         "exit did not wait for the work"
@@ -227,7 +254,7 @@ fn alloc_io_direct_reports_the_kernels_bugs_and_the_device_keeps_serving() {
     // Still serving.
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_SET, 0).unwrap();
     wait_lines(&cap, "[timer_handler]", 2, Duration::from_secs(5));
-    Box::new(m).exit();
+    unload(m);
     assert_eq!(softirq_allocations(), 0);
 }
 
@@ -257,7 +284,7 @@ fn mon_ticks_every_second_and_reports_each_dead_process_once() {
     wait_lines(&cap, "[timer_handler]", ticks + 2, Duration::from_secs(10));
     assert_eq!(count(&cap, &dead), 1);
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0).unwrap();
-    Box::new(m).exit();
+    unload(m);
     assert_eq!(softirq_allocations(), 0);
 }
 
@@ -290,7 +317,7 @@ fn mon_reports_newest_first_and_twice_added_pids_twice() {
         k.wait().unwrap();
     }
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0).unwrap();
-    Box::new(m).exit();
+    unload(m);
     assert_eq!(softirq_allocations(), 0);
 }
 
@@ -309,7 +336,7 @@ fn mon_of_a_missing_pid_is_esrch_and_changes_nothing() {
     }
     assert_eq!(dev.flag(), TIMER_TYPE_SET);
     assert_eq!(dev.monitored(), 0);
-    Box::new(m).exit();
+    unload(m);
 }
 
 #[test]
@@ -329,7 +356,7 @@ fn unknown_commands_are_enotty_and_read_write_einval() {
     assert_eq!(dev.write(&FILE, b"x", 0), Err(Error::EINVAL));
     assert_eq!(dev.flag(), TIMER_TYPE_NONE);
     assert!(!dev.timer_pending());
-    Box::new(m).exit();
+    unload(m);
 }
 
 #[test]
@@ -347,10 +374,10 @@ fn huge_timeouts_never_overflow() {
         dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_ALLOC, n).unwrap();
         assert!(dev.timer_pending(), "n = {n}");
     }
-    std::thread::sleep(Duration::from_millis(300));
+    wait_past(jiffies());
     assert_eq!(count(&cap, "[timer_handler]"), 1);
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0).unwrap();
-    Box::new(m).exit();
+    unload(m);
 }
 
 #[test]
@@ -366,10 +393,11 @@ fn unload_with_a_pending_timer_and_watched_processes_is_clean() {
     }
     assert_eq!(dev.monitored(), 50);
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_SET, 1).unwrap();
-    Box::new(m).exit();
+    let armed = dev.expires();
+    unload(m);
     assert_eq!(dev.monitored(), 0);
     assert!(!dev.timer_pending());
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_past(armed);
     assert_eq!(
         count(&cap, "[timer_handler]"),
         0,
@@ -385,7 +413,7 @@ fn unload_with_a_pending_timer_and_watched_processes_is_clean() {
 fn timer_module_counts_seconds_periodically_or_once() {
     let _g = serial();
     let cap = printk::capture();
-    let m = load("timer", Params::default()).unwrap();
+    let mut m = timer::MODULE.load(&timer::MODULE.defaults()).unwrap();
     let lines = wait_lines(
         &cap,
         "[timer_handler] nseconds =",
@@ -412,16 +440,11 @@ fn timer_module_counts_seconds_periodically_or_once() {
     assert_eq!(all.last().unwrap(), "[timer_exit] Exit module");
 
     let cap = printk::capture();
-    let m = load(
-        "timer",
-        Params {
-            once: true,
-            ..Params::default()
-        },
-    )
-    .unwrap();
+    let once = timer::MODULE.parse_params(&["once=1"]).unwrap();
+    let mut m = timer::MODULE.load(&once).unwrap();
     wait_lines(&cap, "nseconds = 1", 1, Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(1600));
+    // A periodic timer would have fired again a second later.
+    wait_past(jiffies().wrapping_add(HZ));
     assert_eq!(count(&cap, "nseconds ="), 1);
     m.exit();
     assert_eq!(softirq_allocations(), 0);
@@ -431,8 +454,8 @@ fn timer_module_counts_seconds_periodically_or_once() {
 fn kthread_module_runs_mykthread0_and_waits_for_it_at_unload() {
     let _g = serial();
     let cap = printk::capture();
-    let m = deferred::modules::kthread::KthreadModule::load().unwrap();
-    let tid = m.task().pid();
+    let m = kthread::KthreadModule::load().unwrap();
+    let tid = m.task().unwrap().pid();
     let line = wait_lines(
         &cap,
         "[my_thread_f] Current process id is",
@@ -445,7 +468,7 @@ fn kthread_module_runs_mykthread0_and_waits_for_it_at_unload() {
     );
     let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap();
     assert_eq!(comm.trim(), "mykthread0");
-    Box::new(m).exit();
+    unload(m);
     let texts = cap.texts();
     let exiting = texts
         .iter()
@@ -491,7 +514,7 @@ fn a_burst_of_exits_is_reported_in_one_tick() {
         k.wait().unwrap();
     }
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0).unwrap();
-    Box::new(m).exit();
+    unload(m);
     assert_eq!(softirq_allocations(), 0);
 }
 
@@ -567,6 +590,6 @@ fn mon_out_of_descriptors_is_not_death() {
     assert_eq!(count(&cap, "is dead"), 1);
     assert_eq!(dev.monitored(), 0);
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0).unwrap();
-    Box::new(m).exit();
+    unload(m);
     assert_eq!(softirq_allocations(), 0);
 }

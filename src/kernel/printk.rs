@@ -17,30 +17,25 @@
 //! kernel's words, `** N printk messages dropped **`, before the next line it prints.
 //!
 //! # Ground rules (the ring, shared with signal context)
-//! - A bounded MPSC queue (Vyukov's): each slot has a sequence number. A producer claims position
-//!   `pos` by a CAS on `tail` when the slot's sequence equals `pos`, writes the slot, then
-//!   publishes it by storing `pos + 1` (Release). Only the claiming producer writes a claimed slot.
+//! - The ring is a bounded MPSC queue (Vyukov's) and the console's wake-up a doorbell, both in
+//!   [`crate::kernel::sync::ring`], whose ground rules they follow (and whose loom models check
+//!   them). A producer never waits: a full ring drops the line and counts it in `DROPPED`.
 //! - The consumer side is serialised by `CONSUMER` (a std mutex: process context only, the
-//!   console thread or [`flush`]). It reads a slot only after seeing `pos + 1` (Acquire) and hands
-//!   it back by storing `pos + SLOTS`.
-//! - A producer never waits: a slot still unconsumed from the previous lap means "full"; the
-//!   line is counted in `DROPPED`. A producer interrupted between claim and publish (by the
-//!   signal handler on its own thread) only delays the consumer; the handler's own pushes go to
-//!   later slots.
-//! - Wake-up of the console: a futex word bumped after every publish and woken when the console
-//!   sleeps (`futex(2)` is a plain syscall, async-signal-safe). The console never polls on a timer.
+//!   console thread or [`flush`]).
+//! - The doorbell's sleep and wake are `futex(2)` calls (a plain syscall, async-signal-safe).
+//!   The console never polls on a timer.
 
-use std::cell::UnsafeCell;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::kernel::jiffies;
+use crate::kernel::sync::ring::{self, Doorbell, Ring};
 use crate::sys::futex;
 
 /// Longest line kept (bytes); longer lines are truncated on a character boundary.
-pub const LINE_MAX: usize = 240;
+pub const LINE_MAX: usize = ring::LINE_MAX;
 /// Slots in the ring.
 pub const SLOTS: usize = 2048;
 
@@ -91,53 +86,15 @@ impl Level {
     }
 }
 
-struct Slot {
-    /// Sequence number minus the slot's index (so that the all-zero static is the initial state).
-    seq: AtomicU64,
-    level: UnsafeCell<u8>,
-    ts_ns: UnsafeCell<u64>,
-    len: UnsafeCell<u16>,
-    text: UnsafeCell<[u8; LINE_MAX]>,
-}
-
-impl Slot {
-    const fn new() -> Slot {
-        Slot {
-            seq: AtomicU64::new(0),
-            level: UnsafeCell::new(0),
-            ts_ns: UnsafeCell::new(0),
-            len: UnsafeCell::new(0),
-            text: UnsafeCell::new([0; LINE_MAX]),
-        }
-    }
-}
-
-struct Ring {
-    slots: [Slot; SLOTS],
-    /// Next position a producer claims.
-    tail: AtomicU64,
-    /// Next position the consumer reads (written under `CONSUMER` only).
-    head: AtomicU64,
-}
-
-// SAFETY: slot contents are written only by the producer that claimed the slot (CAS on `tail`)
-// and read only by the consumer after the Release/Acquire publish on `seq` (see Ground rules).
-unsafe impl Sync for Ring {}
-
-static RING: Ring = Ring {
-    slots: [const { Slot::new() }; SLOTS],
-    tail: AtomicU64::new(0),
-    head: AtomicU64::new(0),
-};
+/// The ring and its algorithm: [`crate::kernel::sync::ring`] (model-checked under loom).
+static RING: Ring<SLOTS> = Ring::new();
+/// Rung after each publish; the console sleeps on it when idle.
+static BELL: Doorbell = Doorbell::new();
 
 /// Lines lost because the ring was full.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
-/// Futex word bumped after each publish.
-static WAKE: AtomicU32 = AtomicU32::new(0);
 /// Futex word bumped when the ring reaches half full: wakes a console letting lines gather.
 static URGENT: AtomicU32 = AtomicU32::new(0);
-/// 1 while the console thread sleeps on `WAKE`.
-static CONSOLE_WAITING: AtomicU32 = AtomicU32::new(0);
 static CONSOLE_STARTED: AtomicBool = AtomicBool::new(false);
 /// The registered console's lowest priority plus one (0: none registered; 255: prints nothing),
 /// for [`flush_on_panic`], which cannot take `CONSUMER`.
@@ -323,52 +280,25 @@ impl fmt::Write for LineBuf {
 /// Push one line into the ring. Async-signal-safe, lock-free, never allocates.
 /// Returns false if the ring was full (the line is counted as dropped).
 pub fn push(level: Level, ts_ns: u64, text: &[u8]) -> bool {
-    let mut pos = RING.tail.load(Ordering::Relaxed);
-    loop {
-        let idx = (pos % SLOTS as u64) as usize;
-        let slot = &RING.slots[idx];
-        let seq = slot.seq.load(Ordering::Acquire).wrapping_add(idx as u64);
-        let diff = seq.wrapping_sub(pos) as i64;
-        if diff == 0 {
-            match RING.tail.compare_exchange_weak(
-                pos,
-                pos + 1,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    let n = text.len().min(LINE_MAX);
-                    // SAFETY: we claimed position `pos` by the CAS: until we publish, no other
-                    // producer and not the consumer touch this slot (Ground rules).
-                    unsafe {
-                        *slot.level.get() = level as u8;
-                        *slot.ts_ns.get() = ts_ns;
-                        *slot.len.get() = n as u16;
-                        (&mut *slot.text.get())[..n].copy_from_slice(&text[..n]);
-                    }
-                    slot.seq
-                        .store((pos + 1).wrapping_sub(idx as u64), Ordering::Release);
-                    WAKE.fetch_add(1, Ordering::SeqCst);
-                    if CONSOLE_WAITING.load(Ordering::SeqCst) != 0 {
-                        futex::wake(&WAKE, i32::MAX);
-                    }
-                    // The line that fills the ring to half wakes the console even while it lets
-                    // lines gather (one producer claims that position: one wake-up).
-                    if (pos + 1).wrapping_sub(RING.head.load(Ordering::Relaxed)) == HALF_FULL {
-                        URGENT.fetch_add(1, Ordering::SeqCst);
-                        futex::wake(&URGENT, i32::MAX);
-                    }
-                    return true;
-                }
-                Err(cur) => pos = cur,
-            }
-        } else if diff < 0 {
-            DROPPED.fetch_add(1, Ordering::Relaxed);
-            return false;
-        } else {
-            pos = RING.tail.load(Ordering::Relaxed);
-        }
+    let pushed = RING.push(|r| {
+        let n = text.len().min(LINE_MAX);
+        r.level = level as u8;
+        r.ts_ns = ts_ns;
+        r.len = n as u16;
+        r.text[..n].copy_from_slice(&text[..n]);
+    });
+    let Some(pos) = pushed else {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+        return false;
+    };
+    BELL.ring();
+    // The line that fills the ring to half wakes the console even while it lets lines gather
+    // (one producer claims that position: one wake-up).
+    if (pos + 1).wrapping_sub(RING.head()) == HALF_FULL {
+        URGENT.fetch_add(1, Ordering::SeqCst);
+        futex::wake(&URGENT, i32::MAX);
     }
+    true
 }
 
 /// Format and push one line: the body of every `pr_*!` macro. Usable from any context.
@@ -403,7 +333,7 @@ pub fn dropped() -> u64 {
 fn drain(c: &mut Consumer, until: Option<u64>) {
     drain_ring(c, until);
     c.write_batch();
-    WRITTEN.store(RING.head.load(Ordering::Relaxed), Ordering::Release);
+    WRITTEN.store(RING.head(), Ordering::Release);
 }
 
 fn drain_ring(c: &mut Consumer, until: Option<u64>) {
@@ -416,37 +346,18 @@ fn drain_ring(c: &mut Consumer, until: Option<u64>) {
             let text = format!("** {n} printk messages dropped **");
             c.print(Level::Warning, jiffies::uptime_ns(), text.as_bytes());
         }
-        let pos = RING.head.load(Ordering::Relaxed);
-        if until.is_some_and(|u| pos >= u) {
+        if until.is_some_and(|u| RING.head() >= u) {
             return;
         }
-        let idx = (pos % SLOTS as u64) as usize;
-        let slot = &RING.slots[idx];
-        let seq = slot.seq.load(Ordering::Acquire).wrapping_add(idx as u64);
-        if seq != pos + 1 {
+        // SAFETY: we are the only consumer (the caller holds CONSUMER).
+        let printed = unsafe { RING.pop(|r| c.print(Level::from_u8(r.level), r.ts_ns, r.text())) };
+        if printed.is_none() {
             // Not published yet.
             if until.is_none() || jiffies::monotonic_ns() > deadline {
                 return;
             }
             std::thread::yield_now();
-            continue;
         }
-        // SAFETY: the slot is published for `pos` (Acquire above) and we are the only consumer
-        // (CONSUMER held); producers do not touch it until we hand it back below.
-        let (level, ts_ns, text) = unsafe {
-            let len = (*slot.len.get() as usize).min(LINE_MAX);
-            (
-                Level::from_u8(*slot.level.get()),
-                *slot.ts_ns.get(),
-                &(&*slot.text.get())[..len],
-            )
-        };
-        c.print(level, ts_ns, text);
-        slot.seq.store(
-            (pos + SLOTS as u64).wrapping_sub(idx as u64),
-            Ordering::Release,
-        );
-        RING.head.store(pos + 1, Ordering::Relaxed);
     }
 }
 
@@ -466,35 +377,28 @@ pub(crate) fn flush_on_panic() {
         255 => return,
         l => l - 1,
     };
-    let tail = RING.tail.load(Ordering::SeqCst);
+    let tail = RING.tail();
     let mut pos = WRITTEN.load(Ordering::Acquire);
     while pos < tail {
-        let idx = (pos % SLOTS as u64) as usize;
-        let slot = &RING.slots[idx];
-        let seq = slot.seq.load(Ordering::Acquire).wrapping_add(idx as u64);
-        // Published, or drained and handed back but not claimed again yet.
-        if seq == pos + 1 || seq == pos + SLOTS as u64 {
-            let mut line = [0u8; 32 + 1 + LINE_MAX + 1];
-            // SAFETY: the slot holds line `pos` (published, or drained and handed back): the
-            // consumer only reads it, and a producer writes it again only once the ring has
-            // gone round (SLOTS lines later). The panic path accepts that one last race: the
-            // process ends right after, and a slot is plain bytes, so at worst a garbled line.
-            let (level, ts_ns, len) = unsafe {
-                (
-                    *slot.level.get(),
-                    *slot.ts_ns.get(),
-                    (*slot.len.get() as usize).min(LINE_MAX),
-                )
-            };
-            if level <= max {
-                let (stamp, n) = Stamp(ts_ns).bytes();
+        let mut line = [0u8; 32 + 1 + LINE_MAX + 1];
+        // SAFETY: the panic path accepts that one last race (see `Ring::peek`): the process
+        // ends right after, and a slot is plain bytes, so at worst a garbled line.
+        let len = unsafe {
+            RING.peek(pos, |r| {
+                if r.level > max {
+                    return 0;
+                }
+                let (stamp, n) = Stamp(r.ts_ns).bytes();
+                let text = r.text();
                 line[..n].copy_from_slice(&stamp[..n]);
                 line[n] = b' ';
-                // SAFETY: as above.
-                line[n + 1..n + 1 + len].copy_from_slice(unsafe { &(&*slot.text.get())[..len] });
-                line[n + 1 + len] = b'\n';
-                crate::kernel::panic::write_all(&line[..n + len + 2]);
-            }
+                line[n + 1..n + 1 + text.len()].copy_from_slice(text);
+                line[n + 1 + text.len()] = b'\n';
+                n + text.len() + 2
+            })
+        };
+        if let Some(len) = len.filter(|&l| l > 0) {
+            crate::kernel::panic::write_all(&line[..len]);
         }
         pos += 1;
     }
@@ -503,7 +407,7 @@ pub(crate) fn flush_on_panic() {
 /// Wait until every line pushed before this call has been handed to `log` (and to captures).
 /// Process context only.
 pub fn flush() {
-    let target = RING.tail.load(Ordering::SeqCst);
+    let target = RING.tail();
     let mut c = CONSUMER.lock().unwrap_or_else(|e| e.into_inner());
     drain(&mut c, Some(target));
 }
@@ -545,7 +449,7 @@ const HALF_FULL: u64 = SLOTS as u64 / 2;
 fn console_thread() {
     crate::kernel::sched::set_comm("printk");
     loop {
-        let seen = WAKE.load(Ordering::SeqCst);
+        let seen = BELL.seen();
         {
             let mut c = CONSUMER.lock().unwrap_or_else(|e| e.into_inner());
             drain(&mut c, None);
@@ -557,15 +461,11 @@ fn console_thread() {
         while URGENT.load(Ordering::SeqCst) == urgent && jiffies::monotonic_ns() < deadline {
             futex::wait(&URGENT, urgent, Some(deadline));
         }
-        if WAKE.load(Ordering::SeqCst) != seen {
+        if BELL.seen() != seen {
             continue;
         }
         // Quiet for a while: sleep until woken (tickless when idle).
-        CONSOLE_WAITING.store(1, Ordering::SeqCst);
-        if WAKE.load(Ordering::SeqCst) == seen {
-            futex::wait(&WAKE, seen, None);
-        }
-        CONSOLE_WAITING.store(0, Ordering::SeqCst);
+        BELL.sleep(seen);
     }
 }
 

@@ -1,6 +1,7 @@
 //! `timer_list`: one-shot timers in jiffies whose handlers run in softirq context.
 //!
-//! ```ignore
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 //! use deferred::kernel::{jiffies::{jiffies, HZ}, timer::{Timer, TimerList}};
 //!
 //! struct Dev { nseconds: AtomicU64 }
@@ -12,10 +13,15 @@
 //!     t.mod_timer(jiffies() + HZ);                       // periodic: re-arm from the handler
 //! }
 //!
+//! deferred::kernel::start()?;
 //! let timer = TimerList::new(timer_handler, Dev { nseconds: AtomicU64::new(0) });
-//! timer.mod_timer(jiffies() + HZ);
-//! // ...
+//! timer.mod_timer(jiffies() + 1);
+//! while timer.data().nseconds.load(Relaxed) == 0 {      // the first expiry, a jiffy later
+//!     std::thread::yield_now();
+//! }
 //! timer.del_timer_sync();                                // also done by Drop
+//! assert!(!timer.timer_pending());
+//! # Ok::<(), deferred::kernel::error::Error>(())
 //! ```
 //!
 //! # Reaching the container (the kernel's `from_timer`)
@@ -77,6 +83,7 @@ use crate::kernel::jiffies::{self, time_after, time_before, time_before_eq};
 use crate::kernel::panic::{self, warn_at};
 use crate::kernel::sched;
 use crate::kernel::softirq::{self, Softirq};
+use crate::kernel::sync::spin::SpinFlag;
 
 /// The list links and bookkeeping of one timer (first field of `Timer<T>`, `repr(C)`).
 #[repr(C)]
@@ -117,7 +124,8 @@ struct BaseInner {
 }
 
 struct Base {
-    lock: AtomicBool,
+    /// The spin flag (model-checked under loom: `sync::spin`).
+    lock: SpinFlag,
     inner: UnsafeCell<BaseInner>,
 }
 
@@ -125,7 +133,7 @@ struct Base {
 unsafe impl Sync for Base {}
 
 static BASE: Base = Base {
-    lock: AtomicBool::new(false),
+    lock: SpinFlag::new(),
     inner: UnsafeCell::new(BaseInner {
         head: Node::sentinel(),
         expiring: Node::sentinel(),
@@ -148,20 +156,7 @@ impl BaseGuard {
         // Block the timer signal unless it is already blocked on this thread: in interrupt
         // context, or with bottom halves disabled.
         let flags = (!softirq::in_interrupt()).then(softirq::local_irq_save);
-        let mut spins = 0u32;
-        while BASE
-            .lock
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            spins += 1;
-            if spins.is_multiple_of(64) {
-                // SAFETY: sched_yield has no preconditions (a plain syscall, signal-safe).
-                unsafe { libc::sched_yield() };
-            } else {
-                std::hint::spin_loop();
-            }
-        }
+        BASE.lock.lock();
         let g = BaseGuard { flags };
         let b = g.base();
         // SAFETY: lock held; first use makes both sentinels empty circular lists. The
@@ -197,7 +192,7 @@ impl BaseGuard {
 
 impl Drop for BaseGuard {
     fn drop(&mut self) {
-        BASE.lock.store(false, Ordering::Release);
+        BASE.lock.unlock();
         if let Some(f) = self.flags {
             softirq::local_irq_restore(f);
         }
@@ -409,7 +404,11 @@ unsafe fn call_timer<T>(n: *const Node) {
     // SAFETY: per the contract.
     let t = unsafe { &*(n as *const Timer<T>) };
     let f = t.func.load(Ordering::Acquire);
-    // SAFETY: `func` only ever holds a `fn(&Timer<T>)` (set in new/timer_setup).
+    if f == 0 {
+        // Never armed without a handler (mod_timer refuses): nothing to run.
+        return;
+    }
+    // SAFETY: a non-zero `func` only ever holds a `fn(&Timer<T>)` (set in new/timer_setup).
     let f: fn(&Timer<T>) = unsafe { std::mem::transmute::<usize, fn(&Timer<T>)>(f) };
     let name = t.name.load(Ordering::Acquire);
     // SAFETY: `name` only ever holds a `panic::Name` (set in new/timer_setup).
@@ -444,12 +443,13 @@ impl<T> Timer<T> {
 
     /// `timer_setup`: (re)set the handler. Call it on a timer that is not pending.
     pub fn timer_setup<F: TimerFn<T>>(&self, _func: F) {
-        self.func.store(
-            call_handler::<T, F> as fn(&Timer<T>) as usize,
-            Ordering::Release,
-        );
+        // The name first: a handler run that sees the function sees its name.
         self.name.store(
             panic::name_of::<F> as panic::Name as usize,
+            Ordering::Release,
+        );
+        self.func.store(
+            call_handler::<T, F> as fn(&Timer<T>) as usize,
             Ordering::Release,
         );
     }
@@ -457,6 +457,9 @@ impl<T> Timer<T> {
     /// The handler's name (its path), as reports print it.
     pub fn handler_name(&self) -> &'static str {
         let name = self.name.load(Ordering::Acquire);
+        if name == 0 {
+            return "(not set up)";
+        }
         // SAFETY: `name` only ever holds a `panic::Name` (set in new/timer_setup).
         let name: panic::Name = unsafe { std::mem::transmute::<usize, panic::Name>(name) };
         name()
@@ -464,8 +467,18 @@ impl<T> Timer<T> {
 
     /// `mod_timer(timer, expires)`: arm the timer for jiffy `expires`, moving it if it was
     /// pending. Returns whether it was pending. Any context (re-arming from its own handler
-    /// makes a periodic timer).
+    /// makes a periodic timer). On a timer never set up ([`TimerList::declare`] without
+    /// [`Timer::timer_setup`]) it prints the kernel's ODEBUG warning and arms nothing.
+    #[track_caller]
     pub fn mod_timer(&self, expires: u64) -> bool {
+        if self.func.load(Ordering::Acquire) == 0 {
+            warn_at(
+                Location::caller(),
+                "mod_timer() on a timer never set up (call timer_setup() first): not armed; ODEBUG: \
+                 assert_init not available (active state 0) object type: timer_list hint: 0x0",
+            );
+            return false;
+        }
         let g = BaseGuard::lock();
         let n = self.node_ptr();
         let was_pending = self.node.pending.load(Ordering::Relaxed);
@@ -577,7 +590,15 @@ pub struct TimerList<T: Send + Sync = ()> {
 
 impl<T: Send + Sync> TimerList<T> {
     /// `timer_setup(&timer, func, 0)` on a new timer carrying `data`. Process context.
-    pub fn new<F: TimerFn<T>>(_func: F, data: T) -> Self {
+    pub fn new<F: TimerFn<T>>(func: F, data: T) -> Self {
+        let t = Self::declare(data);
+        t.timer_setup(func);
+        t
+    }
+
+    /// A `struct timer_list` carrying `data`, not set up yet: [`Timer::timer_setup`] gives it its
+    /// handler; `mod_timer` before that is refused with the kernel's warning. Process context.
+    pub fn declare(data: T) -> Self {
         TimerList {
             timer: ManuallyDrop::new(Box::new(Timer {
                 node: Node {
@@ -587,8 +608,8 @@ impl<T: Send + Sync> TimerList<T> {
                     pending: AtomicBool::new(false),
                     call: call_timer::<T>,
                 },
-                func: AtomicUsize::new(call_handler::<T, F> as fn(&Timer<T>) as usize),
-                name: AtomicUsize::new(panic::name_of::<F> as panic::Name as usize),
+                func: AtomicUsize::new(0),
+                name: AtomicUsize::new(0),
                 deferred: Deferred::new(free_deferred::<T>),
                 data,
             })),
@@ -652,6 +673,7 @@ pub fn timer_setup<T: Send + Sync, F: TimerFn<T>>(func: F, data: T) -> TimerList
 }
 
 /// `mod_timer(&timer, expires)`.
+#[track_caller]
 pub fn mod_timer<T>(timer: &Timer<T>, expires: u64) -> bool {
     timer.mod_timer(expires)
 }
