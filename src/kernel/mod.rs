@@ -15,6 +15,7 @@ pub mod softirq;
 pub mod spinlock;
 pub mod tasklet;
 pub mod timer;
+pub mod trace;
 
 // Process side: owned by the runtime-process helper.
 pub mod atomic;

@@ -385,6 +385,7 @@ pub fn printk(level: Level, args: fmt::Arguments<'_>) {
     if n > 0 && line.buf[n - 1] == b'\n' {
         n -= 1;
     }
+    crate::kernel::trace::console(&line.buf[..n]);
     push(level, ts, &line.buf[..n]);
 }
 

@@ -45,6 +45,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 use crate::kernel::softirq::{self, Softirq};
+use crate::kernel::trace;
 
 const SCHED: u32 = 1;
 const RUN: u32 = 2;
@@ -83,7 +84,9 @@ unsafe impl<T: Send> Send for Tasklet<T> {}
 unsafe fn call_tasklet<T>(n: *const Node) {
     // SAFETY: per the contract: live and pinned.
     let t = unsafe { Pin::new_unchecked(&*(n as *const Tasklet<T>)) };
+    trace::tasklet_entry(n, t.func as usize);
     (t.func)(t);
+    trace::tasklet_exit(n, t.func as usize);
 }
 
 impl<T> Tasklet<T> {

@@ -71,6 +71,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::kernel::jiffies::{self, time_after, time_before, time_before_eq};
 use crate::kernel::sched;
 use crate::kernel::softirq::{self, Softirq};
+use crate::kernel::trace;
 
 /// The list links and bookkeeping of one timer (first field of `Timer<T>`, `repr(C)`).
 #[repr(C)]
@@ -289,6 +290,7 @@ fn run_timer_softirq() {
                 break;
             }
             unlink(first);
+            trace::timer_cancel(first);
             link_after(*(*exp).prev.get(), first);
             (*first).pending.store(true, Ordering::Release);
         }
@@ -371,7 +373,9 @@ unsafe fn call_timer<T>(n: *const Node) {
     let f = t.func.load(Ordering::Acquire);
     // SAFETY: `func` only ever holds a `fn(&Timer<T>)` (set in new/timer_setup).
     let f: fn(&Timer<T>) = unsafe { std::mem::transmute::<usize, fn(&Timer<T>)>(f) };
+    trace::timer_expire_entry(n, f as usize);
     f(t);
+    trace::timer_expire_exit(n);
 }
 
 impl<T> Timer<T> {
@@ -397,6 +401,7 @@ impl<T> Timer<T> {
     /// `timer_setup`: (re)set the handler. Call it on a timer that is not pending.
     pub fn timer_setup(&self, func: fn(&Timer<T>)) {
         self.func.store(func as usize, Ordering::Release);
+        trace::timer_init(self.node_ptr());
     }
 
     /// `mod_timer(timer, expires)`: arm the timer for jiffy `expires`, moving it if it was
@@ -416,6 +421,7 @@ impl<T> Timer<T> {
             unlink(n);
             enqueue(b, n, expires);
         }
+        trace::timer_start(n, self.func.load(Ordering::Relaxed), expires, jiffies::jiffies());
         was_pending
     }
 
@@ -453,6 +459,7 @@ impl<T> Timer<T> {
         // SAFETY: lock held; our own live node.
         let was = unsafe { unlink(self.node_ptr()) };
         if was {
+            trace::timer_cancel(self.node_ptr());
             let head = &raw mut b.head;
             // SAFETY: lock held.
             if unsafe { *(*head).next.get() } == head && !b.in_run {
@@ -508,6 +515,7 @@ impl<T> Timer<T> {
             // SAFETY: lock held; our own live node.
             let was = unsafe { unlink(self.node_ptr()) };
             if was {
+                trace::timer_cancel(self.node_ptr());
                 let head = &raw mut b.head;
                 // SAFETY: lock held.
                 if unsafe { *(*head).next.get() } == head && !b.in_run {
@@ -550,7 +558,7 @@ pub struct TimerList<T: Send + Sync = ()> {
 impl<T: Send + Sync> TimerList<T> {
     /// `timer_setup(&timer, func, 0)` on a new timer carrying `data`. Process context.
     pub fn new(func: fn(&Timer<T>), data: T) -> Self {
-        TimerList {
+        let list = TimerList {
             timer: Box::new(Timer {
                 node: Node {
                     prev: UnsafeCell::new(std::ptr::null_mut()),
@@ -562,7 +570,9 @@ impl<T: Send + Sync> TimerList<T> {
                 func: AtomicUsize::new(func as usize),
                 data,
             }),
-        }
+        };
+        trace::timer_init(list.node_ptr());
+        list
     }
 }
 

@@ -147,6 +147,7 @@ use super::jiffies;
 use super::kthread::{self, TaskStruct, kthread_should_stop};
 use super::sched;
 use super::timer::{Timer, TimerList};
+use super::trace;
 use super::wait::{self, WaitQueueHead, wait_event, wake_up};
 
 const PENDING: u32 = 1;
@@ -164,6 +165,20 @@ struct RawWork {
     next: AtomicPtr<RawWork>,
     /// Calls the handler with the container (see [`Work::run`]).
     run: unsafe fn(*const RawWork),
+}
+
+impl RawWork {
+    /// The address of the item's handler (for trace events). Async-signal-safe.
+    fn func(&self) -> usize {
+        // SAFETY: every RawWork is the first field of a repr(C) `Work<T, ID>` whose next field
+        // is the handler, a `fn(&T)`: pointer-sized, at the same offset for every `T`.
+        unsafe {
+            *ptr::from_ref(self)
+                .cast::<u8>()
+                .add(core::mem::offset_of!(Work<(), 0>, handler))
+                .cast::<usize>()
+        }
+    }
 }
 
 /// `struct work_struct`: a work item embedded in a `T`, whose handler receives `&T`.
@@ -530,9 +545,12 @@ fn process_one(item: &RawWork) {
         return; // cancelled while queued, or waiting for its delay timer
     }
     CURRENT_WORK.with(|c| c.set(item));
+    let func = item.func();
+    trace::workqueue_execute_start(item, func);
     // SAFETY: the item was linked from a `Pin<&T>` (see `Work::run`'s contract) and its Drop
     // waits for RUNNING to clear, which happens only below.
     unsafe { (item.run)(item) };
+    trace::workqueue_execute_end(item, func);
     CURRENT_WORK.with(|c| c.set(ptr::null()));
     let _ = update(item, |s| Some(s & !RUNNING));
 }
@@ -571,9 +589,11 @@ fn pin_to_cpu(cpu: usize) {
     }
 }
 
-/// Links `raw` on `pool` (the caller has just set `LINKED`) and wakes the worker.
+/// Links `raw` on `pool` of `wq` (the caller has just set `LINKED`) and wakes the worker.
 /// Async-signal-safe.
-fn push(pool: &Pool, raw: &RawWork) {
+fn push(wq: &WqInner, pool: &Pool, raw: &RawWork) {
+    trace::workqueue_queue_work(raw, raw.func(), &wq.name, smp_processor_id(), pool.cpu);
+    trace::workqueue_activate_work(raw);
     pool.pushed.fetch_add(1, SeqCst);
     let me = ptr::from_ref(raw).cast_mut();
     let mut head = pool.head.load(SeqCst);
@@ -600,16 +620,16 @@ fn live<R>(wq: &WqInner, f: impl FnOnce() -> R) -> Option<R> {
 
 /// Queues `raw` on `pool` unless pending or being cancelled. Async-signal-safe.
 fn queue_raw(wq: &WqInner, pool: &Pool, raw: &RawWork) -> bool {
-    live(wq, || queue_live(pool, raw)).unwrap_or(false)
+    live(wq, || queue_live(wq, pool, raw)).unwrap_or(false)
 }
 
-fn queue_live(pool: &Pool, raw: &RawWork) -> bool {
+fn queue_live(wq: &WqInner, pool: &Pool, raw: &RawWork) -> bool {
     match update(raw, |s| {
         (s & (PENDING | CANCELING) == 0).then_some(s | PENDING | LINKED)
     }) {
         Ok(old) => {
             if old & LINKED == 0 {
-                push(pool, raw);
+                push(wq, pool, raw);
             }
             true
         }
@@ -1037,7 +1057,7 @@ fn link_delayed(wq: &WqInner, cpu: usize, raw: &RawWork) {
             (s & PENDING != 0).then_some((s & !DELAYED) | LINKED)
         }) && old & LINKED == 0
         {
-            push(pool_for(wq, cpu), raw);
+            push(wq, pool_for(wq, cpu), raw);
         }
     });
     if linked.is_none() {

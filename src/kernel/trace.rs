@@ -1,0 +1,848 @@
+//! Trace events: the kernel's tracepoints (`timer:*`, `irq:*`, `workqueue:*`, `sched:*`, ...)
+//! with their names, fields and text, recorded from any context, the timer signal's handler
+//! included, and read back as `/sys/kernel/tracing/trace` prints them:
+//!
+//! ```text
+//!         deferred-4242    [000] ..s..     9.905810: timer_expire_entry: timer=000055d0c1a2b3c0 function=timer_handler now=4294670592 baseclk=4294670592
+//! ```
+//!
+//! Each trace point is one call at its site (`trace::timer_start(...)`), an `#[inline]` function
+//! whose only cost while its event is off is one relaxed atomic load of [`ENABLED`]. When on,
+//! the event's fields, the time, the thread (`current`: in softirq context the interrupted one)
+//! and its context (the preemption count) go into a preallocated lock-free ring; a reader in
+//! process context drains it ([`drain`]) and formats each record ([`Record::write_line`]).
+//! `deferred --trace FILE` runs such a reader (see `crate::tracefile`).
+//!
+//! Function pointers are recorded as addresses and named when formatted, from the executable's
+//! symbol table (the kernel's `%ps`); an address without a symbol prints as `0x...`.
+//!
+//! # Ground rules (the ring, shared with signal context)
+//! - A bounded MPSC queue as printk's (Vyukov's): a producer claims position `pos` by a CAS on
+//!   `tail` when the slot's sequence equals `pos`, writes the slot, publishes it by storing
+//!   `pos + 1` (Release). Only the claiming producer writes a claimed slot.
+//! - The consumer side is serialised by `CONSUMER` (a std mutex: process context only). It reads
+//!   a slot after seeing `pos + 1` (Acquire) and hands it back by storing `pos + SLOTS`.
+//! - A producer never waits: a full ring drops the record and counts it in `LOST` (ftrace's
+//!   "entries-written" minus "entries-in-buffer"). A producer interrupted between claim and
+//!   publish (by the handler on its own thread) only delays the consumer.
+//! - Recording allocates nothing, takes no lock and makes no system call beyond those `current`
+//!   and the clock make (`prctl`, `gettid`, `clock_gettime`: async-signal-safe).
+
+use std::cell::UnsafeCell;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::kernel::{jiffies, sched};
+
+/// The events, in the kernel's systems and names. Their bit in [`ENABLED`] is their index.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// `timer:timer_init`
+    TimerInit,
+    /// `timer:timer_start`
+    TimerStart,
+    /// `timer:timer_cancel`
+    TimerCancel,
+    /// `timer:timer_expire_entry`
+    TimerExpireEntry,
+    /// `timer:timer_expire_exit`
+    TimerExpireExit,
+    /// `irq:irq_handler_entry` (the timer interrupt: the signal handler)
+    IrqHandlerEntry,
+    /// `irq:irq_handler_exit`
+    IrqHandlerExit,
+    /// `irq:softirq_raise`
+    SoftirqRaise,
+    /// `irq:softirq_entry`
+    SoftirqEntry,
+    /// `irq:softirq_exit`
+    SoftirqExit,
+    /// `irq:tasklet_entry`
+    TaskletEntry,
+    /// `irq:tasklet_exit`
+    TaskletExit,
+    /// `workqueue:workqueue_queue_work`
+    WorkqueueQueueWork,
+    /// `workqueue:workqueue_activate_work`
+    WorkqueueActivateWork,
+    /// `workqueue:workqueue_execute_start`
+    WorkqueueExecuteStart,
+    /// `workqueue:workqueue_execute_end`
+    WorkqueueExecuteEnd,
+    /// `task:task_newtask` (a kthread created)
+    TaskNewtask,
+    /// `sched:sched_kthread_stop`
+    SchedKthreadStop,
+    /// `sched:sched_kthread_stop_ret`
+    SchedKthreadStopRet,
+    /// `sched:sched_process_exit` (a kthread's thread function returned)
+    SchedProcessExit,
+    /// `cuse:cuse_request` (the transport read a request)
+    CuseRequest,
+    /// `cuse:cuse_reply` (the transport answered it)
+    CuseReply,
+    /// `printk:console` (a printk line)
+    Console,
+}
+
+/// Every event: (its system, its name), in [`Event`] order.
+pub const EVENTS: [(&str, &str); 23] = [
+    ("timer", "timer_init"),
+    ("timer", "timer_start"),
+    ("timer", "timer_cancel"),
+    ("timer", "timer_expire_entry"),
+    ("timer", "timer_expire_exit"),
+    ("irq", "irq_handler_entry"),
+    ("irq", "irq_handler_exit"),
+    ("irq", "softirq_raise"),
+    ("irq", "softirq_entry"),
+    ("irq", "softirq_exit"),
+    ("irq", "tasklet_entry"),
+    ("irq", "tasklet_exit"),
+    ("workqueue", "workqueue_queue_work"),
+    ("workqueue", "workqueue_activate_work"),
+    ("workqueue", "workqueue_execute_start"),
+    ("workqueue", "workqueue_execute_end"),
+    ("task", "task_newtask"),
+    ("sched", "sched_kthread_stop"),
+    ("sched", "sched_kthread_stop_ret"),
+    ("sched", "sched_process_exit"),
+    ("cuse", "cuse_request"),
+    ("cuse", "cuse_reply"),
+    ("printk", "console"),
+];
+
+/// Every event's bit.
+pub const ALL: u64 = (1 << EVENTS.len()) - 1;
+
+/// The enabled events, one bit each ([`Event`] as the index). 0: tracing off.
+pub static ENABLED: AtomicU64 = AtomicU64::new(0);
+
+/// Turn on exactly the events in `mask` (0: off). Any context.
+pub fn set_enabled(mask: u64) {
+    ENABLED.store(mask & ALL, Ordering::SeqCst);
+}
+
+/// The events `list` names, as a mask: comma-separated event names (`timer_start`), systems
+/// (`timer:*`), `system:name`, or `all` / `*`. Errors name the first unknown item.
+pub fn parse_events(list: &str) -> Result<u64, String> {
+    let mut mask = 0;
+    for item in list.split(',').map(str::trim) {
+        if item.is_empty() {
+            return Err(format!("empty event name in `{list}`"));
+        }
+        let (sys, name) = match item.split_once(':') {
+            Some((s, n)) => (Some(s), n),
+            None => (None, item),
+        };
+        let bits = EVENTS
+            .iter()
+            .enumerate()
+            .filter(|(_, (s, n))| {
+                sys.is_none_or(|sys| sys == "*" || sys == *s) && (name == "*" || name == *n)
+            })
+            .fold(0, |m, (i, _)| m | 1 << i);
+        if bits == 0 && item != "all" {
+            let systems: Vec<&str> = EVENTS.iter().map(|(s, _)| *s).fold(Vec::new(), |mut v, s| {
+                if !v.contains(&s) {
+                    v.push(s);
+                }
+                v
+            });
+            return Err(format!(
+                "no trace event `{item}` (give names like timer_start, systems like {}, or all)",
+                systems
+                    .iter()
+                    .map(|s| format!("{s}:*"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        mask |= if item == "all" { ALL } else { bits };
+    }
+    Ok(mask)
+}
+
+#[inline(always)]
+fn on(e: Event) -> bool {
+    ENABLED.load(Ordering::Relaxed) & (1 << e as u32) != 0
+}
+
+/// Longest text kept in a record (a printk line, a workqueue or thread name); longer is cut.
+pub const TEXT_MAX: usize = 128;
+/// Records in the ring.
+pub const SLOTS: usize = 8192;
+
+/// One recorded event.
+#[derive(Clone, Copy)]
+pub struct Record {
+    /// Which event.
+    pub event: Event,
+    /// The preemption count when it was recorded (its context).
+    pub preempt_count: u32,
+    /// The thread (`current`'s pid: in softirq context the interrupted thread).
+    pub pid: i32,
+    /// Its name.
+    pub comm: sched::Comm,
+    /// Nanoseconds since the runtime started (as printk's timestamps).
+    pub ts_ns: u64,
+    /// The event's numeric fields (see [`Record::write_line`] for each event's).
+    pub args: [u64; 4],
+    text_len: u8,
+    text: [u8; TEXT_MAX],
+}
+
+impl Record {
+    /// The event's text field (a printk line, a workqueue or thread name, an opcode).
+    pub fn text(&self) -> &str {
+        let b = &self.text[..self.text_len as usize];
+        match std::str::from_utf8(b) {
+            Ok(s) => s,
+            Err(e) => std::str::from_utf8(&b[..e.valid_up_to()]).unwrap_or(""),
+        }
+    }
+
+    /// ftrace's context flags (`irqs-off`, `need-resched`, `hardirq/softirq`, `preempt-depth`,
+    /// `migrate-disable`): `d.h..` in the interrupt proper, `..s..` serving a softirq, `b....`
+    /// with bottom halves disabled, `.....` in plain process context.
+    pub fn flags(&self) -> [u8; 5] {
+        let pc = self.preempt_count;
+        let hard = pc & sched::HARDIRQ_MASK != 0;
+        let serving = pc & sched::SOFTIRQ_OFFSET != 0;
+        let bh_off = pc & sched::SOFTIRQ_MASK & !sched::SOFTIRQ_OFFSET != 0;
+        let depth = pc & sched::PREEMPT_MASK;
+        [
+            match (hard, bh_off) {
+                (true, true) => b'D',
+                (true, false) => b'd',
+                (false, true) => b'b',
+                (false, false) => b'.',
+            },
+            b'.',
+            match (hard, serving) {
+                (true, true) => b'H',
+                (true, false) => b'h',
+                (false, true) => b's',
+                (false, false) => b'.',
+            },
+            match depth {
+                0 => b'.',
+                1..=15 => b"0123456789abcdef"[depth as usize],
+                _ => b'f',
+            },
+            b'.',
+        ]
+    }
+
+    /// The record as one line of `/sys/kernel/tracing/trace` (no newline).
+    pub fn write_line(&self, out: &mut String) {
+        let (_, name) = EVENTS[self.event as usize];
+        let flags = self.flags();
+        let secs = self.ts_ns / 1_000_000_000;
+        let us = self.ts_ns % 1_000_000_000 / 1000;
+        let _ = write!(
+            out,
+            "{:>16}-{:<7} [000] {} {:5}.{:06}: {}: ",
+            self.comm.as_str(),
+            self.pid,
+            std::str::from_utf8(&flags).unwrap_or("....."),
+            secs,
+            us,
+            name
+        );
+        let [a, b, c, d] = self.args;
+        let text = self.text();
+        let _ = match self.event {
+            Event::TimerInit | Event::TimerCancel | Event::TimerExpireExit => {
+                write!(out, "timer={a:016x}")
+            }
+            Event::TimerStart => write!(
+                out,
+                "timer={a:016x} function={} expires={c} [timeout={}] cpu=0 idx=0 flags=",
+                Sym(b),
+                c.wrapping_sub(d) as i64
+            ),
+            Event::TimerExpireEntry => write!(
+                out,
+                "timer={a:016x} function={} now={c} baseclk={c}",
+                Sym(b)
+            ),
+            Event::IrqHandlerEntry => write!(out, "irq={a} name=timer"),
+            Event::IrqHandlerExit => write!(out, "irq={a} ret=handled"),
+            Event::SoftirqRaise | Event::SoftirqEntry | Event::SoftirqExit => write!(
+                out,
+                "vec={a} [action={}]",
+                crate::kernel::softirq::SOFTIRQ_NAMES
+                    .get(a as usize)
+                    .unwrap_or(&"?")
+            ),
+            Event::TaskletEntry | Event::TaskletExit => {
+                write!(out, "tasklet=0x{a:x} function={}", Sym(b))
+            }
+            Event::WorkqueueQueueWork => write!(
+                out,
+                "work struct={a:016x} function={} workqueue={text} req_cpu={c} cpu={d}",
+                Sym(b)
+            ),
+            Event::WorkqueueActivateWork => write!(out, "work struct {a:016x}"),
+            Event::WorkqueueExecuteStart | Event::WorkqueueExecuteEnd => {
+                write!(out, "work struct {a:016x}: function {}", Sym(b))
+            }
+            Event::TaskNewtask => write!(
+                out,
+                "pid={} comm={text} clone_flags=3d0f00 oom_score_adj=0",
+                a as i32
+            ),
+            Event::SchedKthreadStop => write!(out, "comm={text} pid={}", a as i32),
+            Event::SchedKthreadStopRet => write!(out, "ret={}", a as i64),
+            Event::SchedProcessExit => write!(out, "comm={text} pid={} prio=120", a as i32),
+            Event::CuseRequest => write!(
+                out,
+                "unique={a} opcode={b} ({text}) pid={} nodeid={d}",
+                c as i32
+            ),
+            Event::CuseReply => write!(out, "unique={a} error={}", b as i64),
+            Event::Console => write!(out, "{text}"),
+        };
+    }
+}
+
+struct Slot {
+    /// Sequence number minus the slot's index (the all-zero static is the initial state).
+    seq: AtomicU64,
+    rec: UnsafeCell<std::mem::MaybeUninit<Record>>,
+}
+
+struct Ring {
+    slots: [Slot; SLOTS],
+    tail: AtomicU64,
+    head: AtomicU64,
+}
+
+// SAFETY: a slot's record is written only by the producer that claimed it (CAS on `tail`) and
+// read only by the consumer after the Release/Acquire publish on `seq` (Ground rules).
+unsafe impl Sync for Ring {}
+
+static RING: Ring = Ring {
+    slots: [const {
+        Slot {
+            seq: AtomicU64::new(0),
+            rec: UnsafeCell::new(std::mem::MaybeUninit::uninit()),
+        }
+    }; SLOTS],
+    tail: AtomicU64::new(0),
+    head: AtomicU64::new(0),
+};
+
+/// Records dropped because the ring was full.
+static LOST: AtomicU64 = AtomicU64::new(0);
+/// Serialises readers (process context).
+static CONSUMER: Mutex<()> = Mutex::new(());
+
+/// Record one event (the slow path of every trace point). Any context: lock-free, no allocation.
+#[cold]
+#[inline(never)]
+fn record(event: Event, args: [u64; 4], text: &[u8]) {
+    let ts_ns = jiffies::uptime_ns();
+    let task = sched::current();
+    let preempt_count = sched::preempt_count();
+    let mut pos = RING.tail.load(Ordering::Relaxed);
+    loop {
+        let idx = (pos % SLOTS as u64) as usize;
+        let slot = &RING.slots[idx];
+        let seq = slot.seq.load(Ordering::Acquire).wrapping_add(idx as u64);
+        let diff = seq.wrapping_sub(pos) as i64;
+        if diff == 0 {
+            if RING
+                .tail
+                .compare_exchange_weak(pos, pos + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+            {
+                pos = RING.tail.load(Ordering::Relaxed);
+                continue;
+            }
+            let n = text.len().min(TEXT_MAX);
+            let mut r = Record {
+                event,
+                preempt_count,
+                pid: task.pid(),
+                comm: task.comm(),
+                ts_ns,
+                args,
+                text_len: n as u8,
+                text: [0; TEXT_MAX],
+            };
+            r.text[..n].copy_from_slice(&text[..n]);
+            // SAFETY: we claimed position `pos` by the CAS: until we publish, no other producer
+            // and not the consumer touch this slot (Ground rules).
+            unsafe { (*slot.rec.get()).write(r) };
+            slot.seq
+                .store((pos + 1).wrapping_sub(idx as u64), Ordering::Release);
+            return;
+        } else if diff < 0 {
+            LOST.fetch_add(1, Ordering::Relaxed);
+            return;
+        } else {
+            pos = RING.tail.load(Ordering::Relaxed);
+        }
+    }
+}
+
+/// Hand every published record, oldest first, to `f`; returns how many. Process context.
+pub fn drain(mut f: impl FnMut(&Record)) -> u64 {
+    let _g = CONSUMER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut n = 0;
+    loop {
+        let pos = RING.head.load(Ordering::Relaxed);
+        let idx = (pos % SLOTS as u64) as usize;
+        let slot = &RING.slots[idx];
+        let seq = slot.seq.load(Ordering::Acquire).wrapping_add(idx as u64);
+        if seq != pos + 1 {
+            return n;
+        }
+        // SAFETY: published for `pos` (Acquire above): the producer wrote a whole Record; we
+        // are the only consumer (CONSUMER held) and producers leave it until we hand it back.
+        let r = unsafe { (*slot.rec.get()).assume_init() };
+        slot.seq.store(
+            (pos + SLOTS as u64).wrapping_sub(idx as u64),
+            Ordering::Release,
+        );
+        RING.head.store(pos + 1, Ordering::Relaxed);
+        f(&r);
+        n += 1;
+    }
+}
+
+/// Records dropped so far because the ring was full.
+pub fn lost() -> u64 {
+    LOST.load(Ordering::Relaxed)
+}
+
+fn addr<T: ?Sized>(p: *const T) -> u64 {
+    p.cast::<()>() as usize as u64
+}
+
+// ---------------------------------------------------------------------------------------------
+// The trace points. Each costs one relaxed load while its event is off.
+
+/// `timer_init`: a timer was set up.
+#[inline]
+pub fn timer_init<T: ?Sized>(timer: *const T) {
+    if on(Event::TimerInit) {
+        record(Event::TimerInit, [addr(timer), 0, 0, 0], b"");
+    }
+}
+
+/// `timer_start`: a timer was armed for `expires` (jiffies) at jiffy `now`.
+#[inline]
+pub fn timer_start<T: ?Sized>(timer: *const T, function: usize, expires: u64, now: u64) {
+    if on(Event::TimerStart) {
+        record(
+            Event::TimerStart,
+            [addr(timer), function as u64, expires, now],
+            b"",
+        );
+    }
+}
+
+/// `timer_cancel`: a pending timer was taken off the list (deleted, moved, or expiring).
+#[inline]
+pub fn timer_cancel<T: ?Sized>(timer: *const T) {
+    if on(Event::TimerCancel) {
+        record(Event::TimerCancel, [addr(timer), 0, 0, 0], b"");
+    }
+}
+
+/// `timer_expire_entry`: a timer's handler starts (softirq context).
+#[inline]
+pub fn timer_expire_entry<T: ?Sized>(timer: *const T, function: usize) {
+    if on(Event::TimerExpireEntry) {
+        let now = jiffies::jiffies();
+        record(
+            Event::TimerExpireEntry,
+            [addr(timer), function as u64, now, 0],
+            b"",
+        );
+    }
+}
+
+/// `timer_expire_exit`: a timer's handler returned.
+#[inline]
+pub fn timer_expire_exit<T: ?Sized>(timer: *const T) {
+    if on(Event::TimerExpireExit) {
+        record(Event::TimerExpireExit, [addr(timer), 0, 0, 0], b"");
+    }
+}
+
+/// `irq_handler_entry`: the timer interrupt (signal handler) starts.
+#[inline]
+pub fn irq_handler_entry() {
+    if on(Event::IrqHandlerEntry) {
+        record(Event::IrqHandlerEntry, [0; 4], b"");
+    }
+}
+
+/// `irq_handler_exit`: the interrupt proper is done (softirqs may follow).
+#[inline]
+pub fn irq_handler_exit() {
+    if on(Event::IrqHandlerExit) {
+        record(Event::IrqHandlerExit, [0; 4], b"");
+    }
+}
+
+/// `softirq_raise`: softirq `vec` marked pending.
+#[inline]
+pub fn softirq_raise(vec: usize) {
+    if on(Event::SoftirqRaise) {
+        record(Event::SoftirqRaise, [vec as u64, 0, 0, 0], b"");
+    }
+}
+
+/// `softirq_entry`: softirq `vec`'s action starts.
+#[inline]
+pub fn softirq_entry(vec: usize) {
+    if on(Event::SoftirqEntry) {
+        record(Event::SoftirqEntry, [vec as u64, 0, 0, 0], b"");
+    }
+}
+
+/// `softirq_exit`: softirq `vec`'s action returned.
+#[inline]
+pub fn softirq_exit(vec: usize) {
+    if on(Event::SoftirqExit) {
+        record(Event::SoftirqExit, [vec as u64, 0, 0, 0], b"");
+    }
+}
+
+/// `tasklet_entry`: a tasklet's function starts.
+#[inline]
+pub fn tasklet_entry<T: ?Sized>(tasklet: *const T, function: usize) {
+    if on(Event::TaskletEntry) {
+        record(
+            Event::TaskletEntry,
+            [addr(tasklet), function as u64, 0, 0],
+            b"",
+        );
+    }
+}
+
+/// `tasklet_exit`: a tasklet's function returned.
+#[inline]
+pub fn tasklet_exit<T: ?Sized>(tasklet: *const T, function: usize) {
+    if on(Event::TaskletExit) {
+        record(
+            Event::TaskletExit,
+            [addr(tasklet), function as u64, 0, 0],
+            b"",
+        );
+    }
+}
+
+/// `workqueue_queue_work`: a work item put on `workqueue`'s worker for `cpu`.
+#[inline]
+pub fn workqueue_queue_work<T: ?Sized>(
+    work: *const T,
+    function: usize,
+    workqueue: &str,
+    req_cpu: usize,
+    cpu: usize,
+) {
+    if on(Event::WorkqueueQueueWork) {
+        record(
+            Event::WorkqueueQueueWork,
+            [addr(work), function as u64, req_cpu as u64, cpu as u64],
+            workqueue.as_bytes(),
+        );
+    }
+}
+
+/// `workqueue_activate_work`: the item is on its worker's list.
+#[inline]
+pub fn workqueue_activate_work<T: ?Sized>(work: *const T) {
+    if on(Event::WorkqueueActivateWork) {
+        record(Event::WorkqueueActivateWork, [addr(work), 0, 0, 0], b"");
+    }
+}
+
+/// `workqueue_execute_start`: a worker calls the item's function.
+#[inline]
+pub fn workqueue_execute_start<T: ?Sized>(work: *const T, function: usize) {
+    if on(Event::WorkqueueExecuteStart) {
+        record(
+            Event::WorkqueueExecuteStart,
+            [addr(work), function as u64, 0, 0],
+            b"",
+        );
+    }
+}
+
+/// `workqueue_execute_end`: the item's function returned.
+#[inline]
+pub fn workqueue_execute_end<T: ?Sized>(work: *const T, function: usize) {
+    if on(Event::WorkqueueExecuteEnd) {
+        record(
+            Event::WorkqueueExecuteEnd,
+            [addr(work), function as u64, 0, 0],
+            b"",
+        );
+    }
+}
+
+/// `task_newtask`: a kthread `comm` (thread `pid`) was created (recorded by its creator).
+#[inline]
+pub fn task_newtask(pid: i32, comm: &str) {
+    if on(Event::TaskNewtask) {
+        record(Event::TaskNewtask, [pid as u64, 0, 0, 0], comm.as_bytes());
+    }
+}
+
+/// `sched_kthread_stop`: `kthread_stop` on kthread `comm` (thread `pid`).
+#[inline]
+pub fn sched_kthread_stop(pid: i32, comm: &str) {
+    if on(Event::SchedKthreadStop) {
+        record(Event::SchedKthreadStop, [pid as u64, 0, 0, 0], comm.as_bytes());
+    }
+}
+
+/// `sched_kthread_stop_ret`: `kthread_stop` returns `ret`.
+#[inline]
+pub fn sched_kthread_stop_ret(ret: i32) {
+    if on(Event::SchedKthreadStopRet) {
+        record(Event::SchedKthreadStopRet, [ret as i64 as u64, 0, 0, 0], b"");
+    }
+}
+
+/// `sched_process_exit`: the calling kthread `comm` ends.
+#[inline]
+pub fn sched_process_exit(pid: i32, comm: &str) {
+    if on(Event::SchedProcessExit) {
+        record(Event::SchedProcessExit, [pid as u64, 0, 0, 0], comm.as_bytes());
+    }
+}
+
+/// `cuse_request`: the transport read request `unique` (`opcode`, named `op`) from process
+/// `pid`.
+#[inline]
+pub fn cuse_request(unique: u64, opcode: u32, op: &str, pid: u32, nodeid: u64) {
+    if on(Event::CuseRequest) {
+        record(
+            Event::CuseRequest,
+            [unique, opcode as u64, pid as u64, nodeid],
+            op.as_bytes(),
+        );
+    }
+}
+
+/// `cuse_reply`: the transport answered request `unique` (`error`: 0 or a negative errno).
+#[inline]
+pub fn cuse_reply(unique: u64, error: i32) {
+    if on(Event::CuseReply) {
+        record(Event::CuseReply, [unique, error as i64 as u64, 0, 0], b"");
+    }
+}
+
+/// `console`: a printk line.
+#[inline]
+pub fn console(text: &[u8]) {
+    if on(Event::Console) {
+        record(Event::Console, [0; 4], text);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Symbol names for function addresses (the kernel's `%ps`, from kallsyms): the executable's
+// ELF symbol table, read once by the first reader (process context).
+
+/// A function address, printed as its symbol's name (or `0x...`).
+struct Sym(u64);
+
+impl std::fmt::Display for Sym {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match symbol_name(self.0) {
+            Some(name) => f.write_str(name),
+            None => write!(f, "0x{:x}", self.0),
+        }
+    }
+}
+
+struct Symbols {
+    /// Run-time address minus symbol-table value.
+    bias: u64,
+    /// (value, size, demangled short name), sorted by value.
+    funcs: Vec<(u64, u64, String)>,
+}
+
+static SYMBOLS: OnceLock<Option<Symbols>> = OnceLock::new();
+
+/// The name of the function at `addr` (its symbol's last path component). Process context.
+pub fn symbol_name(addr: u64) -> Option<&'static str> {
+    let syms = SYMBOLS.get_or_init(load_symbols).as_ref()?;
+    let v = addr.wrapping_sub(syms.bias);
+    let i = syms.funcs.partition_point(|(start, _, _)| *start <= v);
+    let (start, size, name) = syms.funcs.get(i.checked_sub(1)?)?;
+    (v == *start || v < start + (*size).max(1)).then_some(name.as_str())
+}
+
+fn load_symbols() -> Option<Symbols> {
+    let elf = std::fs::read("/proc/self/exe").ok()?;
+    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?));
+    // 64-bit little-endian ELF only (x86_64, aarch64).
+    if elf.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    // The first loadable segment's address: where the image's base maps.
+    let (phoff, phentsize, phnum) = (
+        u64_at(0x20)? as usize,
+        u16_at(0x36)? as usize,
+        u16_at(0x38)? as usize,
+    );
+    let first_load = (0..phnum)
+        .map(|i| phoff + i * phentsize)
+        .find(|&p| u32_at(p) == Some(1))
+        .and_then(|p| u64_at(p + 0x10))?;
+    let (shoff, shentsize, shnum) = (
+        u64_at(0x28)? as usize,
+        u16_at(0x3a)? as usize,
+        u16_at(0x3c)? as usize,
+    );
+    let sec = |i: usize| shoff + i * shentsize;
+    let symtab = (0..shnum).find(|&i| u32_at(sec(i) + 4) == Some(2))?;
+    let (off, size, entsize) = (
+        u64_at(sec(symtab) + 0x18)? as usize,
+        u64_at(sec(symtab) + 0x20)? as usize,
+        u64_at(sec(symtab) + 0x38)? as usize,
+    );
+    let strtab = sec(u32_at(sec(symtab) + 0x28)? as usize);
+    let stroff = u64_at(strtab + 0x18)? as usize;
+    let mut funcs = Vec::new();
+    for s in (off..off + size).step_by(entsize.max(1)) {
+        // STT_FUNC symbols with an address.
+        if elf.get(s + 4).is_some_and(|info| info & 0xf == 2) && u64_at(s + 8)? != 0 {
+            let name_off = stroff + u32_at(s)? as usize;
+            let raw = elf.get(name_off..)?;
+            let raw = &raw[..raw.iter().position(|&b| b == 0)?];
+            let name = demangle(std::str::from_utf8(raw).ok()?);
+            funcs.push((u64_at(s + 8)?, u64_at(s + 16)?, name));
+        }
+    }
+    funcs.sort_by_key(|(v, _, _)| *v);
+    // The image's base at run time, from any function of ours.
+    let mut info = std::mem::MaybeUninit::<libc::Dl_info>::zeroed();
+    // SAFETY: dladdr only reads the address and fills `info`.
+    if unsafe { libc::dladdr(load_symbols as *const libc::c_void, info.as_mut_ptr()) } == 0 {
+        return None;
+    }
+    // SAFETY: dladdr returned non-zero: `info` is filled in.
+    let base = unsafe { info.assume_init() }.dli_fbase as u64;
+    Some(Symbols {
+        bias: base.wrapping_sub(first_load & !0xfff),
+        funcs,
+    })
+}
+
+/// Rust's legacy mangling (`_ZN8deferred7modules13timer_handler17h0123456789abcdefE`) to the
+/// function's short name (`timer_handler`; a closure keeps its parent: `f::{{closure}}`).
+/// Anything else is returned as it is.
+pub fn demangle(sym: &str) -> String {
+    let Some(mut rest) = sym.strip_prefix("_ZN") else {
+        return sym.to_owned();
+    };
+    let mut parts: Vec<String> = Vec::new();
+    while let Some(len_end) = rest.find(|c: char| !c.is_ascii_digit()) {
+        let Ok(len) = rest[..len_end].parse::<usize>() else {
+            break;
+        };
+        let Some(part) = rest.get(len_end..len_end + len) else {
+            break;
+        };
+        let part = part
+            .replace("$u7b$", "{")
+            .replace("$u7d$", "}")
+            .replace("$LT$", "<")
+            .replace("$GT$", ">")
+            .replace("$u20$", " ")
+            .replace("..", "::");
+        parts.push(part.trim_start_matches('_').to_owned());
+        rest = &rest[len_end + len..];
+    }
+    if parts
+        .last()
+        .is_some_and(|h| h.len() == 17 && h.starts_with('h'))
+    {
+        parts.pop();
+    }
+    match parts.as_slice() {
+        [] => sym.to_owned(),
+        [.., parent, last] if last.starts_with("{{") => format!("{parent}::{last}"),
+        [.., last] => last.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_lists() {
+        assert_eq!(parse_events("timer:*"), Ok(0b11111));
+        assert_eq!(
+            parse_events("timer_start, irq:softirq_entry"),
+            Ok(1 << Event::TimerStart as u32 | 1 << Event::SoftirqEntry as u32)
+        );
+        assert_eq!(parse_events("all"), Ok(ALL));
+        assert_eq!(parse_events("*:*"), Ok(ALL));
+        let e = parse_events("timer:*,nope").unwrap_err();
+        assert!(e.starts_with("no trace event `nope`"), "{e}");
+        assert!(parse_events("timer,").is_err());
+        assert!(parse_events("sched:timer_start").is_err());
+    }
+
+    #[test]
+    fn demangling() {
+        assert_eq!(
+            demangle("_ZN8deferred7modules8deferred13timer_handler17h0123456789abcdefE"),
+            "timer_handler"
+        );
+        assert_eq!(
+            demangle("_ZN3foo3bar28_$u7b$$u7b$closure$u7d$$u7d$17h0123456789abcdefE"),
+            "bar::{{closure}}"
+        );
+        assert_eq!(demangle("main"), "main");
+    }
+
+    fn named_function() {}
+
+    #[test]
+    fn functions_are_named() {
+        assert_eq!(
+            symbol_name(named_function as fn() as usize as u64),
+            Some("named_function")
+        );
+    }
+
+    #[test]
+    fn flags_follow_the_context() {
+        let mut r = Record {
+            event: Event::Console,
+            preempt_count: 0,
+            pid: 1,
+            comm: sched::current().comm(),
+            ts_ns: 1_500_000,
+            args: [0; 4],
+            text_len: 0,
+            text: [0; TEXT_MAX],
+        };
+        assert_eq!(&r.flags(), b".....");
+        r.preempt_count = sched::SOFTIRQ_OFFSET;
+        assert_eq!(&r.flags(), b"..s..");
+        r.preempt_count = sched::HARDIRQ_OFFSET;
+        assert_eq!(&r.flags(), b"d.h..");
+        r.preempt_count = sched::SOFTIRQ_DISABLE_OFFSET + 1;
+        assert_eq!(&r.flags(), b"b..1.");
+    }
+}
