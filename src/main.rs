@@ -73,6 +73,8 @@ struct Args {
     /// reports) instead of through a work item (exercise 5).
     #[arg(long)]
     alloc_io_direct: bool,
+    #[command(flatten)]
+    trace: deferred::tracefile::TraceArgs,
     /// More logging (-v: debug, -vv: trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -197,6 +199,7 @@ fn run(args: &Args) -> Result<(), String> {
     };
 
     // Boot the runtime (printk console, ksoftirqd/0, the timer signal), then insmod.
+    let _tracer = args.trace.start()?;
     raise_fd_limit();
     kernel::start().map_err(|e| format!("starting the runtime: {e}"))?;
     let params = Params {
