@@ -120,8 +120,7 @@ impl Tracer {
                 while stop2.load(Ordering::SeqCst) == 0 {
                     sink.drain()?;
                     let deadline = jiffies::monotonic_ns() + 50_000_000;
-                    while stop2.load(Ordering::SeqCst) == 0 && jiffies::monotonic_ns() < deadline
-                    {
+                    while stop2.load(Ordering::SeqCst) == 0 && jiffies::monotonic_ns() < deadline {
                         wait::futex_wait(&stop2, 0, Some(deadline));
                     }
                 }

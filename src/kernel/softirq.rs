@@ -38,11 +38,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::kernel::jiffies;
-use crate::kernel::trace;
 use crate::kernel::sched::{
     self, HARDIRQ_MASK, HARDIRQ_OFFSET, NMI_MASK, SOFTIRQ_DISABLE_OFFSET, SOFTIRQ_MASK,
     SOFTIRQ_OFFSET,
 };
+use crate::kernel::trace;
 
 /// The softirq vectors, highest priority first (the kernel's enum, `include/linux/interrupt.h`).
 #[repr(usize)]

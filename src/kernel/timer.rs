@@ -421,7 +421,12 @@ impl<T> Timer<T> {
             unlink(n);
             enqueue(b, n, expires);
         }
-        trace::timer_start(n, self.func.load(Ordering::Relaxed), expires, jiffies::jiffies());
+        trace::timer_start(
+            n,
+            self.func.load(Ordering::Relaxed),
+            expires,
+            jiffies::jiffies(),
+        );
         was_pending
     }
 

@@ -603,7 +603,11 @@ pub fn task_newtask(pid: i32, comm: &str) {
 #[inline]
 pub fn sched_kthread_stop(pid: i32, comm: &str) {
     if on(Event::SchedKthreadStop) {
-        record(Event::SchedKthreadStop, [pid as u64, 0, 0, 0], comm.as_bytes());
+        record(
+            Event::SchedKthreadStop,
+            [pid as u64, 0, 0, 0],
+            comm.as_bytes(),
+        );
     }
 }
 
@@ -611,7 +615,11 @@ pub fn sched_kthread_stop(pid: i32, comm: &str) {
 #[inline]
 pub fn sched_kthread_stop_ret(ret: i32) {
     if on(Event::SchedKthreadStopRet) {
-        record(Event::SchedKthreadStopRet, [ret as i64 as u64, 0, 0, 0], b"");
+        record(
+            Event::SchedKthreadStopRet,
+            [ret as i64 as u64, 0, 0, 0],
+            b"",
+        );
     }
 }
 
@@ -619,7 +627,11 @@ pub fn sched_kthread_stop_ret(ret: i32) {
 #[inline]
 pub fn sched_process_exit(pid: i32, comm: &str) {
     if on(Event::SchedProcessExit) {
-        record(Event::SchedProcessExit, [pid as u64, 0, 0, 0], comm.as_bytes());
+        record(
+            Event::SchedProcessExit,
+            [pid as u64, 0, 0, 0],
+            comm.as_bytes(),
+        );
     }
 }
 
