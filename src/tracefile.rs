@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 
-use crate::kernel::{jiffies, trace, wait};
+use crate::kernel::{jiffies, trace};
+use crate::sys::futex;
 
 /// The tracing options of a daemon (flatten them into its clap parser).
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -121,7 +122,7 @@ impl Tracer {
                     sink.drain()?;
                     let deadline = jiffies::monotonic_ns() + 50_000_000;
                     while stop2.load(Ordering::SeqCst) == 0 && jiffies::monotonic_ns() < deadline {
-                        wait::futex_wait(&stop2, 0, Some(deadline));
+                        futex::wait(&stop2, 0, Some(deadline));
                     }
                 }
                 sink.finish()
@@ -149,7 +150,7 @@ impl Tracer {
         };
         trace::set_enabled(0);
         self.stop.store(1, Ordering::SeqCst);
-        wait::futex_wake(&self.stop, 1);
+        futex::wake(&self.stop, 1);
         t.join()
             .unwrap_or_else(|_| Err(std::io::Error::other("the trace thread panicked")))
     }

@@ -29,6 +29,7 @@ use nix::sys::signal::Signal;
 use common::ioctl32;
 use common::{Daemon, TIMEOUT, ctl, devnum, ioctl, open, require_cuse, wait_for};
 use deferred::cuse::{Config, Cuse, Device};
+use deferred::kernel;
 use deferred::kernel::fs::{File as DevFile, FileOperations};
 use deferred::modules::abi::*;
 
@@ -635,7 +636,7 @@ impl Probe {
 }
 
 impl FileOperations for Probe {
-    fn open(&self, f: &DevFile) -> Result<(), Errno> {
+    fn open(&self, f: &DevFile) -> kernel::error::Result {
         self.calls
             .lock()
             .unwrap()
@@ -645,7 +646,7 @@ impl FileOperations for Probe {
     fn release(&self, f: &DevFile) {
         self.calls.lock().unwrap().push(format!("release {}", f.fh));
     }
-    fn unlocked_ioctl(&self, f: &DevFile, cmd: u32, arg: u64) -> Result<i32, Errno> {
+    fn unlocked_ioctl(&self, f: &DevFile, cmd: u32, arg: u64) -> kernel::error::Result<i32> {
         self.calls
             .lock()
             .unwrap()
@@ -662,7 +663,7 @@ impl FileOperations for Probe {
         }
         Ok(i32::try_from(arg & 0x7fff_ffff).unwrap())
     }
-    fn compat_ioctl(&self, _f: &DevFile, cmd: u32, arg: u64) -> Result<i32, Errno> {
+    fn compat_ioctl(&self, _f: &DevFile, cmd: u32, arg: u64) -> kernel::error::Result<i32> {
         self.calls
             .lock()
             .unwrap()

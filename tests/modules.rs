@@ -6,6 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use deferred::kernel::alloc::{CountingAllocator, softirq_allocations};
+use deferred::kernel::error::Error;
 use deferred::kernel::fs::{File, FileOperations};
 use deferred::kernel::printk::{self, Capture};
 use deferred::modules::abi::{
@@ -16,7 +17,6 @@ use deferred::modules::deferred::{
     DeferredModule, Options, TIMER_TYPE_ALLOC, TIMER_TYPE_MON, TIMER_TYPE_NONE, TIMER_TYPE_SET,
 };
 use deferred::modules::{Module, Params, load};
-use nix::errno::Errno;
 
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator;
@@ -303,7 +303,7 @@ fn mon_of_a_missing_pid_is_esrch_and_changes_nothing() {
     for arg in [0u64, u64::MAX, 99_999_999, u32::MAX as u64, 1 << 40] {
         assert_eq!(
             dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_MON, arg),
-            Err(Errno::ESRCH),
+            Err(Error::ESRCH),
             "arg {arg}"
         );
     }
@@ -321,12 +321,12 @@ fn unknown_commands_are_enotty_and_read_write_einval() {
     for cmd in [0u32, 0x6b05, 0x8008_6b04, 0x4008_6c01, 0xffff_ffff] {
         assert_eq!(
             dev.unlocked_ioctl(&FILE, cmd, 3),
-            Err(Errno::ENOTTY),
+            Err(Error::ENOTTY),
             "{cmd:#x}"
         );
     }
-    assert_eq!(dev.read(&FILE, 10, 0), Err(Errno::EINVAL));
-    assert_eq!(dev.write(&FILE, b"x", 0), Err(Errno::EINVAL));
+    assert_eq!(dev.read(&FILE, 10, 0), Err(Error::EINVAL));
+    assert_eq!(dev.write(&FILE, b"x", 0), Err(Error::EINVAL));
     assert_eq!(dev.flag(), TIMER_TYPE_NONE);
     assert!(!dev.timer_pending());
     Box::new(m).exit();

@@ -319,7 +319,7 @@ fn schedule_on_each_cpu_runs_once_per_cpu_and_waits() {
                 .unwrap()
                 .push(sched::current().comm().to_string());
         }),
-        0
+        Ok(())
     );
     let mut seen = seen.into_inner().unwrap();
     seen.sort();

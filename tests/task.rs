@@ -3,8 +3,8 @@
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use deferred::kernel::error::Error;
 use deferred::kernel::task::{TaskRef, TaskWatch};
-use nix::errno::Errno;
 
 fn sleeper() -> Child {
     Command::new("sleep")
@@ -56,8 +56,8 @@ fn a_pid_that_never_existed_is_esrch() {
         .trim()
         .parse()
         .unwrap();
-    assert_eq!(TaskRef::get(pid_max + 1).unwrap_err(), Errno::ESRCH);
-    assert_eq!(TaskRef::get(i32::MAX).unwrap_err(), Errno::ESRCH);
+    assert_eq!(TaskRef::get(pid_max + 1).unwrap_err(), Error::ESRCH);
+    assert_eq!(TaskRef::get(i32::MAX).unwrap_err(), Error::ESRCH);
 }
 
 #[test]
@@ -66,7 +66,7 @@ fn a_reaped_pid_is_esrch() {
     let pid = child.id() as i32;
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(TaskRef::get(pid).unwrap_err(), Errno::ESRCH);
+    assert_eq!(TaskRef::get(pid).unwrap_err(), Error::ESRCH);
 }
 
 /// Forces the next fork to get `pid` by writing `pid - 1` to ns_last_pid (root only), retrying

@@ -24,6 +24,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::abi::{self, OUT_HEADER_LEN, OutHeader};
+use crate::kernel::error::Error;
 
 /// How many early interrupts are remembered.
 const EARLY_INTERRUPTS: usize = 64;
@@ -166,7 +167,7 @@ impl Channel {
     pub fn interrupt(&self, target: u64) {
         if self.update(|t| t.interrupt(target)) {
             log::debug!("request {target} interrupted: answered EINTR");
-            self.write(target, -(Errno::EINTR as i32), &[]);
+            self.write(target, Error::EINTR.to_errno(), &[]);
         } else {
             log::debug!("interrupt for request {target}, not pending (answered, or not read yet)");
         }
@@ -255,13 +256,13 @@ pub struct Reply {
     done: bool,
 }
 
-/// `-errno` as the wire wants it: in `(-512, 0)`; anything else becomes `-EIO`.
-fn wire_error(e: Errno) -> i32 {
-    let n = e as i32;
-    if (1..512).contains(&n) {
-        -n
+/// `-errno` as the wire wants it: in `(-512, 0)`; anything else (the kernel-internal
+/// `ERESTARTSYS` and above) becomes `-EIO`.
+fn wire_error(e: Error) -> i32 {
+    if e.raw() < 512 {
+        e.to_errno()
     } else {
-        -(Errno::EIO as i32)
+        Error::EIO.to_errno()
     }
 }
 
@@ -277,7 +278,7 @@ impl Reply {
     }
 
     /// An error (header only).
-    pub fn error(self, e: Errno) -> Delivery {
+    pub fn error(self, e: Error) -> Delivery {
         self.send(wire_error(e), &[])
     }
 
@@ -342,7 +343,7 @@ impl Drop for Reply {
                 self.unique
             );
             self.done = true;
-            self.chan.answer(self.unique, -(Errno::EIO as i32), &[]);
+            self.chan.answer(self.unique, Error::EIO.to_errno(), &[]);
         }
     }
 }
@@ -421,7 +422,7 @@ pub(crate) mod tests {
         let (r, _) = chan.begin(10);
         assert_eq!(r.ioctl(7), Delivery::Sent);
         let (r, _) = chan.begin(12);
-        assert_eq!(r.error(Errno::ENOTTY), Delivery::Sent);
+        assert_eq!(r.error(Error::ENOTTY), Delivery::Sent);
         let (r, _) = chan.begin(14);
         assert_eq!(r.open(99), Delivery::Sent);
         let got = replies(&kernel);
@@ -488,7 +489,8 @@ pub(crate) mod tests {
 
     #[test]
     fn errno_outside_the_wire_range_becomes_eio() {
-        assert_eq!(wire_error(Errno::UnknownErrno), -(Errno::EIO as i32));
-        assert_eq!(wire_error(Errno::ESRCH), -3);
+        assert_eq!(wire_error(Error::ERESTARTSYS), -(Errno::EIO as i32));
+        assert_eq!(wire_error(Error::from_errno(-4000)), -(Errno::EIO as i32));
+        assert_eq!(wire_error(Error::ESRCH), -3);
     }
 }

@@ -16,7 +16,6 @@
 //! kernel dropped the request); ENODEV/ECONNABORTED: the connection is gone.
 
 use std::fs;
-use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::thread::JoinHandleExt;
@@ -35,7 +34,9 @@ use nix::sys::stat::Mode;
 
 use super::abi::{self, Operation};
 use super::reply::{Begin, Channel, Delivery};
+use crate::kernel::error::Error as KernelError;
 use crate::kernel::fs::{File, FileOperations};
+use crate::sys::futex;
 
 /// Where the CUSE control device lives.
 pub const CUSE_DEV: &str = "/dev/cuse";
@@ -154,7 +155,7 @@ pub enum Error {
     /// The kernel said something unexpected.
     Protocol(String),
     /// A system call failed.
-    Sys(&'static str, Errno),
+    Sys(&'static str, KernelError),
 }
 
 impl std::fmt::Display for Error {
@@ -190,7 +191,7 @@ impl std::fmt::Display for Error {
             }
             Error::Refused(why) => write!(f, "the kernel refused the device: {why}"),
             Error::Node(why) | Error::Config(why) | Error::Protocol(why) => f.write_str(why),
-            Error::Sys(what, e) => write!(f, "{what}: {}", e.desc()),
+            Error::Sys(what, e) => write!(f, "{what}: {e}"),
         }
     }
 }
@@ -222,7 +223,7 @@ impl Cuse {
         .map_err(|e| match e {
             Errno::ENOENT | Errno::ENODEV | Errno::ENXIO => Error::NoCuse,
             Errno::EACCES | Errno::EPERM => Error::Permission,
-            e => Error::Sys("open /dev/cuse", e),
+            e => Error::Sys("open /dev/cuse", e.into()),
         })?;
         Ok(Cuse {
             fd,
@@ -306,12 +307,9 @@ impl Cuse {
     }
 }
 
-fn sys(what: &'static str) -> impl Fn(Errno) -> Error {
-    move |e| Error::Sys(what, e)
-}
-
-fn io_errno(e: &io::Error) -> Errno {
-    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+/// `Error::Sys(what, errno)` from any error the runtime's errno type converts from.
+fn sys<E: Into<KernelError>>(what: &'static str) -> impl Fn(E) -> Error {
+    move |e| Error::Sys(what, e.into())
 }
 
 /// Waits up to `timeout` for `fd` to be readable; returns its revents.
@@ -326,7 +324,7 @@ fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> Result<PollFlags, Err
             Ok(0) => return Ok(PollFlags::empty()),
             Ok(_) => return Ok(fds[0].revents().unwrap_or(PollFlags::empty())),
             Err(Errno::EINTR) => continue,
-            Err(e) => return Err(Error::Sys("poll /dev/cuse", e)),
+            Err(e) => return Err(sys("poll /dev/cuse")(e)),
         }
     }
 }
@@ -347,13 +345,13 @@ fn init(chan: &Arc<Channel>, config: &Config, buf: &mut [u8]) -> Result<(), Erro
             Ok(0) => return Err(Error::Protocol("connection closed before CUSE_INIT".into())),
             Ok(n) => break n,
             Err(Errno::EAGAIN | Errno::EINTR | Errno::ENOENT) => continue,
-            Err(e) => return Err(Error::Sys("read CUSE_INIT from /dev/cuse", e)),
+            Err(e) => return Err(sys("read CUSE_INIT from /dev/cuse")(e)),
         }
     };
     let req = abi::decode(&buf[..n]).map_err(|e| Error::Protocol(format!("CUSE_INIT: {e}")))?;
     let (reply, _) = chan.begin(req.header.unique);
     let Operation::CuseInit(arg) = req.op else {
-        let _ = reply.error(Errno::EIO);
+        let _ = reply.error(KernelError::EIO);
         return Err(Error::Protocol(format!(
             "first request is opcode {}, not CUSE_INIT",
             req.header.opcode
@@ -366,7 +364,7 @@ fn init(chan: &Arc<Channel>, config: &Config, buf: &mut [u8]) -> Result<(), Erro
         arg.flags
     );
     if arg.major != abi::FUSE_KERNEL_VERSION || arg.minor < abi::FUSE_MIN_MINOR_VERSION {
-        let _ = reply.error(Errno::EPROTO);
+        let _ = reply.error(KernelError::EPROTO);
         return Err(Error::Protocol(format!(
             "kernel speaks FUSE {}.{}, we need 7.{} or later",
             arg.major,
@@ -516,7 +514,7 @@ fn apply_owner_mode(node: &Path, config: &Config) -> Result<(), Error> {
     if let Some(mode) = config.mode {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(node, fs::Permissions::from_mode(mode & 0o7777))
-            .map_err(|e| Error::Sys("chmod the node", io_errno(&e)))?;
+            .map_err(sys("chmod the node"))?;
     }
     Ok(())
 }
@@ -580,7 +578,7 @@ impl Server {
                 self.active.fetch_add(1, Ordering::AcqRel);
                 Ok(())
             }
-            Err(e) => Err(Error::Sys("spawn a reader thread", io_errno(&e))),
+            Err(e) => Err(sys("spawn a reader thread")(e)),
         }
     }
 
@@ -601,7 +599,7 @@ impl Server {
             self.active.fetch_add(1, Ordering::AcqRel);
             drop(parked);
             word.store(1, Ordering::Release);
-            crate::kernel::wait::futex_wake(&word, 1);
+            futex::wake(&word, 1);
             return Ok(());
         }
         drop(parked);
@@ -640,7 +638,7 @@ impl Server {
         }
         // Stop wakes every parked word after raising `stop`; a reader parked after that sees it.
         while word.load(Ordering::Acquire) == 0 && !self.stop.load(Ordering::Acquire) {
-            crate::kernel::wait::futex_wait(word, 0, None);
+            futex::wait(word, 0, None);
         }
         true
     }
@@ -649,7 +647,7 @@ impl Server {
     fn unpark_all(&self) {
         for word in self.parked().drain(..) {
             word.store(1, Ordering::Release);
-            crate::kernel::wait::futex_wake(&word, 1);
+            futex::wake(&word, 1);
         }
     }
 }
@@ -863,7 +861,7 @@ impl Server {
                     && op != abi::FUSE_INTERRUPT
                 {
                     let (reply, _) = self.chan.begin(unique);
-                    let _ = reply.error(Errno::EIO);
+                    let _ = reply.error(KernelError::EIO);
                 }
                 return;
             }
@@ -883,7 +881,7 @@ impl Server {
         // then would leave the module's file open for good.
         if begin == Begin::Interrupted && !matches!(req.op, Operation::Release(_)) {
             log::debug!("request {}: interrupted before it ran", h.unique);
-            let _ = reply.error(Errno::EINTR);
+            let _ = reply.error(KernelError::EINTR);
             return;
         }
         match req.op {
@@ -992,11 +990,11 @@ impl Server {
             }
             Operation::CuseInit(_) => {
                 log::warn!("request {}: CUSE_INIT again: EIO", h.unique);
-                let _ = reply.error(Errno::EIO);
+                let _ = reply.error(KernelError::EIO);
             }
             Operation::Unknown(opcode) => {
                 log::debug!("request {}: opcode {opcode}: ENOSYS", h.unique);
-                let _ = reply.error(Errno::ENOSYS);
+                let _ = reply.error(KernelError::ENOSYS);
             }
             Operation::Interrupt(_) => unreachable!("handled above"),
         }
@@ -1148,14 +1146,14 @@ mod tests {
     }
 
     impl FileOperations for Recorder {
-        fn open(&self, f: &File) -> Result<(), Errno> {
+        fn open(&self, f: &File) -> Result<(), KernelError> {
             self.calls.lock().unwrap().push(format!("open {}", f.fh));
             Ok(())
         }
         fn release(&self, f: &File) {
             self.calls.lock().unwrap().push(format!("release {}", f.fh));
         }
-        fn unlocked_ioctl(&self, f: &File, cmd: u32, arg: u64) -> Result<i32, Errno> {
+        fn unlocked_ioctl(&self, f: &File, cmd: u32, arg: u64) -> Result<i32, KernelError> {
             self.calls
                 .lock()
                 .unwrap()
@@ -1170,10 +1168,10 @@ mod tests {
                 0x6b02 => Ok(0),
                 0x6b05 => Ok(arg as i32),
                 0x6b64 => Ok(1),
-                _ => Err(Errno::ENOTTY),
+                _ => Err(KernelError::ENOTTY),
             }
         }
-        fn compat_ioctl(&self, _f: &File, cmd: u32, _arg: u64) -> Result<i32, Errno> {
+        fn compat_ioctl(&self, _f: &File, cmd: u32, _arg: u64) -> Result<i32, KernelError> {
             self.calls.lock().unwrap().push(format!("compat {cmd:#x}"));
             Ok(32)
         }

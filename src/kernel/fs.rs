@@ -7,7 +7,7 @@
 //! calling program sleeps uninterruptibly in the kernel until the reply is written. Anything slow
 //! belongs on a workqueue.
 
-use nix::errno::Errno;
+use super::error::{Error, Result};
 
 /// One open file of the device (`struct file`), as the transport knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub struct File {
 /// `read`/`write` answer `EINVAL`, an ioctl `ENOTTY`.
 pub trait FileOperations: Send + Sync {
     /// `open(2)` on the node. An error refuses the open.
-    fn open(&self, _file: &File) -> Result<(), Errno> {
+    fn open(&self, _file: &File) -> Result<()> {
         Ok(())
     }
 
@@ -36,25 +36,25 @@ pub trait FileOperations: Send + Sync {
     /// `ioctl(2)` from a 64-bit caller. `cmd` is the caller's 32-bit number, never sign-extended;
     /// `arg` is the raw argument (unrestricted ioctls: a plain value, not a pointer).
     /// The `Ok` value is what the caller's `ioctl()` returns.
-    fn unlocked_ioctl(&self, _file: &File, _cmd: u32, _arg: u64) -> Result<i32, Errno> {
-        Err(Errno::ENOTTY)
+    fn unlocked_ioctl(&self, _file: &File, _cmd: u32, _arg: u64) -> Result<i32> {
+        Err(Error::ENOTTY)
     }
 
     /// `ioctl(2)` from a 32-bit caller (`FUSE_IOCTL_COMPAT`): `arg` zero-extended, and the numbers
     /// of `_IOW(..., unsigned long)` commands carry size 4. The default passes the call on to
     /// [`FileOperations::unlocked_ioctl`] (the kernel's `compat_ptr_ioctl`), so a module that wants
     /// 32-bit callers matches both sizes of its numbers.
-    fn compat_ioctl(&self, file: &File, cmd: u32, arg: u64) -> Result<i32, Errno> {
+    fn compat_ioctl(&self, file: &File, cmd: u32, arg: u64) -> Result<i32> {
         self.unlocked_ioctl(file, cmd, arg)
     }
 
     /// `read(2)` of up to `size` bytes at `offset`.
-    fn read(&self, _file: &File, _size: u32, _offset: u64) -> Result<Vec<u8>, Errno> {
-        Err(Errno::EINVAL)
+    fn read(&self, _file: &File, _size: u32, _offset: u64) -> Result<Vec<u8>> {
+        Err(Error::EINVAL)
     }
 
     /// `write(2)` of `data` at `offset`; returns the bytes taken.
-    fn write(&self, _file: &File, _data: &[u8], _offset: u64) -> Result<u32, Errno> {
-        Err(Errno::EINVAL)
+    fn write(&self, _file: &File, _data: &[u8], _offset: u64) -> Result<u32> {
+        Err(Error::EINVAL)
     }
 }

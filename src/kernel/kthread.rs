@@ -74,6 +74,7 @@ use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use super::error::{Error, Result};
 use super::sched;
 use super::trace;
 use super::wait::{self, WaitQueueHead, WaitSlot, wait_event, wake_up};
@@ -84,9 +85,6 @@ pub use super::sched::TASK_COMM_LEN;
 const WOKEN: u32 = 1;
 const SHOULD_STOP: u32 = 2;
 const EXITED: u32 = 4;
-
-/// `EINTR`: the result of a kthread stopped before it was ever woken.
-const EINTR: i32 = libc::EINTR;
 
 /// The shared part of a kthread (the kernel's `struct kthread` + the bits of `task_struct` we use).
 #[derive(Debug)]
@@ -138,20 +136,16 @@ thread_local! {
 /// `threadfn(data)` runs only after [`wake_up_process`]. Returns once the thread exists (its
 /// tid and name are set). Process context.
 ///
-/// Errors: `-ENOMEM`-style negative errno if the thread cannot be created.
+/// Errors: the errno of the failed thread creation (`EAGAIN`, `ENOMEM`).
 /// Use the [`kthread_create!`](crate::kthread_create) macro for a `printf`-like name.
 #[track_caller]
-pub fn kthread_create<F, D>(
-    threadfn: F,
-    data: D,
-    name: fmt::Arguments<'_>,
-) -> Result<TaskStruct, i32>
+pub fn kthread_create<F, D>(threadfn: F, data: D, name: fmt::Arguments<'_>) -> Result<TaskStruct>
 where
     F: FnOnce(D) -> i32 + Send + 'static,
     D: Send + 'static,
 {
     if !sched::might_sleep() {
-        return Err(-libc::EWOULDBLOCK);
+        return Err(Error::EWOULDBLOCK);
     }
     let comm = sched::comm_truncate(&std::fmt::format(name)).to_owned();
     let inner = Arc::new(Kthread {
@@ -167,7 +161,7 @@ where
     let handle = std::thread::Builder::new()
         .name(comm)
         .spawn(move || kthread_main(me, threadfn, data))
-        .map_err(|e| -e.raw_os_error().unwrap_or(libc::ENOMEM))?;
+        .map_err(Error::from)?;
     *inner.join.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
     wait_event(&inner.events, || inner.tid.load(SeqCst) != 0);
     trace::task_newtask(inner.tid.load(SeqCst), &inner.comm);
@@ -195,13 +189,13 @@ where
     // woken and stopped before it got going still runs threadfn (kthread_should_stop() is
     // already true there).
     let result = if me.state.load(SeqCst) & WOKEN == 0 {
-        -EINTR
+        Error::EINTR.to_errno()
     } else {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| threadfn(data))) {
             Ok(r) => r,
             Err(_) => {
                 crate::pr_err!("kthread {} ({}): threadfn panicked\n", me.comm, tid);
-                -libc::EFAULT
+                Error::EFAULT.to_errno()
             }
         }
     };
@@ -235,7 +229,7 @@ macro_rules! kthread_run {
 
 /// `kthread_run`: [`kthread_create`] + [`wake_up_process`].
 #[track_caller]
-pub fn kthread_run<F, D>(threadfn: F, data: D, name: fmt::Arguments<'_>) -> Result<TaskStruct, i32>
+pub fn kthread_run<F, D>(threadfn: F, data: D, name: fmt::Arguments<'_>) -> Result<TaskStruct>
 where
     F: FnOnce(D) -> i32 + Send + 'static,
     D: Send + 'static,
@@ -273,12 +267,12 @@ pub fn kthread_should_stop() -> bool {
 #[track_caller]
 pub fn kthread_stop(task: &TaskStruct) -> i32 {
     if !sched::might_sleep() {
-        return -libc::EWOULDBLOCK;
+        return Error::EWOULDBLOCK.to_errno();
     }
     let k = &task.inner;
     if ptr::eq(CURRENT.with(Cell::get), Arc::as_ptr(k)) {
         crate::pr_warn!("kthread_stop: {} tried to stop itself\n", k.comm);
-        return -libc::EDEADLK;
+        return Error::EDEADLK.to_errno();
     }
     trace::sched_kthread_stop(k.tid.load(SeqCst), &k.comm);
     k.state.fetch_or(SHOULD_STOP, SeqCst);

@@ -23,6 +23,7 @@ pub mod kthread;
 pub mod wait;
 pub mod workqueue;
 
+pub mod error;
 pub mod fs;
 pub mod task;
 
@@ -30,10 +31,10 @@ pub mod task;
 /// signal's handler and the POSIX timer behind it, and the system workqueue (`events/N`, so
 /// timer handlers can `schedule_work`). Idempotent: every caller may call it; the first does
 /// the work. Process context.
-pub fn start() -> std::io::Result<()> {
+pub fn start() -> error::Result {
     printk::start_console();
     softirq::start()?;
-    workqueue::init().map_err(std::io::Error::from_raw_os_error)
+    workqueue::init()
 }
 
 /// Prepare for exit: hand every printk line to `log`. The interrupt machinery stays installed

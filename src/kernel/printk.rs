@@ -36,7 +36,8 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::kernel::{jiffies, wait};
+use crate::kernel::jiffies;
+use crate::sys::futex;
 
 /// Longest line kept (bytes); longer lines are truncated on a character boundary.
 pub const LINE_MAX: usize = 240;
@@ -311,10 +312,6 @@ impl fmt::Write for LineBuf {
     }
 }
 
-fn futex_wake(word: &AtomicU32) {
-    crate::kernel::wait::futex_wake(word, i32::MAX);
-}
-
 /// Push one line into the ring. Async-signal-safe, lock-free, never allocates.
 /// Returns false if the ring was full (the line is counted as dropped).
 pub fn push(level: Level, ts_ns: u64, text: &[u8]) -> bool {
@@ -345,13 +342,13 @@ pub fn push(level: Level, ts_ns: u64, text: &[u8]) -> bool {
                         .store((pos + 1).wrapping_sub(idx as u64), Ordering::Release);
                     WAKE.fetch_add(1, Ordering::SeqCst);
                     if CONSOLE_WAITING.load(Ordering::SeqCst) != 0 {
-                        futex_wake(&WAKE);
+                        futex::wake(&WAKE, i32::MAX);
                     }
                     // The line that fills the ring to half wakes the console even while it lets
                     // lines gather (one producer claims that position: one wake-up).
                     if (pos + 1).wrapping_sub(RING.head.load(Ordering::Relaxed)) == HALF_FULL {
                         URGENT.fetch_add(1, Ordering::SeqCst);
-                        futex_wake(&URGENT);
+                        futex::wake(&URGENT, i32::MAX);
                     }
                     return true;
                 }
@@ -500,7 +497,7 @@ fn console_thread() {
         let urgent = URGENT.load(Ordering::SeqCst);
         let deadline = jiffies::monotonic_ns() + CONSOLE_BATCH_NS;
         while URGENT.load(Ordering::SeqCst) == urgent && jiffies::monotonic_ns() < deadline {
-            wait::futex_wait(&URGENT, urgent, Some(deadline));
+            futex::wait(&URGENT, urgent, Some(deadline));
         }
         if WAKE.load(Ordering::SeqCst) != seen {
             continue;
@@ -508,7 +505,7 @@ fn console_thread() {
         // Quiet for a while: sleep until woken (tickless when idle).
         CONSOLE_WAITING.store(1, Ordering::SeqCst);
         if WAKE.load(Ordering::SeqCst) == seen {
-            wait::futex_wait(&WAKE, seen, None);
+            futex::wait(&WAKE, seen, None);
         }
         CONSOLE_WAITING.store(0, Ordering::SeqCst);
     }

@@ -37,12 +37,14 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
+use crate::kernel::error::{Error, Result};
 use crate::kernel::jiffies;
 use crate::kernel::sched::{
     self, HARDIRQ_MASK, HARDIRQ_OFFSET, NMI_MASK, SOFTIRQ_DISABLE_OFFSET, SOFTIRQ_MASK,
     SOFTIRQ_OFFSET,
 };
 use crate::kernel::trace;
+use crate::sys::futex;
 
 /// The softirq vectors, highest priority first (the kernel's enum, `include/linux/interrupt.h`).
 #[repr(usize)]
@@ -181,19 +183,11 @@ pub fn timer_signal() -> Option<i32> {
     }
 }
 
-fn futex_wake(word: &AtomicU32) {
-    crate::kernel::wait::futex_wake(word, 1);
-}
-
-fn futex_wait(word: &AtomicU32, expected: u32) {
-    crate::kernel::wait::futex_wait(word, expected, None);
-}
-
 /// `wakeup_softirqd()`: async-signal-safe (atomic + futex wake).
 pub fn wakeup_softirqd() {
     KSOFTIRQD_WAKEUPS.fetch_add(1, Ordering::Relaxed);
     KSOFTIRQD_WAKE.fetch_add(1, Ordering::SeqCst);
-    futex_wake(&KSOFTIRQD_WAKE);
+    futex::wake(&KSOFTIRQD_WAKE, 1);
 }
 
 fn sigset_of(sig: i32) -> libc::sigset_t {
@@ -421,7 +415,7 @@ fn ksoftirqd() {
             do_softirq_core();
         }
         if PENDING.load(Ordering::SeqCst) == 0 || KSOFTIRQD_WAKE.load(Ordering::SeqCst) == seen {
-            futex_wait(&KSOFTIRQD_WAKE, seen);
+            futex::wait(&KSOFTIRQD_WAKE, seen, None);
         }
     }
 }
@@ -442,7 +436,7 @@ fn choose_signal() -> Option<i32> {
 
 /// Start the interrupt side: the softirq actions, `ksoftirqd/0`, the signal handler and the
 /// POSIX timer. Idempotent. Process context.
-pub fn start() -> std::io::Result<()> {
+pub fn start() -> Result {
     let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
     if *started {
         return Ok(());
@@ -451,8 +445,10 @@ pub fn start() -> std::io::Result<()> {
     crate::kernel::timer::init();
     crate::kernel::tasklet::init();
 
-    let sig = choose_signal()
-        .ok_or_else(|| std::io::Error::other("no free real-time signal for the timer interrupt"))?;
+    let Some(sig) = choose_signal() else {
+        crate::pr_err!("softirq: no free real-time signal for the timer interrupt\n");
+        return Err(Error::EBUSY);
+    };
     // SAFETY: a zeroed sigaction is valid; we fill handler, flags and an empty mask.
     let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
     sa.sa_sigaction =
@@ -464,7 +460,7 @@ pub fn start() -> std::io::Result<()> {
     unsafe { libc::sigemptyset(&mut sa.sa_mask) };
     // SAFETY: installing a handler for a real-time signal that had none.
     if unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } != 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err(Error::last());
     }
 
     // SAFETY: a zeroed sigevent is valid; we set the notification fields we use.
@@ -474,14 +470,15 @@ pub fn start() -> std::io::Result<()> {
     let mut t: libc::timer_t = std::ptr::null_mut();
     // SAFETY: valid sigevent and out-pointer.
     if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut t) } != 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err(Error::last());
     }
     POSIX_TIMER.store(t as usize, Ordering::Release);
     TIMER_SIGNAL.store(sig, Ordering::Release);
 
     std::thread::Builder::new()
         .name("ksoftirqd/0".into())
-        .spawn(ksoftirqd)?;
+        .spawn(ksoftirqd)
+        .map_err(Error::from)?;
     *started = true;
     // Anything raised or armed before start runs now.
     crate::kernel::timer::rearm();

@@ -32,7 +32,7 @@
 use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use nix::errno::Errno;
+use super::error::{Error, Result};
 
 /// `TASK_COMM_LEN`: a comm holds at most 15 bytes and a NUL.
 pub const TASK_COMM_LEN: usize = 16;
@@ -63,16 +63,16 @@ impl TaskRef {
     /// Errors, as the lab's module answers them: no such task (`pid` <= 0, never existed, already
     /// reaped, gone during the call) -> `ESRCH`; out of descriptors -> `ENOMEM` (the kernel's
     /// allocation failure).
-    pub fn get(pid: i32) -> Result<TaskRef, Errno> {
+    pub fn get(pid: i32) -> Result<TaskRef> {
         if pid <= 0 {
-            return Err(Errno::ESRCH);
+            return Err(Error::ESRCH);
         }
         match pidfd_open(pid) {
             Ok(fd) => {
                 let (comm, comm_len) = read_comm(&format!("/proc/{pid}/stat"))?;
                 // Trust the comm only if the process was not reaped before the read ended.
                 if pidfd_pid(&fd) != Some(pid) {
-                    return Err(Errno::ESRCH);
+                    return Err(Error::ESRCH);
                 }
                 Ok(TaskRef {
                     handle: Handle::Process(fd),
@@ -82,15 +82,15 @@ impl TaskRef {
                 })
             }
             // Not a thread-group leader: EINVAL before Linux 6.9, ENOENT after.
-            Err(Errno::EINVAL | Errno::ENOENT) => Self::get_thread(pid),
+            Err(Error::EINVAL | Error::ENOENT) => Self::get_thread(pid),
             Err(e) => Err(resource_errno(e)),
         }
     }
 
-    fn get_thread(tid: i32) -> Result<TaskRef, Errno> {
-        let tgid = thread_group(tid).ok_or(Errno::ESRCH)?;
+    fn get_thread(tid: i32) -> Result<TaskRef> {
+        let tgid = thread_group(tid).ok_or(Error::ESRCH)?;
         let dir = format!("/proc/{tgid}/task/{tid}");
-        let path = std::ffi::CString::new(dir.clone()).map_err(|_| Errno::ESRCH)?;
+        let path = std::ffi::CString::new(dir.clone()).map_err(|_| Error::ESRCH)?;
         // SAFETY: `path` is a valid NUL-terminated string; the flags open a directory read-only.
         let raw = unsafe {
             libc::open(
@@ -99,7 +99,7 @@ impl TaskRef {
             )
         };
         if raw < 0 {
-            return Err(resource_errno(Errno::last()));
+            return Err(resource_errno(Error::last()));
         }
         // SAFETY: `raw` is a descriptor we just opened and own exclusively.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -113,7 +113,7 @@ impl TaskRef {
         // The directory was opened before the read: if it still names a live thread, the read
         // was of that thread.
         if task.is_dead() {
-            return Err(Errno::ESRCH);
+            return Err(Error::ESRCH);
         }
         Ok(task)
     }
@@ -165,7 +165,7 @@ impl TaskRef {
                     if n >= 0 {
                         return n > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP) != 0;
                     }
-                    if Errno::last() != Errno::EINTR {
+                    if Error::last() != Error::EINTR {
                         return false;
                     }
                 }
@@ -203,13 +203,12 @@ fn stat_state(stat: &[u8]) -> Option<u8> {
 }
 
 /// Reads the comm from a `stat` file: between the first `(` and the last `)`.
-fn read_comm(path: &str) -> Result<([u8; TASK_COMM_LEN], u8), Errno> {
+fn read_comm(path: &str) -> Result<([u8; TASK_COMM_LEN], u8)> {
     // Out of descriptors (the pidfd may have taken the last one) is ENOMEM, not "no such task".
-    let stat = fs::read(path)
-        .map_err(|e| resource_errno(Errno::from_raw(e.raw_os_error().unwrap_or(libc::ESRCH))))?;
-    let open = stat.iter().position(|&b| b == b'(').ok_or(Errno::ESRCH)?;
-    let close = stat.iter().rposition(|&b| b == b')').ok_or(Errno::ESRCH)?;
-    let name = stat.get(open + 1..close).ok_or(Errno::ESRCH)?;
+    let stat = fs::read(path).map_err(|e| resource_errno(Error::from(e)))?;
+    let open = stat.iter().position(|&b| b == b'(').ok_or(Error::ESRCH)?;
+    let close = stat.iter().rposition(|&b| b == b')').ok_or(Error::ESRCH)?;
+    let name = stat.get(open + 1..close).ok_or(Error::ESRCH)?;
     let len = name.len().min(TASK_COMM_LEN - 1);
     let mut comm = [0u8; TASK_COMM_LEN];
     comm[..len].copy_from_slice(&name[..len]);
@@ -222,11 +221,11 @@ fn thread_group(tid: i32) -> Option<i32> {
     Some(status.tgid)
 }
 
-fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
+fn pidfd_open(pid: i32) -> Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
-        return Err(Errno::last());
+        return Err(Error::last());
     }
     // SAFETY: the syscall returned a new descriptor that nothing else owns. pidfds are O_CLOEXEC.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
@@ -240,11 +239,11 @@ fn pidfd_pid(fd: &OwnedFd) -> Option<i32> {
 }
 
 /// Out of descriptors or memory is the kernel's ENOMEM; anything else means the task is gone.
-fn resource_errno(e: Errno) -> Errno {
+fn resource_errno(e: Error) -> Error {
     match e {
         // ENOSPC: epoll's max_user_watches reached.
-        Errno::EMFILE | Errno::ENFILE | Errno::ENOMEM | Errno::ENOSPC => Errno::ENOMEM,
-        _ => Errno::ESRCH,
+        Error::EMFILE | Error::ENFILE | Error::ENOMEM | Error::ENOSPC => Error::ENOMEM,
+        _ => Error::ESRCH,
     }
 }
 
@@ -262,11 +261,11 @@ pub struct TaskWatch {
 
 impl TaskWatch {
     /// An empty set.
-    pub fn new() -> Result<TaskWatch, Errno> {
+    pub fn new() -> Result<TaskWatch> {
         // SAFETY: epoll_create1 takes flags and returns a new descriptor or -1.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
-            return Err(resource_errno(Errno::last()));
+            return Err(resource_errno(Error::last()));
         }
         // SAFETY: a fresh descriptor nothing else owns.
         let epfd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -275,8 +274,8 @@ impl TaskWatch {
 
     /// Watches `task` (a process reference) under `token`, which [`TaskWatch::ready`] returns,
     /// once, after it exits. A thread reference is refused with EINVAL: poll it instead.
-    pub fn add(&self, task: &TaskRef, token: u64) -> Result<(), Errno> {
-        let fd = task.pidfd().ok_or(Errno::EINVAL)?;
+    pub fn add(&self, task: &TaskRef, token: u64) -> Result<()> {
+        let fd = task.pidfd().ok_or(Error::EINVAL)?;
         let mut ev = libc::epoll_event {
             // One-shot: an exit is reported once, so repeated `epoll_wait`s in one `ready` never
             // return a process twice (level-triggered items would come back at the tail).
@@ -285,7 +284,7 @@ impl TaskWatch {
         };
         // SAFETY: both descriptors are open and `ev` is a valid event.
         if unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
-            return Err(resource_errno(Errno::last()));
+            return Err(resource_errno(Error::last()));
         }
         Ok(())
     }
@@ -307,7 +306,7 @@ impl TaskWatch {
                 libc::epoll_wait(self.epfd.as_raw_fd(), events.as_mut_ptr(), want as i32, 0)
             };
             if n < 0 {
-                if Errno::last() == Errno::EINTR {
+                if Error::last() == Error::EINTR {
                     continue;
                 }
                 break;
@@ -348,7 +347,7 @@ mod tests {
     #[test]
     fn nonpositive_pids_do_not_exist() {
         for pid in [0, -1, i32::MIN] {
-            assert_eq!(TaskRef::get(pid).unwrap_err(), Errno::ESRCH);
+            assert_eq!(TaskRef::get(pid).unwrap_err(), Error::ESRCH);
         }
     }
 }

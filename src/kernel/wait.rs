@@ -69,29 +69,11 @@ use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering::SeqCst};
 use std::cell::Cell;
 
+use super::error::{Error, Result};
 use super::{jiffies, sched};
+use crate::sys::futex;
 
-/// `ERESTARTSYS` (kernel-internal errno 512): `wait_event_interruptible` was interrupted.
-pub const ERESTARTSYS: i32 = 512;
-
-/// The error of an interrupted `wait_event_interruptible`: [`ERESTARTSYS`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Interrupted;
-
-impl Interrupted {
-    /// The kernel's return value for it: `-ERESTARTSYS`.
-    pub const fn to_errno(self) -> i32 {
-        -ERESTARTSYS
-    }
-}
-
-impl core::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("interrupted (ERESTARTSYS)")
-    }
-}
-
-impl std::error::Error for Interrupted {}
+pub use super::error::ERESTARTSYS;
 
 /// `wait_queue_head_t`: where threads sleep until a condition holds.
 ///
@@ -118,7 +100,7 @@ impl WaitQueueHead {
     fn wake(&self) {
         self.seq.fetch_add(1, SeqCst);
         if self.sleepers.load(SeqCst) != 0 {
-            futex_wake(&self.seq, i32::MAX);
+            futex::wake(&self.seq, i32::MAX);
         }
     }
 
@@ -157,19 +139,16 @@ pub fn wait_event(wq: &WaitQueueHead, cond: impl FnMut() -> bool) {
 }
 
 /// `wait_event_interruptible(wq, condition)`: as [`wait_event`], but a pending `kthread_stop()`
-/// of the calling kthread interrupts it: `Err(Interrupted)` (the kernel's `-ERESTARTSYS`).
+/// of the calling kthread interrupts it: `Err(Error::ERESTARTSYS)`, as the kernel returns `-ERESTARTSYS`.
 /// A true condition wins over a pending stop.
 #[track_caller]
-pub fn wait_event_interruptible(
-    wq: &WaitQueueHead,
-    cond: impl FnMut() -> bool,
-) -> Result<(), Interrupted> {
+pub fn wait_event_interruptible(wq: &WaitQueueHead, cond: impl FnMut() -> bool) -> Result {
     if !sched::might_sleep() {
-        return Err(Interrupted);
+        return Err(Error::ERESTARTSYS);
     }
     match wait_common(wq, cond, true, None) {
         WaitResult::Condition(_) => Ok(()),
-        WaitResult::Interrupted => Err(Interrupted),
+        WaitResult::Interrupted => Err(Error::ERESTARTSYS),
         WaitResult::TimedOut => unreachable!("no timeout given"),
     }
 }
@@ -192,21 +171,25 @@ pub fn wait_event_timeout(wq: &WaitQueueHead, mut cond: impl FnMut() -> bool, ti
 }
 
 /// `wait_event_interruptible_timeout`: both of the above. `Ok(remaining)` as
-/// [`wait_event_timeout`]; `Err(Interrupted)` on a pending `kthread_stop()`.
+/// [`wait_event_timeout`]; `Err(Error::ERESTARTSYS)` on a pending `kthread_stop()`.
 #[track_caller]
 pub fn wait_event_interruptible_timeout(
     wq: &WaitQueueHead,
     mut cond: impl FnMut() -> bool,
     timeout: u64,
-) -> Result<u64, Interrupted> {
+) -> Result<u64> {
     if !sched::might_sleep() {
-        return if cond() { Ok(1) } else { Err(Interrupted) };
+        return if cond() {
+            Ok(1)
+        } else {
+            Err(Error::ERESTARTSYS)
+        };
     }
     let deadline = jiffies::jiffies().wrapping_add(timeout);
     match wait_common(wq, cond, true, Some(deadline)) {
         WaitResult::Condition(remaining) => Ok(remaining),
         WaitResult::TimedOut => Ok(0),
-        WaitResult::Interrupted => Err(Interrupted),
+        WaitResult::Interrupted => Err(Error::ERESTARTSYS),
     }
 }
 
@@ -239,12 +222,12 @@ fn wait_common(
             return WaitResult::Interrupted;
         }
         match deadline {
-            None => futex_wait(&wq.seq, s, None),
+            None => futex::wait(&wq.seq, s, None),
             Some(d) => {
                 if jiffies::time_after_eq(jiffies::jiffies(), d) {
                     return WaitResult::TimedOut;
                 }
-                futex_wait(&wq.seq, s, Some(jiffies::jiffies_to_monotonic_ns(d)));
+                futex::wait(&wq.seq, s, Some(jiffies::jiffies_to_monotonic_ns(d)));
             }
         }
     }
@@ -296,7 +279,7 @@ pub struct WaitSlot {
     waiting_on: AtomicPtr<AtomicU32>,
     /// Kickers between reading `waiting_on` and their last touch of it.
     kickers: AtomicU32,
-    /// Non-zero: `wait_event_interruptible` returns `Err(Interrupted)` (a pending stop).
+    /// Non-zero: `wait_event_interruptible` returns `Err(Error::ERESTARTSYS)` (a pending stop).
     interrupt: AtomicU32,
 }
 
@@ -321,7 +304,7 @@ impl WaitSlot {
             // `kickers` drops to 0 after our decrement below.
             let seq = unsafe { &*seq };
             seq.fetch_add(1, SeqCst);
-            futex_wake(seq, i32::MAX);
+            futex::wake(seq, i32::MAX);
         }
         self.kickers.fetch_sub(1, SeqCst);
     }
@@ -358,53 +341,4 @@ fn current_slot<'a>() -> Option<&'a WaitSlot> {
     // SAFETY: per `set_current_slot`'s contract the slot outlives every use on this thread, and
     // the returned reference is only used during the current wait, on this thread.
     unsafe { p.as_ref() }
-}
-
-/// `futex(FUTEX_WAIT_BITSET)` on `word` while it holds `val`, until woken, a signal, or the
-/// absolute `CLOCK_MONOTONIC` instant `deadline_ns`. Errors (EAGAIN, EINTR, ETIMEDOUT) are not
-/// reported: every caller re-checks its condition. Process context.
-pub(crate) fn futex_wait(word: &AtomicU32, val: u32, deadline_ns: Option<u64>) {
-    let ts;
-    let ts_ptr = match deadline_ns {
-        Some(ns) => {
-            ts = libc::timespec {
-                tv_sec: (ns / 1_000_000_000) as libc::time_t,
-                tv_nsec: (ns % 1_000_000_000) as libc::c_long,
-            };
-            ptr::from_ref(&ts)
-        }
-        None => ptr::null(),
-    };
-    // SAFETY: `word` is a valid, aligned u32 for the duration of the call; `ts_ptr` is null or
-    // points to a timespec that outlives the call. FUTEX_WAIT_BITSET takes an absolute
-    // CLOCK_MONOTONIC timeout (no FUTEX_CLOCK_REALTIME), ignores uaddr2 and uses val3 as mask.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT_BITSET | libc::FUTEX_PRIVATE_FLAG,
-            val,
-            ts_ptr,
-            ptr::null::<u32>(),
-            libc::FUTEX_BITSET_MATCH_ANY,
-        );
-    }
-}
-
-/// `futex(FUTEX_WAKE)`: wakes up to `n` threads waiting on `word`. Async-signal-safe (errno is
-/// saved and restored, so a signal handler calling it leaves the interrupted code's errno alone).
-pub(crate) fn futex_wake(word: &AtomicU32, n: i32) {
-    // SAFETY: reading errno's location is always valid for the calling thread.
-    let errno = unsafe { *libc::__errno_location() };
-    // SAFETY: FUTEX_WAKE only uses the address as a key; `word` is valid for the call.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            n,
-        );
-    }
-    // SAFETY: as above; restores the interrupted code's errno.
-    unsafe { *libc::__errno_location() = errno };
 }

@@ -143,12 +143,14 @@ use core::sync::atomic::{
 use std::cell::Cell;
 use std::sync::{Mutex, OnceLock};
 
+use super::error::{Error, Result};
 use super::jiffies;
 use super::kthread::{self, TaskStruct, kthread_should_stop};
 use super::sched;
 use super::timer::{Timer, TimerList};
 use super::trace;
-use super::wait::{self, WaitQueueHead, wait_event, wake_up};
+use super::wait::{WaitQueueHead, wait_event, wake_up};
+use crate::sys::futex;
 
 const PENDING: u32 = 1;
 const LINKED: u32 = 2;
@@ -329,7 +331,7 @@ fn update(raw: &RawWork, mut f: impl FnMut(u32) -> Option<u32>) -> Result<u32, u
         match raw.state.compare_exchange(s, new, SeqCst, SeqCst) {
             Ok(_) => {
                 if cleared && s & WAITERS != 0 {
-                    wait::futex_wake(&raw.state, i32::MAX);
+                    futex::wake(&raw.state, i32::MAX);
                 }
                 return Ok(s);
             }
@@ -353,7 +355,7 @@ fn wait_state_clear(raw: &RawWork, mask: u32) {
         {
             continue;
         }
-        wait::futex_wait(&raw.state, s | WAITERS, None);
+        futex::wait(&raw.state, s | WAITERS, None);
     }
 }
 
@@ -435,7 +437,7 @@ impl Workqueue {
             .collect()
     }
 
-    fn create(name: &str, per_cpu: bool) -> Result<Workqueue, i32> {
+    fn create(name: &str, per_cpu: bool) -> Result<Workqueue> {
         let n = if per_cpu { num_online_cpus() } else { 1 };
         let pools = (0..n)
             .map(|cpu| Pool {
@@ -570,7 +572,7 @@ fn wait_state_clear_running_or_unpended(item: &RawWork) {
         {
             continue;
         }
-        wait::futex_wait(&item.state, s | WAITERS, None);
+        futex::wait(&item.state, s | WAITERS, None);
     }
 }
 
@@ -721,9 +723,9 @@ pub fn flush_work<T, const ID: u64>(work: &Work<T, ID>) -> bool {
 /// `create_workqueue(name)`: a workqueue with one worker per online CPU, named `name/<cpu>`.
 /// Process context.
 #[track_caller]
-pub fn create_workqueue(name: &str) -> Result<Workqueue, i32> {
+pub fn create_workqueue(name: &str) -> Result<Workqueue> {
     if !sched::might_sleep() {
-        return Err(-libc::EWOULDBLOCK);
+        return Err(Error::EWOULDBLOCK);
     }
     Workqueue::create(name, true)
 }
@@ -731,9 +733,9 @@ pub fn create_workqueue(name: &str) -> Result<Workqueue, i32> {
 /// `create_singlethread_workqueue(name)`: a workqueue with one worker named `name`.
 /// Process context.
 #[track_caller]
-pub fn create_singlethread_workqueue(name: &str) -> Result<Workqueue, i32> {
+pub fn create_singlethread_workqueue(name: &str) -> Result<Workqueue> {
     if !sched::might_sleep() {
-        return Err(-libc::EWOULDBLOCK);
+        return Err(Error::EWOULDBLOCK);
     }
     Workqueue::create(name, false)
 }
@@ -817,7 +819,7 @@ static SYSTEM_WQ: OnceLock<Workqueue> = OnceLock::new();
 
 /// Creates the system workqueue `events` (workers `events/0` ... `events/<ncpu-1>`) if it does
 /// not exist yet. Called by the runtime's start; safe to call again. Process context.
-pub fn init() -> Result<(), i32> {
+pub fn init() -> Result {
     if SYSTEM_WQ.get().is_some() {
         return Ok(());
     }
@@ -894,15 +896,15 @@ unsafe impl HasWork for OnCpu<'_> {
 }
 
 /// `schedule_on_each_cpu(func)`: runs `f` once on every `events/<cpu>` worker and waits for
-/// all of them. Returns 0, or a negative errno if the system queue cannot be created.
+/// all of them. `Err` if the system queue cannot be created.
 /// Process context.
 #[track_caller]
-pub fn schedule_on_each_cpu(f: impl Fn() + Sync) -> i32 {
+pub fn schedule_on_each_cpu(f: impl Fn() + Sync) -> Result {
     if !sched::might_sleep() {
-        return -libc::EWOULDBLOCK;
+        return Err(Error::EWOULDBLOCK);
     }
     let Some(wq) = system_wq() else {
-        return -libc::ENOMEM;
+        return Err(Error::ENOMEM);
     };
     let f: &(dyn Fn() + Sync) = &f;
     let items: Vec<Pin<Box<OnCpu<'_>>>> = (0..wq.inner.pools.len())
@@ -919,7 +921,7 @@ pub fn schedule_on_each_cpu(f: impl Fn() + Sync) -> i32 {
     for item in &items {
         flush_work(&item.work);
     }
-    0
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -39,10 +39,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
-use nix::errno::Errno;
-
 use super::Module;
 use super::abi::{Command, ioctl_command_to_string};
+use crate::kernel::error::{Error, Result};
 use crate::kernel::fs::{File, FileOperations};
 use crate::kernel::jiffies::{HZ, jiffies};
 use crate::kernel::sched::{current, schedule_timeout};
@@ -91,7 +90,7 @@ struct MonList {
 }
 
 impl MonList {
-    fn new() -> Result<MonList, Errno> {
+    fn new() -> Result<MonList> {
         Ok(MonList {
             slots: Vec::new(),
             free: Vec::new(),
@@ -104,7 +103,7 @@ impl MonList {
 
     /// `list_add`: process context, under `lock_bh`. Reserves every capacity the timer could
     /// need to remove this entry later, so the timer never allocates.
-    fn add(&mut self, task: TaskRef) -> Result<(), Errno> {
+    fn add(&mut self, task: TaskRef) -> Result<()> {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -283,8 +282,8 @@ pub struct DeferredDevice {
 
 impl DeferredDevice {
     /// `deferred_init`'s device part: flag NONE, the work item, the lock and list, the timer.
-    pub fn new(opts: Options) -> Result<DeferredDevice, Errno> {
-        workqueue::init().map_err(|e| Errno::from_raw(e.abs()))?;
+    pub fn new(opts: Options) -> Result<DeferredDevice> {
+        workqueue::init()?;
         let shared = Shared {
             work: Work::new(work_handler),
             flag: AtomicI32::new(TIMER_TYPE_NONE),
@@ -361,7 +360,7 @@ impl DeferredDevice {
 }
 
 impl FileOperations for DeferredDevice {
-    fn open(&self, _file: &File) -> Result<(), Errno> {
+    fn open(&self, _file: &File) -> Result<()> {
         pr_info!("[deferred_open] Device opened");
         Ok(())
     }
@@ -370,7 +369,7 @@ impl FileOperations for DeferredDevice {
         pr_info!("[deferred_release] Device released");
     }
 
-    fn unlocked_ioctl(&self, _file: &File, cmd: u32, arg: u64) -> Result<i32, Errno> {
+    fn unlocked_ioctl(&self, _file: &File, cmd: u32, arg: u64) -> Result<i32> {
         let dev = self.dev();
         dev.ioctls.fetch_add(1, Ordering::Relaxed);
         pr_info!("[deferred_ioctl] Command: {}", ioctl_command_to_string(cmd));
@@ -392,7 +391,7 @@ impl FileOperations for DeferredDevice {
                 // reports them, and the timer may not be in MON mode any more. Report them now
                 // (what the next tick would do) and try once more.
                 let task = match TaskRef::get(pid) {
-                    Err(Errno::ENOMEM) => {
+                    Err(Error::ENOMEM) => {
                         dev.mon.lock_bh().reap();
                         TaskRef::get(pid)?
                     }
@@ -402,7 +401,7 @@ impl FileOperations for DeferredDevice {
                 dev.flag.store(TIMER_TYPE_MON, Ordering::Release);
                 self.arm_in(1);
             }
-            None => return Err(Errno::ENOTTY),
+            None => return Err(Error::ENOTTY),
         }
         Ok(0)
     }
@@ -415,10 +414,10 @@ pub struct DeferredModule {
 
 impl DeferredModule {
     /// `insmod deferred.ko`: `[deferred_init] Init module`, then the device.
-    pub fn load(opts: Options) -> Result<DeferredModule, Errno> {
+    pub fn load(opts: Options) -> Result<DeferredModule> {
         pr_info!("[deferred_init] Init module");
         let dev = DeferredDevice::new(opts).inspect_err(|e| {
-            pr_err!("[deferred_init] cannot set up the device: {}", e.desc());
+            pr_err!("[deferred_init] cannot set up the device: {e}");
         })?;
         Ok(DeferredModule { dev: Arc::new(dev) })
     }

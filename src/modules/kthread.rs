@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use super::Module;
 use crate::kernel::atomic::Atomic;
+use crate::kernel::error::Result;
 use crate::kernel::kthread::{TaskStruct, kthread_stop};
 use crate::kernel::sched::current;
 use crate::kernel::wait::{WaitQueueHead, wait_event_interruptible, wake_up_interruptible};
@@ -61,7 +62,7 @@ pub struct KthreadModule {
 
 impl KthreadModule {
     /// `insmod kthread.ko`.
-    pub fn load() -> Result<KthreadModule, i32> {
+    pub fn load() -> Result<KthreadModule> {
         pr_info!("[kthread_init] Init module");
         let sync = Arc::new(Sync {
             wq_stop_thread: WaitQueueHead::new(),

@@ -99,13 +99,12 @@ pub fn load(name: &str, params: Params) -> Result<Box<dyn Module>, LoadError> {
             deferred::DeferredModule::load(deferred::Options {
                 alloc_io_direct: params.alloc_io_direct,
             })
-            .map_err(|e| LoadError::Init(e.desc().into()))?,
+            .map_err(|e| LoadError::Init(e.to_string()))?,
         ),
         "timer" => Box::new(timer::TimerModule::load(params.once)),
-        "kthread" => Box::new(
-            kthread::KthreadModule::load()
-                .map_err(|e| LoadError::Init(nix::errno::Errno::from_raw(-e).desc().into()))?,
-        ),
+        "kthread" => {
+            Box::new(kthread::KthreadModule::load().map_err(|e| LoadError::Init(e.to_string()))?)
+        }
         other => unreachable!("module `{other}` is in the registry but not loadable"),
     })
 }

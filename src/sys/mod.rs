@@ -1,0 +1,4 @@
+//! Thin wrappers over Linux system calls that both the runtime ([`crate::kernel`]) and the
+//! transport ([`crate::cuse`]) use; neither calls the other's private helpers.
+
+pub mod futex;
