@@ -49,7 +49,7 @@ const ENTRIES_WIDTH: usize = 64;
 /// Writes the trace events to a file while it lives.
 pub struct Tracer {
     stop: Arc<AtomicU32>,
-    thread: Option<JoinHandle<std::io::Result<()>>>,
+    thread: Option<JoinHandle<std::io::Result<u64>>>,
 }
 
 struct Sink {
@@ -76,13 +76,14 @@ impl Sink {
         err.map_or(Ok(()), Err)
     }
 
-    fn finish(mut self) -> std::io::Result<()> {
+    fn finish(mut self) -> std::io::Result<u64> {
         self.drain()?;
         let lost = trace::lost();
         let mut f = self.out.into_inner().map_err(|e| e.into_error())?;
         f.seek(SeekFrom::Start(self.entries_at))?;
         f.write_all(entries_line(self.written, self.written + lost).as_bytes())?;
-        f.sync_data()
+        f.sync_data()?;
+        Ok(self.written)
     }
 }
 
@@ -139,14 +140,15 @@ impl Tracer {
         }
     }
 
-    /// Stop recording, write what is left and complete the header.
-    pub fn finish(mut self) -> std::io::Result<()> {
+    /// Stop recording, write what is left and complete the header; returns how many events
+    /// the file holds.
+    pub fn finish(mut self) -> std::io::Result<u64> {
         self.stop_thread()
     }
 
-    fn stop_thread(&mut self) -> std::io::Result<()> {
+    fn stop_thread(&mut self) -> std::io::Result<u64> {
         let Some(t) = self.thread.take() else {
-            return Ok(());
+            return Ok(0);
         };
         trace::set_enabled(0);
         self.stop.store(1, Ordering::SeqCst);
