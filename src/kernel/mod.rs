@@ -10,6 +10,7 @@ pub mod alloc;
 pub mod jiffies;
 pub mod lockdep;
 pub mod printk;
+pub mod ring;
 pub mod sched;
 pub mod softirq;
 pub mod spinlock;

@@ -16,24 +16,20 @@
 //! Function pointers are recorded as addresses and named when formatted, from the executable's
 //! symbol table (the kernel's `%ps`); an address without a symbol prints as `0x...`.
 //!
-//! # Ground rules (the ring, shared with signal context)
-//! - A bounded MPSC queue as printk's (Vyukov's): a producer claims position `pos` by a CAS on
-//!   `tail` when the slot's sequence equals `pos`, writes the slot, publishes it by storing
-//!   `pos + 1` (Release). Only the claiming producer writes a claimed slot.
-//! - The consumer side is serialised by `CONSUMER` (a std mutex: process context only). It reads
-//!   a slot after seeing `pos + 1` (Acquire) and hands it back by storing `pos + SLOTS`.
+//! # Ground rules (shared with signal context)
+//! - The records go into a [`Ring`] (lock-free MPSC, see its rules); its one consumer is whoever
+//!   holds `CONSUMER` (a std mutex: process context only).
 //! - A producer never waits: a full ring drops the record and counts it in `LOST` (ftrace's
-//!   "entries-written" minus "entries-in-buffer"). A producer interrupted between claim and
-//!   publish (by the handler on its own thread) only delays the consumer.
+//!   "entries-written" minus "entries-in-buffer").
 //! - Recording allocates nothing, takes no lock and makes no system call beyond those `current`
 //!   and the clock make (`prctl`, `gettid`, `clock_gettime`: async-signal-safe).
 
-use std::cell::UnsafeCell;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::kernel::ring::Ring;
 use crate::kernel::{jiffies, sched};
 
 /// The events, in the kernel's systems and names. Their bit in [`ENABLED`] is their index.
@@ -310,32 +306,7 @@ impl Record {
     }
 }
 
-struct Slot {
-    /// Sequence number minus the slot's index (the all-zero static is the initial state).
-    seq: AtomicU64,
-    rec: UnsafeCell<std::mem::MaybeUninit<Record>>,
-}
-
-struct Ring {
-    slots: [Slot; SLOTS],
-    tail: AtomicU64,
-    head: AtomicU64,
-}
-
-// SAFETY: a slot's record is written only by the producer that claimed it (CAS on `tail`) and
-// read only by the consumer after the Release/Acquire publish on `seq` (Ground rules).
-unsafe impl Sync for Ring {}
-
-static RING: Ring = Ring {
-    slots: [const {
-        Slot {
-            seq: AtomicU64::new(0),
-            rec: UnsafeCell::new(std::mem::MaybeUninit::uninit()),
-        }
-    }; SLOTS],
-    tail: AtomicU64::new(0),
-    head: AtomicU64::new(0),
-};
+static RING: Ring<Record, SLOTS> = Ring::new();
 
 /// Records dropped because the ring was full.
 static LOST: AtomicU64 = AtomicU64::new(0);
@@ -349,45 +320,23 @@ fn record(event: Event, args: [u64; 4], text: &[u8]) {
     let ts_ns = jiffies::uptime_ns();
     let task = sched::current();
     let preempt_count = sched::preempt_count();
-    let mut pos = RING.tail.load(Ordering::Relaxed);
-    loop {
-        let idx = (pos % SLOTS as u64) as usize;
-        let slot = &RING.slots[idx];
-        let seq = slot.seq.load(Ordering::Acquire).wrapping_add(idx as u64);
-        let diff = seq.wrapping_sub(pos) as i64;
-        if diff == 0 {
-            if RING
-                .tail
-                .compare_exchange_weak(pos, pos + 1, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-            {
-                pos = RING.tail.load(Ordering::Relaxed);
-                continue;
-            }
-            let n = text.len().min(TEXT_MAX);
-            let mut r = Record {
-                event,
-                preempt_count,
-                pid: task.pid(),
-                comm: task.comm(),
-                ts_ns,
-                args,
-                text_len: n as u8,
-                text: [0; TEXT_MAX],
-            };
-            r.text[..n].copy_from_slice(&text[..n]);
-            // SAFETY: we claimed position `pos` by the CAS: until we publish, no other producer
-            // and not the consumer touch this slot (Ground rules).
-            unsafe { (*slot.rec.get()).write(r) };
-            slot.seq
-                .store((pos + 1).wrapping_sub(idx as u64), Ordering::Release);
-            return;
-        } else if diff < 0 {
-            LOST.fetch_add(1, Ordering::Relaxed);
-            return;
-        } else {
-            pos = RING.tail.load(Ordering::Relaxed);
-        }
+    let pushed = RING.push_with(|| {
+        let n = text.len().min(TEXT_MAX);
+        let mut r = Record {
+            event,
+            preempt_count,
+            pid: task.pid(),
+            comm: task.comm(),
+            ts_ns,
+            args,
+            text_len: n as u8,
+            text: [0; TEXT_MAX],
+        };
+        r.text[..n].copy_from_slice(&text[..n]);
+        r
+    });
+    if !pushed {
+        LOST.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -395,25 +344,12 @@ fn record(event: Event, args: [u64; 4], text: &[u8]) {
 pub fn drain(mut f: impl FnMut(&Record)) -> u64 {
     let _g = CONSUMER.lock().unwrap_or_else(|e| e.into_inner());
     let mut n = 0;
-    loop {
-        let pos = RING.head.load(Ordering::Relaxed);
-        let idx = (pos % SLOTS as u64) as usize;
-        let slot = &RING.slots[idx];
-        let seq = slot.seq.load(Ordering::Acquire).wrapping_add(idx as u64);
-        if seq != pos + 1 {
-            return n;
-        }
-        // SAFETY: published for `pos` (Acquire above): the producer wrote a whole Record; we
-        // are the only consumer (CONSUMER held) and producers leave it until we hand it back.
-        let r = unsafe { (*slot.rec.get()).assume_init() };
-        slot.seq.store(
-            (pos + SLOTS as u64).wrapping_sub(idx as u64),
-            Ordering::Release,
-        );
-        RING.head.store(pos + 1, Ordering::Relaxed);
+    // SAFETY: CONSUMER is held: ours is the only pop.
+    while let Some(r) = unsafe { RING.pop() } {
         f(&r);
         n += 1;
     }
+    n
 }
 
 /// Records dropped so far because the ring was full.
