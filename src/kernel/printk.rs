@@ -17,26 +17,19 @@
 //! kernel's words, `** N printk messages dropped **`, before the next line it prints.
 //!
 //! # Ground rules (the ring, shared with signal context)
-//! - A bounded MPSC queue (Vyukov's): each slot has a sequence number. A producer claims position
-//!   `pos` by a CAS on `tail` when the slot's sequence equals `pos`, writes the slot, then
-//!   publishes it by storing `pos + 1` (Release). Only the claiming producer writes a claimed slot.
-//! - The consumer side is serialised by `CONSUMER` (a std mutex: process context only, the
-//!   console thread or [`flush`]). It reads a slot only after seeing `pos + 1` (Acquire) and hands
-//!   it back by storing `pos + SLOTS`.
-//! - A producer never waits: a slot still unconsumed from the previous lap means "full"; the
-//!   line is counted in `DROPPED`. A producer interrupted between claim and publish (by the
-//!   signal handler on its own thread) only delays the consumer; the handler's own pushes go to
-//!   later slots.
+//! - The lines go into a [`Ring`] (lock-free MPSC, see its rules); its one consumer is whoever
+//!   holds `CONSUMER` (a std mutex: process context only, the console thread or [`flush`]).
+//! - A producer never waits: a full ring drops the line and counts it in `DROPPED`.
 //! - Wake-up of the console: a futex word bumped after every publish and woken when the console
 //!   sleeps (`futex(2)` is a plain syscall, async-signal-safe). The console never polls on a timer.
 
-use std::cell::UnsafeCell;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::kernel::jiffies;
+use crate::kernel::ring::Ring;
 use crate::sys::futex;
 
 /// Longest line kept (bytes); longer lines are truncated on a character boundary.
@@ -91,44 +84,16 @@ impl Level {
     }
 }
 
-struct Slot {
-    /// Sequence number minus the slot's index (so that the all-zero static is the initial state).
-    seq: AtomicU64,
-    level: UnsafeCell<u8>,
-    ts_ns: UnsafeCell<u64>,
-    len: UnsafeCell<u16>,
-    text: UnsafeCell<[u8; LINE_MAX]>,
+/// One line in the ring.
+#[derive(Clone, Copy)]
+struct Entry {
+    level: u8,
+    ts_ns: u64,
+    len: u16,
+    text: [u8; LINE_MAX],
 }
 
-impl Slot {
-    const fn new() -> Slot {
-        Slot {
-            seq: AtomicU64::new(0),
-            level: UnsafeCell::new(0),
-            ts_ns: UnsafeCell::new(0),
-            len: UnsafeCell::new(0),
-            text: UnsafeCell::new([0; LINE_MAX]),
-        }
-    }
-}
-
-struct Ring {
-    slots: [Slot; SLOTS],
-    /// Next position a producer claims.
-    tail: AtomicU64,
-    /// Next position the consumer reads (written under `CONSUMER` only).
-    head: AtomicU64,
-}
-
-// SAFETY: slot contents are written only by the producer that claimed the slot (CAS on `tail`)
-// and read only by the consumer after the Release/Acquire publish on `seq` (see Ground rules).
-unsafe impl Sync for Ring {}
-
-static RING: Ring = Ring {
-    slots: [const { Slot::new() }; SLOTS],
-    tail: AtomicU64::new(0),
-    head: AtomicU64::new(0),
-};
+static RING: Ring<Entry, SLOTS> = Ring::new();
 
 /// Lines lost because the ring was full.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -315,52 +280,32 @@ impl fmt::Write for LineBuf {
 /// Push one line into the ring. Async-signal-safe, lock-free, never allocates.
 /// Returns false if the ring was full (the line is counted as dropped).
 pub fn push(level: Level, ts_ns: u64, text: &[u8]) -> bool {
-    let mut pos = RING.tail.load(Ordering::Relaxed);
-    loop {
-        let idx = (pos % SLOTS as u64) as usize;
-        let slot = &RING.slots[idx];
-        let seq = slot.seq.load(Ordering::Acquire).wrapping_add(idx as u64);
-        let diff = seq.wrapping_sub(pos) as i64;
-        if diff == 0 {
-            match RING.tail.compare_exchange_weak(
-                pos,
-                pos + 1,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    let n = text.len().min(LINE_MAX);
-                    // SAFETY: we claimed position `pos` by the CAS: until we publish, no other
-                    // producer and not the consumer touch this slot (Ground rules).
-                    unsafe {
-                        *slot.level.get() = level as u8;
-                        *slot.ts_ns.get() = ts_ns;
-                        *slot.len.get() = n as u16;
-                        (&mut *slot.text.get())[..n].copy_from_slice(&text[..n]);
-                    }
-                    slot.seq
-                        .store((pos + 1).wrapping_sub(idx as u64), Ordering::Release);
-                    WAKE.fetch_add(1, Ordering::SeqCst);
-                    if CONSOLE_WAITING.load(Ordering::SeqCst) != 0 {
-                        futex::wake(&WAKE, i32::MAX);
-                    }
-                    // The line that fills the ring to half wakes the console even while it lets
-                    // lines gather (one producer claims that position: one wake-up).
-                    if (pos + 1).wrapping_sub(RING.head.load(Ordering::Relaxed)) == HALF_FULL {
-                        URGENT.fetch_add(1, Ordering::SeqCst);
-                        futex::wake(&URGENT, i32::MAX);
-                    }
-                    return true;
-                }
-                Err(cur) => pos = cur,
-            }
-        } else if diff < 0 {
-            DROPPED.fetch_add(1, Ordering::Relaxed);
-            return false;
-        } else {
-            pos = RING.tail.load(Ordering::Relaxed);
-        }
+    let pushed = RING.push_with(|| {
+        let n = text.len().min(LINE_MAX);
+        let mut e = Entry {
+            level: level as u8,
+            ts_ns,
+            len: n as u16,
+            text: [0; LINE_MAX],
+        };
+        e.text[..n].copy_from_slice(&text[..n]);
+        e
+    });
+    let Some(pos) = pushed else {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+        return false;
+    };
+    WAKE.fetch_add(1, Ordering::SeqCst);
+    if CONSOLE_WAITING.load(Ordering::SeqCst) != 0 {
+        futex::wake(&WAKE, i32::MAX);
     }
+    // The line that fills the ring to half wakes the console even while it lets lines gather
+    // (one producer claims that position: one wake-up).
+    if (pos + 1).wrapping_sub(RING.head()) == HALF_FULL {
+        URGENT.fetch_add(1, Ordering::SeqCst);
+        futex::wake(&URGENT, i32::MAX);
+    }
+    true
 }
 
 /// Format and push one line: the body of every `pr_*!` macro. Usable from any context.
@@ -408,44 +353,27 @@ fn drain_ring(c: &mut Consumer, until: Option<u64>) {
             let text = format!("** {n} printk messages dropped **");
             c.print(Level::Warning, jiffies::uptime_ns(), text.as_bytes());
         }
-        let pos = RING.head.load(Ordering::Relaxed);
-        if until.is_some_and(|u| pos >= u) {
+        if until.is_some_and(|u| RING.head() >= u) {
             return;
         }
-        let idx = (pos % SLOTS as u64) as usize;
-        let slot = &RING.slots[idx];
-        let seq = slot.seq.load(Ordering::Acquire).wrapping_add(idx as u64);
-        if seq != pos + 1 {
+        // SAFETY: the caller holds CONSUMER: ours is the only pop.
+        let Some(e) = (unsafe { RING.pop() }) else {
             // Not published yet.
             if until.is_none() || jiffies::monotonic_ns() > deadline {
                 return;
             }
             std::thread::yield_now();
             continue;
-        }
-        // SAFETY: the slot is published for `pos` (Acquire above) and we are the only consumer
-        // (CONSUMER held); producers do not touch it until we hand it back below.
-        let (level, ts_ns, text) = unsafe {
-            let len = (*slot.len.get() as usize).min(LINE_MAX);
-            (
-                Level::from_u8(*slot.level.get()),
-                *slot.ts_ns.get(),
-                &(&*slot.text.get())[..len],
-            )
         };
-        c.print(level, ts_ns, text);
-        slot.seq.store(
-            (pos + SLOTS as u64).wrapping_sub(idx as u64),
-            Ordering::Release,
-        );
-        RING.head.store(pos + 1, Ordering::Relaxed);
+        let len = (e.len as usize).min(LINE_MAX);
+        c.print(Level::from_u8(e.level), e.ts_ns, &e.text[..len]);
     }
 }
 
 /// Wait until every line pushed before this call has been handed to `log` (and to captures).
 /// Process context only.
 pub fn flush() {
-    let target = RING.tail.load(Ordering::SeqCst);
+    let target = RING.tail();
     let mut c = CONSUMER.lock().unwrap_or_else(|e| e.into_inner());
     drain(&mut c, Some(target));
 }

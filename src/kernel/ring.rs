@@ -1,5 +1,5 @@
 //! A bounded lock-free MPSC ring of `Copy` records, writable from any context (the timer
-//! signal's handler included): what the trace events are recorded into.
+//! signal's handler included): printk's lines and the trace events go through one each.
 //!
 //! # Ground rules (shared with signal context)
 //! - Vyukov's bounded queue: each slot has a sequence number. A producer claims position `pos`
@@ -52,9 +52,10 @@ impl<T: Copy, const N: usize> Ring<T, N> {
         }
     }
 
-    /// Push `v`, built by `make` once a slot is claimed (so a full ring costs no building).
-    /// False if the ring was full. Any context: lock-free, allocation-free.
-    pub fn push_with(&self, make: impl FnOnce() -> T) -> bool {
+    /// Push the value `make` builds once a slot is claimed (a full ring costs no building).
+    /// Returns the position it took (`None`: the ring was full). Any context: lock-free,
+    /// allocation-free.
+    pub fn push_with(&self, make: impl FnOnce() -> T) -> Option<u64> {
         let mut pos = self.tail.load(Ordering::Relaxed);
         loop {
             let idx = (pos % N as u64) as usize;
@@ -75,9 +76,9 @@ impl<T: Copy, const N: usize> Ring<T, N> {
                 unsafe { (*slot.val.get()).write(make()) };
                 slot.seq
                     .store((pos + 1).wrapping_sub(idx as u64), Ordering::Release);
-                return true;
+                return Some(pos);
             } else if diff < 0 {
-                return false;
+                return None;
             } else {
                 pos = self.tail.load(Ordering::Relaxed);
             }
@@ -107,6 +108,18 @@ impl<T: Copy, const N: usize> Ring<T, N> {
     }
 }
 
+impl<T, const N: usize> Ring<T, N> {
+    /// The next position a producer will claim (every position before it is claimed).
+    pub fn tail(&self) -> u64 {
+        self.tail.load(Ordering::SeqCst)
+    }
+
+    /// The next position the consumer will read.
+    pub fn head(&self) -> u64 {
+        self.head.load(Ordering::Relaxed)
+    }
+}
+
 impl<T: Copy, const N: usize> Default for Ring<T, N> {
     fn default() -> Self {
         Self::new()
@@ -121,13 +134,13 @@ mod tests {
     fn fifo_full_and_laps() {
         let r: Ring<u32, 4> = Ring::new();
         for i in 0..4 {
-            assert!(r.push_with(|| i));
+            assert_eq!(r.push_with(|| i), Some(i as u64));
         }
-        assert!(!r.push_with(|| 99), "full");
+        assert_eq!(r.push_with(|| 99), None, "full");
         // SAFETY: one consumer (this test).
         unsafe {
             assert_eq!(r.pop(), Some(0));
-            assert!(r.push_with(|| 4), "a slot came back");
+            assert!(r.push_with(|| 4).is_some(), "a slot came back");
             assert_eq!(
                 (r.pop(), r.pop(), r.pop(), r.pop()),
                 (Some(1), Some(2), Some(3), Some(4))
@@ -135,7 +148,7 @@ mod tests {
             assert_eq!(r.pop(), None);
         }
         for lap in 0..10 {
-            assert!(r.push_with(|| lap));
+            assert!(r.push_with(|| lap).is_some());
             // SAFETY: as above.
             assert_eq!(unsafe { r.pop() }, Some(lap));
         }
@@ -148,7 +161,9 @@ mod tests {
             let hs: Vec<_> = (0..4u64)
                 .map(|t| {
                     s.spawn(move || {
-                        (0..200).filter(|i| R.push_with(|| t * 1000 + i)).count() as u64
+                        (0..200)
+                            .filter(|i| R.push_with(|| t * 1000 + i).is_some())
+                            .count() as u64
                     })
                 })
                 .collect();

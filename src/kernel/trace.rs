@@ -335,7 +335,7 @@ fn record(event: Event, args: [u64; 4], text: &[u8]) {
         r.text[..n].copy_from_slice(&text[..n]);
         r
     });
-    if !pushed {
+    if pushed.is_none() {
         LOST.fetch_add(1, Ordering::Relaxed);
     }
 }
