@@ -5,8 +5,8 @@
 #
 #   bench/trace-overhead.sh [ROUNDS] [SECONDS]     (default 3 rounds of 10 s per run)
 #
-# Prints a Markdown table (median over the rounds of each run's p50 / p99 / max) and writes the
-# raw JSON lines to bench/results/trace-overhead.jsonl.
+# Prints Markdown tables (trace_cost; the median over the rounds of each bench's p50 / p99 / max)
+# into bench/results/trace-overhead.md, the raw JSON lines into bench/results/trace-overhead.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -32,7 +32,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 		done
 	done
 done
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" <<'PY' | tee bench/results/trace-overhead.md
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 c = next(r for r in rows if r["bench"] == "trace_cost")
