@@ -1,4 +1,4 @@
-//! Bottom halves and atomic context: local_bh_disable nesting as the seed shows it, a timer
+//! Bottom halves and atomic context: local_bh_disable nesting as the lab text shows it, a timer
 //! expiring inside a bh-disabled section, the might_sleep BUG report from a timer handler,
 //! the lockdep report for spin_lock without _bh on a lock a timer takes.
 

@@ -1,4 +1,4 @@
-//! Tasklets, as the seed states them: run once however often scheduled, HI before TASKLET,
+//! Tasklets, as the lab text states them: run once however often scheduled, HI before TASKLET,
 //! re-scheduling from the handler, disable/enable, kill, never on two threads at once.
 
 mod runtime_common;

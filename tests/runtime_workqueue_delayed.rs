@@ -121,7 +121,7 @@ fn cancel_delayed_work_async_prevents_a_pending_timer() {
 
 #[test]
 fn flush_does_not_wait_for_a_delayed_work_whose_timer_is_pending() {
-    // The seed: "For delayed work items, cancel_delayed_work must be called before
+    // The lab text: "For delayed work items, cancel_delayed_work must be called before
     // flush_scheduled_work()": flush only waits for work already queued.
     start();
     let wq = create_singlethread_workqueue("flush_delayed").unwrap();

@@ -74,10 +74,6 @@ pub const FUSE_IOCTL_32BIT: u32 = 1 << 3;
 /// The unique of an INTERRUPT request is the target's unique with this bit set.
 pub const FUSE_INT_REQ_BIT: u64 = 1 << 0;
 
-/// What the kernel reports for a file without `.poll` (`DEFAULT_POLLMASK`):
-/// `POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM`.
-pub const DEFAULT_POLLMASK: u32 = 0x0001 | 0x0004 | 0x0040 | 0x0100;
-
 /// `struct fuse_in_header` (40 bytes).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -9,6 +9,10 @@
 
 use super::error::{Error, Result};
 
+/// What the kernel reports for a file whose driver has no `.poll` (`DEFAULT_POLLMASK`, fs/select.c):
+/// `EPOLLIN | EPOLLOUT | EPOLLRDNORM | EPOLLWRNORM`, always readable and writable.
+pub const DEFAULT_POLLMASK: u32 = 0x0001 | 0x0004 | 0x0040 | 0x0100;
+
 /// One open file of the device (`struct file`), as the transport knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct File {
@@ -23,7 +27,7 @@ pub struct File {
 /// The operations of a character device.
 ///
 /// Defaults follow a kernel driver that leaves a slot NULL in a way the lab's module would see:
-/// `read`/`write` answer `EINVAL`, an ioctl `ENOTTY`.
+/// `read`/`write` answer `EINVAL`, an ioctl `ENOTTY`, `poll` [`DEFAULT_POLLMASK`].
 pub trait FileOperations: Send + Sync {
     /// `open(2)` on the node. An error refuses the open.
     fn open(&self, _file: &File) -> Result<()> {
@@ -56,5 +60,11 @@ pub trait FileOperations: Send + Sync {
     /// `write(2)` of `data` at `offset`; returns the bytes taken.
     fn write(&self, _file: &File, _data: &[u8], _offset: u64) -> Result<u32> {
         Err(Error::EINVAL)
+    }
+
+    /// `poll(2)`/`select(2)`/`epoll`: the events ready now (`POLLIN`, ... bits), of the `events`
+    /// asked for or others (the caller filters). Cannot fail; never blocks.
+    fn poll(&self, _file: &File, _events: u32) -> u32 {
+        DEFAULT_POLLMASK
     }
 }

@@ -5,7 +5,7 @@
 //! main); *softirq context* is the timer signal's handler (timers, tasklets), which never blocks,
 //! allocates, takes a std lock, calls `log`, or panics.
 
-// Core (interrupt side): owned by the runtime-core helper.
+// The interrupt side: the clock, softirqs and what runs in them, and the rules of that context.
 pub mod alloc;
 pub mod jiffies;
 pub mod lockdep;
@@ -18,23 +18,38 @@ pub mod tasklet;
 pub mod timer;
 pub mod trace;
 
-// Process side: owned by the runtime-process helper.
+// The process side: threads that sleep.
 pub mod atomic;
 pub mod kthread;
 pub mod wait;
 pub mod workqueue;
 
+// What a module works with: errors, its device's file operations, ioctl numbers, tasks.
 pub mod error;
 pub mod fs;
+pub mod ioctl;
 pub mod task;
 
-/// Start the runtime (the "boot"): the printk console thread, `ksoftirqd/0`, the timer
-/// signal's handler and the POSIX timer behind it, and the system workqueue (`events/N`, so
-/// timer handlers can `schedule_work`). Idempotent: every caller may call it; the first does
-/// the work. Process context.
+/// Start the runtime (the "boot"), in the kernel's order: the printk console thread, the clock
+/// (`jiffies`), the softirq actions (the timer's and the tasklets', as `init_timers` and
+/// `softirq_init` open them), the interrupt (the timer signal's handler, the POSIX timer
+/// behind it, `ksoftirqd/0`), then whatever was raised or armed before it, and the system
+/// workqueue (`events/N`, so timer handlers can `schedule_work`). Idempotent: every caller may
+/// call it; the first does the work. Process context.
 pub fn start() -> error::Result {
-    printk::start_console();
-    softirq::start()?;
+    static BOOTED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut booted = BOOTED.lock().unwrap_or_else(|e| e.into_inner());
+    if !*booted {
+        printk::start_console();
+        jiffies::start_ns();
+        timer::init();
+        tasklet::init();
+        softirq::start()?;
+        // Anything raised or armed before the interrupt existed runs now.
+        timer::rearm();
+        softirq::wakeup_softirqd();
+        *booted = true;
+    }
     workqueue::init()
 }
 

@@ -63,7 +63,7 @@ pub const HARDIRQ_OFFSET: u32 = 0x1_0000;
 /// `MAX_SCHEDULE_TIMEOUT`: sleep without a timeout.
 pub const MAX_SCHEDULE_TIMEOUT: u64 = i64::MAX as u64;
 
-/// Longest comm, as the kernel's `TASK_COMM_LEN - 1`.
+/// `TASK_COMM_LEN`: a comm holds at most 15 bytes and a NUL.
 pub const TASK_COMM_LEN: usize = 16;
 
 thread_local! {

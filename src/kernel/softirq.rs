@@ -434,17 +434,14 @@ fn choose_signal() -> Option<i32> {
     None
 }
 
-/// Start the interrupt side: the softirq actions, `ksoftirqd/0`, the signal handler and the
-/// POSIX timer. Idempotent. Process context.
+/// Start the interrupt: the signal handler, the POSIX timer behind it and `ksoftirqd/0`. The
+/// softirq actions are opened before ([`crate::kernel::start`] orders the boot). Idempotent.
+/// Process context.
 pub fn start() -> Result {
     let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
     if *started {
         return Ok(());
     }
-    jiffies::start_ns();
-    crate::kernel::timer::init();
-    crate::kernel::tasklet::init();
-
     let Some(sig) = choose_signal() else {
         crate::pr_err!("softirq: no free real-time signal for the timer interrupt\n");
         return Err(Error::EBUSY);
@@ -480,8 +477,5 @@ pub fn start() -> Result {
         .spawn(ksoftirqd)
         .map_err(Error::from)?;
     *started = true;
-    // Anything raised or armed before start runs now.
-    crate::kernel::timer::rearm();
-    wakeup_softirqd();
     Ok(())
 }

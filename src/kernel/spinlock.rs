@@ -1,6 +1,6 @@
 //! Spin locks: `spin_lock` for softirq context, `spin_lock_bh` for process context.
 //!
-//! The lab's rule (seed, "Locking"): data shared between process context (A) and softirq
+//! The lab's rule (the lab text, "Locking"): data shared between process context (A) and softirq
 //! context (B) is protected in A with `spin_lock_bh` (the lock *and* bottom halves off on this
 //! thread, so the timer handler cannot interrupt the holder and spin on its lock for ever) and
 //! in B with plain `spin_lock`.

@@ -33,9 +33,7 @@ use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::error::{Error, Result};
-
-/// `TASK_COMM_LEN`: a comm holds at most 15 bytes and a NUL.
-pub const TASK_COMM_LEN: usize = 16;
+use super::sched::TASK_COMM_LEN;
 
 #[derive(Debug)]
 enum Handle {

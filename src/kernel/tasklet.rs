@@ -13,7 +13,7 @@
 //! // dynamic: let t = Box::pin(Tasklet::new(handler, 7)); tasklet_schedule(t.as_ref());
 //! ```
 //!
-//! The seed's rules, all kept: scheduled several times before it runs, a tasklet runs once; once
+//! The lab text's rules, all kept: scheduled several times before it runs, a tasklet runs once; once
 //! it has run it can be scheduled again, also from its own handler; `tasklet_hi_schedule` puts it
 //! on the `HI_SOFTIRQ` list, which runs before everything else; a tasklet never runs on two
 //! threads at once (softirq processing is serialised, and the `RUN` bit makes it explicit);

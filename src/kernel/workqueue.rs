@@ -98,7 +98,7 @@
 //! whole stack with one swap and reverses it, so items run in the order they were queued.
 //! `flush_workqueue` reads `pushed` of every pool and waits until `done` reaches it: everything
 //! queued before the flush has finished (later items do not delay it). It does not wait for a
-//! delayed work whose timer has not fired yet (the seed: cancel delayed work before flushing).
+//! delayed work whose timer has not fired yet (the lab text: cancel delayed work before flushing).
 //!
 //! `queue_work` on a per-CPU queue picks the calling CPU's worker (`sched_getcpu`), as the
 //! kernel does; each worker of `create_workqueue` is pinned to its CPU when the process may run

@@ -1,46 +1,28 @@
 //! The lab's ioctl interface (`deferred.h`), defined once for the modules and the clients.
 //!
-//! The numbers are built as the kernel's `_IO`/`_IOW` macros build them (asm-generic/ioctl.h):
-//! `dir << 30 | size << 16 | type << 8 | nr`. The argument is a plain value, never a pointer.
+//! The numbers are built with the runtime's `_IO`/`_IOW` ([`crate::kernel::ioctl`]). The argument
+//! is a plain value, never a pointer.
 
 use std::mem::size_of;
 
-/// `_IOC_WRITE`: userspace writes, the driver reads.
-pub const IOC_WRITE: u32 = 1;
-/// `_IOC_NONE`.
-pub const IOC_NONE: u32 = 0;
-
-/// `_IOC(dir, type, nr, size)`.
-pub const fn ioc(dir: u32, ty: u8, nr: u8, size: usize) -> u32 {
-    (dir << 30) | ((size as u32 & 0x3fff) << 16) | ((ty as u32) << 8) | nr as u32
-}
-
-/// `_IO(type, nr)`.
-pub const fn io(ty: u8, nr: u8) -> u32 {
-    ioc(IOC_NONE, ty, nr, 0)
-}
-
-/// `_IOW(type, nr, T)` with `size_of::<T>() == size`.
-pub const fn iow(ty: u8, nr: u8, size: usize) -> u32 {
-    ioc(IOC_WRITE, ty, nr, size)
-}
+use crate::kernel::ioctl::{_IO, _IOW};
 
 /// The lab's ioctl type character.
 pub const MY_IOCTL_TYPE: u8 = b'k';
 
 /// `_IOW('k', 1, unsigned long)`: arm the timer in `arg` seconds.
-pub const MY_IOCTL_TIMER_SET: u32 = iow(MY_IOCTL_TYPE, 1, size_of::<libc::c_ulong>());
+pub const MY_IOCTL_TIMER_SET: u32 = _IOW(MY_IOCTL_TYPE, 1, size_of::<libc::c_ulong>());
 /// `_IO('k', 2)`: cancel the timer.
-pub const MY_IOCTL_TIMER_CANCEL: u32 = io(MY_IOCTL_TYPE, 2);
+pub const MY_IOCTL_TIMER_CANCEL: u32 = _IO(MY_IOCTL_TYPE, 2);
 /// `_IOW('k', 3, unsigned long)`: allocate memory (sleep in a work item) after `arg` seconds.
-pub const MY_IOCTL_TIMER_ALLOC: u32 = iow(MY_IOCTL_TYPE, 3, size_of::<libc::c_ulong>());
+pub const MY_IOCTL_TIMER_ALLOC: u32 = _IOW(MY_IOCTL_TYPE, 3, size_of::<libc::c_ulong>());
 /// `_IO('k', 4)`: monitor the pid in `arg`.
-pub const MY_IOCTL_TIMER_MON: u32 = io(MY_IOCTL_TYPE, 4);
+pub const MY_IOCTL_TIMER_MON: u32 = _IO(MY_IOCTL_TYPE, 4);
 
 /// `MY_IOCTL_TIMER_SET` as a 32-bit (`-m32`) program computes it: `unsigned long` is 4 bytes.
-pub const MY_IOCTL_TIMER_SET_32: u32 = iow(MY_IOCTL_TYPE, 1, 4);
+pub const MY_IOCTL_TIMER_SET_32: u32 = _IOW(MY_IOCTL_TYPE, 1, 4);
 /// `MY_IOCTL_TIMER_ALLOC` as a 32-bit program computes it.
-pub const MY_IOCTL_TIMER_ALLOC_32: u32 = iow(MY_IOCTL_TYPE, 3, 4);
+pub const MY_IOCTL_TIMER_ALLOC_32: u32 = _IOW(MY_IOCTL_TYPE, 3, 4);
 
 /// One of the lab's commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
