@@ -295,11 +295,7 @@ impl Record {
             Event::SchedKthreadStop => write!(out, "comm={text} pid={}", a as i32),
             Event::SchedKthreadStopRet => write!(out, "ret={}", a as i64),
             Event::SchedProcessExit => write!(out, "comm={text} pid={} prio=120", a as i32),
-            Event::CuseRequest => write!(
-                out,
-                "unique={a} opcode={b} ({text}) pid={} nodeid={d}",
-                c as i32
-            ),
+            Event::CuseRequest => write!(out, "unique={a} opcode={b} ({text}) pid={}", c as i32),
             Event::CuseReply => write!(out, "unique={a} error={}", b as i64),
             Event::Console => write!(out, "{text}"),
         };
@@ -574,11 +570,11 @@ pub fn sched_process_exit(pid: i32, comm: &str) {
 /// `cuse_request`: the transport read request `unique` (`opcode`, named `op`) from process
 /// `pid`.
 #[inline]
-pub fn cuse_request(unique: u64, opcode: u32, op: &str, pid: u32, nodeid: u64) {
+pub fn cuse_request(unique: u64, opcode: u32, op: &str, pid: u32) {
     if on(Event::CuseRequest) {
         record(
             Event::CuseRequest,
-            [unique, opcode as u64, pid as u64, nodeid],
+            [unique, opcode as u64, pid as u64, 0],
             op.as_bytes(),
         );
     }
