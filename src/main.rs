@@ -179,6 +179,9 @@ fn run(args: &Args) -> Result<(), String> {
     let signals = SignalFd::with_flags(&stop, SfdFlags::SFD_CLOEXEC)
         .map_err(|e| format!("signalfd: {}", e.desc()))?;
 
+    // Tracing starts first (a bad event list fails before anything is set up), so the
+    // runtime's threads' creation is recorded; it stops when `_tracer` drops, after unload.
+    let _tracer = args.trace.start()?;
     let info = modules::info(&args.module).ok_or("unknown module")?;
     let user = args.user.as_deref().map(resolve_user).transpose()?;
     // Open /dev/cuse before init: a missing CUSE or a second instance fails without side effects.
@@ -199,7 +202,6 @@ fn run(args: &Args) -> Result<(), String> {
     };
 
     // Boot the runtime (printk console, ksoftirqd/0, the timer signal), then insmod.
-    let _tracer = args.trace.start()?;
     raise_fd_limit();
     kernel::start().map_err(|e| format!("starting the runtime: {e}"))?;
     let params = Params {

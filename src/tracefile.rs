@@ -25,17 +25,26 @@ pub struct TraceArgs {
     pub trace: Option<PathBuf>,
     /// Which events to record (with --trace): comma-separated names (timer_start), systems
     /// (timer:*) or all [default: all].
-    #[arg(long, value_name = "LIST", requires = "trace", value_parser = trace::parse_events)]
-    pub trace_events: Option<u64>,
+    #[arg(long, value_name = "LIST")]
+    pub trace_events: Option<String>,
 }
 
 impl TraceArgs {
     /// Start tracing if `--trace` was given (before the runtime starts, so its threads' creation
     /// is recorded). Tracing stops, and the file is completed, when the returned value drops.
+    /// Errors are one line for the CLI: a bad event list, a list without a file, a file that
+    /// cannot be created.
     pub fn start(&self) -> Result<Option<Tracer>, String> {
+        let events = match &self.trace_events {
+            Some(list) => trace::parse_events(list).map_err(|e| format!("--trace-events: {e}"))?,
+            None => trace::ALL,
+        };
         match &self.trace {
+            None if self.trace_events.is_some() => {
+                Err("--trace-events picks what --trace FILE records: give --trace FILE too".into())
+            }
             None => Ok(None),
-            Some(path) => Tracer::start(path, self.trace_events.unwrap_or(trace::ALL))
+            Some(path) => Tracer::start(path, events)
                 .map(Some)
                 .map_err(|e| format!("--trace {}: {e}", path.display())),
         }
@@ -176,3 +185,46 @@ const HEADER: &str = "#
 #           TASK-PID     CPU#  |||||  TIMESTAMP  FUNCTION
 #              | |         |   |||||     |         |
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(trace: Option<&str>, events: Option<&str>) -> TraceArgs {
+        TraceArgs {
+            trace: trace.map(PathBuf::from),
+            trace_events: events.map(String::from),
+        }
+    }
+
+    #[test]
+    fn bad_options_are_one_line_each() {
+        let e = args(Some("/tmp/x.trace"), Some("timer:*,nope"))
+            .start()
+            .err();
+        assert!(
+            e.as_ref()
+                .is_some_and(|e| e.starts_with("--trace-events: no trace event `nope`")),
+            "{e:?}"
+        );
+        let e = args(None, Some("timer:*")).start().err();
+        assert!(
+            e.as_ref().is_some_and(|e| e.contains("give --trace FILE")),
+            "{e:?}"
+        );
+        let e = args(Some("/nonexistent-dir/x.trace"), None).start().err();
+        assert!(
+            e.as_ref()
+                .is_some_and(|e| e.starts_with("--trace /nonexistent-dir/x.trace: ")),
+            "{e:?}"
+        );
+        for e in ["timer:*,nope", "", "sched:timer_start"] {
+            let msg = args(Some("/tmp/x.trace"), Some(e)).start().err().unwrap();
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+        assert!(
+            args(None, None).start().unwrap().is_none(),
+            "off by default"
+        );
+    }
+}
