@@ -353,247 +353,108 @@ pub fn lost() -> u64 {
     LOST.load(Ordering::Relaxed)
 }
 
-fn addr<T: ?Sized>(p: *const T) -> u64 {
-    p.cast::<()>() as usize as u64
+/// What a trace point records as an address (`%p`): a pointer or a reference.
+pub trait Addr {
+    /// The address.
+    fn address(self) -> u64;
+}
+
+impl<T: ?Sized> Addr for *const T {
+    fn address(self) -> u64 {
+        self.cast::<()>() as usize as u64
+    }
+}
+
+impl<T: ?Sized> Addr for *mut T {
+    fn address(self) -> u64 {
+        self.cast::<()>() as usize as u64
+    }
+}
+
+impl<T: ?Sized> Addr for &T {
+    fn address(self) -> u64 {
+        (self as *const T).address()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // The trace points. Each costs one relaxed load while its event is off.
 
-/// `timer_init`: a timer was set up.
-#[inline]
-pub fn timer_init<T: ?Sized>(timer: *const T) {
-    if on(Event::TimerInit) {
-        record(Event::TimerInit, [addr(timer), 0, 0, 0], b"");
-    }
+/// Defines trace points: `name(params) => Event [four u64 fields], text;`, each a function
+/// that records its event when it is on.
+macro_rules! tracepoints {
+    ($($(#[$doc:meta])* $name:ident($($p:ident: $t:ty),*) => $ev:ident [$($a:expr),*], $text:expr;)*) => {
+        $(
+            $(#[$doc])*
+            #[inline]
+            pub fn $name($($p: $t),*) {
+                if on(Event::$ev) {
+                    record(Event::$ev, [$($a),*], $text);
+                }
+            }
+        )*
+    };
 }
 
-/// `timer_start`: a timer was armed for `expires` (jiffies) at jiffy `now`.
-#[inline]
-pub fn timer_start<T: ?Sized>(timer: *const T, function: usize, expires: u64, now: u64) {
-    if on(Event::TimerStart) {
-        record(
-            Event::TimerStart,
-            [addr(timer), function as u64, expires, now],
-            b"",
-        );
-    }
-}
-
-/// `timer_cancel`: a pending timer was taken off the list (deleted, moved, or expiring).
-#[inline]
-pub fn timer_cancel<T: ?Sized>(timer: *const T) {
-    if on(Event::TimerCancel) {
-        record(Event::TimerCancel, [addr(timer), 0, 0, 0], b"");
-    }
-}
-
-/// `timer_expire_entry`: a timer's handler starts (softirq context).
-#[inline]
-pub fn timer_expire_entry<T: ?Sized>(timer: *const T, function: usize) {
-    if on(Event::TimerExpireEntry) {
-        let now = jiffies::jiffies();
-        record(
-            Event::TimerExpireEntry,
-            [addr(timer), function as u64, now, 0],
-            b"",
-        );
-    }
-}
-
-/// `timer_expire_exit`: a timer's handler returned.
-#[inline]
-pub fn timer_expire_exit<T: ?Sized>(timer: *const T) {
-    if on(Event::TimerExpireExit) {
-        record(Event::TimerExpireExit, [addr(timer), 0, 0, 0], b"");
-    }
-}
-
-/// `irq_handler_entry`: the timer interrupt (signal handler) starts.
-#[inline]
-pub fn irq_handler_entry() {
-    if on(Event::IrqHandlerEntry) {
-        record(Event::IrqHandlerEntry, [0; 4], b"");
-    }
-}
-
-/// `irq_handler_exit`: the interrupt proper is done (softirqs may follow).
-#[inline]
-pub fn irq_handler_exit() {
-    if on(Event::IrqHandlerExit) {
-        record(Event::IrqHandlerExit, [0; 4], b"");
-    }
-}
-
-/// `softirq_raise`: softirq `vec` marked pending.
-#[inline]
-pub fn softirq_raise(vec: usize) {
-    if on(Event::SoftirqRaise) {
-        record(Event::SoftirqRaise, [vec as u64, 0, 0, 0], b"");
-    }
-}
-
-/// `softirq_entry`: softirq `vec`'s action starts.
-#[inline]
-pub fn softirq_entry(vec: usize) {
-    if on(Event::SoftirqEntry) {
-        record(Event::SoftirqEntry, [vec as u64, 0, 0, 0], b"");
-    }
-}
-
-/// `softirq_exit`: softirq `vec`'s action returned.
-#[inline]
-pub fn softirq_exit(vec: usize) {
-    if on(Event::SoftirqExit) {
-        record(Event::SoftirqExit, [vec as u64, 0, 0, 0], b"");
-    }
-}
-
-/// `tasklet_entry`: a tasklet's function starts.
-#[inline]
-pub fn tasklet_entry<T: ?Sized>(tasklet: *const T, function: usize) {
-    if on(Event::TaskletEntry) {
-        record(
-            Event::TaskletEntry,
-            [addr(tasklet), function as u64, 0, 0],
-            b"",
-        );
-    }
-}
-
-/// `tasklet_exit`: a tasklet's function returned.
-#[inline]
-pub fn tasklet_exit<T: ?Sized>(tasklet: *const T, function: usize) {
-    if on(Event::TaskletExit) {
-        record(
-            Event::TaskletExit,
-            [addr(tasklet), function as u64, 0, 0],
-            b"",
-        );
-    }
-}
-
-/// `workqueue_queue_work`: a work item put on `workqueue`'s worker for `cpu`.
-#[inline]
-pub fn workqueue_queue_work<T: ?Sized>(
-    work: *const T,
-    function: usize,
-    workqueue: &str,
-    req_cpu: usize,
-    cpu: usize,
-) {
-    if on(Event::WorkqueueQueueWork) {
-        record(
-            Event::WorkqueueQueueWork,
-            [addr(work), function as u64, req_cpu as u64, cpu as u64],
-            workqueue.as_bytes(),
-        );
-    }
-}
-
-/// `workqueue_activate_work`: the item is on its worker's list.
-#[inline]
-pub fn workqueue_activate_work<T: ?Sized>(work: *const T) {
-    if on(Event::WorkqueueActivateWork) {
-        record(Event::WorkqueueActivateWork, [addr(work), 0, 0, 0], b"");
-    }
-}
-
-/// `workqueue_execute_start`: a worker calls the item's function.
-#[inline]
-pub fn workqueue_execute_start<T: ?Sized>(work: *const T, function: usize) {
-    if on(Event::WorkqueueExecuteStart) {
-        record(
-            Event::WorkqueueExecuteStart,
-            [addr(work), function as u64, 0, 0],
-            b"",
-        );
-    }
-}
-
-/// `workqueue_execute_end`: the item's function returned.
-#[inline]
-pub fn workqueue_execute_end<T: ?Sized>(work: *const T, function: usize) {
-    if on(Event::WorkqueueExecuteEnd) {
-        record(
-            Event::WorkqueueExecuteEnd,
-            [addr(work), function as u64, 0, 0],
-            b"",
-        );
-    }
-}
-
-/// `task_newtask`: a kthread `comm` (thread `pid`) was created (recorded by its creator).
-#[inline]
-pub fn task_newtask(pid: i32, comm: &str) {
-    if on(Event::TaskNewtask) {
-        record(Event::TaskNewtask, [pid as u64, 0, 0, 0], comm.as_bytes());
-    }
-}
-
-/// `sched_kthread_stop`: `kthread_stop` on kthread `comm` (thread `pid`).
-#[inline]
-pub fn sched_kthread_stop(pid: i32, comm: &str) {
-    if on(Event::SchedKthreadStop) {
-        record(
-            Event::SchedKthreadStop,
-            [pid as u64, 0, 0, 0],
-            comm.as_bytes(),
-        );
-    }
-}
-
-/// `sched_kthread_stop_ret`: `kthread_stop` returns `ret`.
-#[inline]
-pub fn sched_kthread_stop_ret(ret: i32) {
-    if on(Event::SchedKthreadStopRet) {
-        record(
-            Event::SchedKthreadStopRet,
-            [ret as i64 as u64, 0, 0, 0],
-            b"",
-        );
-    }
-}
-
-/// `sched_process_exit`: the calling kthread `comm` ends.
-#[inline]
-pub fn sched_process_exit(pid: i32, comm: &str) {
-    if on(Event::SchedProcessExit) {
-        record(
-            Event::SchedProcessExit,
-            [pid as u64, 0, 0, 0],
-            comm.as_bytes(),
-        );
-    }
-}
-
-/// `cuse_request`: the transport read request `unique` (`opcode`, named `op`) from process
-/// `pid`.
-#[inline]
-pub fn cuse_request(unique: u64, opcode: u32, op: &str, pid: u32) {
-    if on(Event::CuseRequest) {
-        record(
-            Event::CuseRequest,
-            [unique, opcode as u64, pid as u64, 0],
-            op.as_bytes(),
-        );
-    }
-}
-
-/// `cuse_reply`: the transport answered request `unique` (`error`: 0 or a negative errno).
-#[inline]
-pub fn cuse_reply(unique: u64, error: i32) {
-    if on(Event::CuseReply) {
-        record(Event::CuseReply, [unique, error as i64 as u64, 0, 0], b"");
-    }
-}
-
-/// `console`: a printk line.
-#[inline]
-pub fn console(text: &[u8]) {
-    if on(Event::Console) {
-        record(Event::Console, [0; 4], text);
-    }
+tracepoints! {
+    /// `timer_init`: a timer was set up.
+    timer_init(timer: impl Addr) => TimerInit [timer.address(), 0, 0, 0], b"";
+    /// `timer_start`: a timer was armed for `expires` (jiffies) at jiffy `now`.
+    timer_start(timer: impl Addr, function: usize, expires: u64, now: u64)
+        => TimerStart [timer.address(), function as u64, expires, now], b"";
+    /// `timer_cancel`: a pending timer was taken off the list (deleted, moved, or expiring).
+    timer_cancel(timer: impl Addr) => TimerCancel [timer.address(), 0, 0, 0], b"";
+    /// `timer_expire_entry`: a timer's handler starts (softirq context).
+    timer_expire_entry(timer: impl Addr, function: usize)
+        => TimerExpireEntry [timer.address(), function as u64, jiffies::jiffies(), 0], b"";
+    /// `timer_expire_exit`: a timer's handler returned.
+    timer_expire_exit(timer: impl Addr) => TimerExpireExit [timer.address(), 0, 0, 0], b"";
+    /// `irq_handler_entry`: the timer interrupt (signal handler) starts.
+    irq_handler_entry() => IrqHandlerEntry [0, 0, 0, 0], b"";
+    /// `irq_handler_exit`: the interrupt proper is done (softirqs may follow).
+    irq_handler_exit() => IrqHandlerExit [0, 0, 0, 0], b"";
+    /// `softirq_raise`: softirq `vec` marked pending.
+    softirq_raise(vec: usize) => SoftirqRaise [vec as u64, 0, 0, 0], b"";
+    /// `softirq_entry`: softirq `vec`'s action starts.
+    softirq_entry(vec: usize) => SoftirqEntry [vec as u64, 0, 0, 0], b"";
+    /// `softirq_exit`: softirq `vec`'s action returned.
+    softirq_exit(vec: usize) => SoftirqExit [vec as u64, 0, 0, 0], b"";
+    /// `tasklet_entry`: a tasklet's function starts.
+    tasklet_entry(tasklet: impl Addr, function: usize)
+        => TaskletEntry [tasklet.address(), function as u64, 0, 0], b"";
+    /// `tasklet_exit`: a tasklet's function returned.
+    tasklet_exit(tasklet: impl Addr, function: usize)
+        => TaskletExit [tasklet.address(), function as u64, 0, 0], b"";
+    /// `workqueue_queue_work`: a work item put on `workqueue`'s worker for `cpu`.
+    workqueue_queue_work(work: impl Addr, function: usize, workqueue: &str, req_cpu: usize, cpu: usize)
+        => WorkqueueQueueWork [work.address(), function as u64, req_cpu as u64, cpu as u64],
+        workqueue.as_bytes();
+    /// `workqueue_activate_work`: the item is on its worker's list.
+    workqueue_activate_work(work: impl Addr) => WorkqueueActivateWork [work.address(), 0, 0, 0], b"";
+    /// `workqueue_execute_start`: a worker calls the item's function.
+    workqueue_execute_start(work: impl Addr, function: usize)
+        => WorkqueueExecuteStart [work.address(), function as u64, 0, 0], b"";
+    /// `workqueue_execute_end`: the item's function returned.
+    workqueue_execute_end(work: impl Addr, function: usize)
+        => WorkqueueExecuteEnd [work.address(), function as u64, 0, 0], b"";
+    /// `task_newtask`: a kthread `comm` (thread `pid`) was created (recorded by its creator).
+    task_newtask(pid: i32, comm: &str) => TaskNewtask [pid as u64, 0, 0, 0], comm.as_bytes();
+    /// `sched_kthread_stop`: `kthread_stop` on kthread `comm` (thread `pid`).
+    sched_kthread_stop(pid: i32, comm: &str)
+        => SchedKthreadStop [pid as u64, 0, 0, 0], comm.as_bytes();
+    /// `sched_kthread_stop_ret`: `kthread_stop` returns `ret`.
+    sched_kthread_stop_ret(ret: i32) => SchedKthreadStopRet [ret as i64 as u64, 0, 0, 0], b"";
+    /// `sched_process_exit`: the calling kthread `comm` ends.
+    sched_process_exit(pid: i32, comm: &str)
+        => SchedProcessExit [pid as u64, 0, 0, 0], comm.as_bytes();
+    /// `cuse_request`: the transport read request `unique` (`opcode`, named `op`) from process
+    /// `pid`.
+    cuse_request(unique: u64, opcode: u32, op: &str, pid: u32)
+        => CuseRequest [unique, opcode as u64, pid as u64, 0], op.as_bytes();
+    /// `cuse_reply`: the transport answered request `unique` (`error`: 0 or a negative errno).
+    cuse_reply(unique: u64, error: i32) => CuseReply [unique, error as i64 as u64, 0, 0], b"";
+    /// `console`: a printk line.
+    console(text: &[u8]) => Console [0, 0, 0, 0], text;
 }
 
 // ---------------------------------------------------------------------------------------------
