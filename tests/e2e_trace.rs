@@ -126,6 +126,10 @@ fn the_labs_session_traced_holds_every_event_in_order_and_context() {
     d.wait_log("the dead task", |l| l.contains("is dead"));
     client(&["c"]);
     let log = d.stop();
+    assert!(
+        !log.contains("allocations were made in softirq context"),
+        "tracing allocated in softirq context:\n{log}"
+    );
     let text = std::fs::read_to_string(&path).unwrap();
     let _ = std::fs::remove_file(&path);
     let t = Trace {
