@@ -494,3 +494,79 @@ fn a_burst_of_exits_is_reported_in_one_tick() {
     Box::new(m).exit();
     assert_eq!(softirq_allocations(), 0);
 }
+
+/// Takes every descriptor the process may still open (with the soft `RLIMIT_NOFILE` lowered to
+/// a few above those open now); dropping it closes them and puts the limit back.
+struct NoDescriptorsLeft {
+    held: Vec<std::fs::File>,
+    limits: (u64, u64),
+}
+
+impl NoDescriptorsLeft {
+    fn take() -> NoDescriptorsLeft {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let limits = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+        setrlimit(Resource::RLIMIT_NOFILE, open + 16, limits.1).unwrap();
+        let mut held = Vec::with_capacity(64);
+        loop {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => held.push(f),
+                Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
+                Err(e) => panic!("opening /dev/null: {e}"),
+            }
+        }
+        NoDescriptorsLeft { held, limits }
+    }
+}
+
+impl Drop for NoDescriptorsLeft {
+    fn drop(&mut self) {
+        self.held.clear();
+        let (soft, hard) = self.limits;
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard)
+            .unwrap();
+    }
+}
+
+#[test]
+fn mon_out_of_descriptors_is_not_death() {
+    let _g = serial();
+    let cap = printk::capture();
+    let m = load_deferred(Options::default());
+    let dev = m.device().clone();
+    // A live thread (not a process): MON checks it by opening its `stat` each tick.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        tid_tx.send(deferred::kernel::sched::gettid()).unwrap();
+        let _ = rx.recv();
+    });
+    let tid = tid_rx.recv().unwrap();
+    assert_eq!(
+        dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_MON, (tid as u32).into()),
+        Ok(0)
+    );
+    let ticks = count(&cap, "[timer_handler]");
+    {
+        let _all = NoDescriptorsLeft::take();
+        // A tick with no descriptor to open the thread's `stat` with: unknown, not dead.
+        let seen = count(&cap, "[timer_handler]");
+        wait_lines(&cap, "[timer_handler]", seen + 1, Duration::from_secs(10));
+        assert!(!cap.contains("is dead"), "{:#?}", cap.texts());
+    }
+    assert!(count(&cap, "[timer_handler]") > ticks);
+    assert_eq!(dev.monitored(), 1);
+    // Descriptors back, the thread ends: reported dead, once.
+    drop(tx);
+    thread.join().unwrap();
+    let dead = format!("({tid}) is dead");
+    wait_lines(&cap, &dead, 1, Duration::from_secs(10));
+    let seen = count(&cap, "[timer_handler]");
+    wait_lines(&cap, "[timer_handler]", seen + 1, Duration::from_secs(10));
+    assert_eq!(count(&cap, "is dead"), 1);
+    assert_eq!(dev.monitored(), 0);
+    dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0).unwrap();
+    Box::new(m).exit();
+    assert_eq!(softirq_allocations(), 0);
+}

@@ -280,3 +280,105 @@ fn lockdep_reports_spin_lock_without_bh_on_a_lock_a_timer_takes_once() {
     assert!(!texts.iter().any(|l| l.contains("(good_lock)")));
     assert_no_softirq_allocations();
 }
+
+/// Is the timer signal blocked on this thread right now (the raw signal mask)?
+fn timer_signal_blocked() -> bool {
+    let sig = deferred::kernel::softirq::timer_signal().expect("runtime started");
+    // SAFETY: a zeroed sigset_t is a valid out-parameter; a null new set only queries.
+    unsafe {
+        let mut cur: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur);
+        libc::sigismember(&cur, sig) == 1
+    }
+}
+
+#[test]
+fn local_bh_enable_inside_local_irq_save_keeps_interrupts_off_and_warns_once() {
+    use deferred::kernel::softirq::{irqs_disabled, local_irq_restore, local_irq_save};
+    let _g = setup();
+    let cap = printk::capture();
+    assert!(!timer_signal_blocked() && !irqs_disabled());
+    const WARN: &str = "WARN_ON_ONCE(in_hardirq() || irqs_disabled())";
+
+    // Bottom halves disabled and enabled inside an interrupts-off section.
+    let flags = local_irq_save();
+    local_bh_disable();
+    local_bh_enable();
+    assert!(
+        timer_signal_blocked() && irqs_disabled(),
+        "local_bh_enable turned interrupts back on inside local_irq_save"
+    );
+    local_irq_restore(flags);
+    assert!(!timer_signal_blocked() && !irqs_disabled());
+    let warnings = cap.texts();
+    let at = warnings
+        .iter()
+        .position(|l| l.contains(WARN))
+        .unwrap_or_else(|| panic!("no WARNING: {warnings:#?}"));
+    assert!(warnings[at].starts_with("WARNING: CPU: 0 PID: "));
+    assert!(warnings[at].contains(" at tests/runtime_bh.rs:"));
+    assert_eq!(warnings[at - 1], "------------[ cut here ]------------");
+
+    // Interleaved: bh off, irqs off, bh on (the WARN, once only), irqs on.
+    local_bh_disable();
+    let flags = local_irq_save();
+    local_bh_enable();
+    assert!(timer_signal_blocked());
+    local_irq_restore(flags);
+    assert!(!timer_signal_blocked() && preempt_count() == 0);
+
+    // Two interrupts-off levels around the early local_bh_enable: only the outer restore
+    // turns interrupts back on.
+    local_bh_disable();
+    let outer = local_irq_save();
+    let inner = local_irq_save();
+    local_bh_enable();
+    local_irq_restore(inner);
+    assert!(timer_signal_blocked() && irqs_disabled());
+    local_irq_restore(outer);
+    assert!(!timer_signal_blocked() && !irqs_disabled());
+
+    // Interleaved the other way: irqs off, bh off, irqs on (bh still off), bh on.
+    let flags = local_irq_save();
+    local_bh_disable();
+    local_irq_restore(flags);
+    assert!(timer_signal_blocked(), "bottom halves are still disabled");
+    local_bh_enable();
+    assert!(!timer_signal_blocked() && preempt_count() == 0);
+
+    // Properly nested: irqs off and on inside a bh-off section keep the signal off until the
+    // last local_bh_enable.
+    local_bh_disable();
+    let flags = local_irq_save();
+    local_irq_restore(flags);
+    assert!(timer_signal_blocked(), "bottom halves are still disabled");
+    local_bh_enable();
+    assert!(!timer_signal_blocked());
+    assert_eq!(cap.texts().iter().filter(|l| l.contains(WARN)).count(), 1);
+}
+
+static IRQ_OFF_LOCK: SpinLock<u64> = SpinLock::new("irq_off_lock", 0);
+
+fn irq_off_lock_handler(t: &Timer<AtomicU64>) {
+    *IRQ_OFF_LOCK.lock() += 1;
+    t.data().fetch_add(1, SeqCst);
+}
+
+#[test]
+fn a_lock_taken_with_interrupts_disabled_is_not_softirq_on_for_lockdep() {
+    use deferred::kernel::softirq::{local_irq_restore, local_irq_save};
+    let _g = setup();
+    let cap = printk::capture();
+    let t = TimerList::new(irq_off_lock_handler, AtomicU64::new(0));
+    t.mod_timer(jiffies() + 1);
+    assert!(wait_until(Duration::from_secs(3), || t.data().load(SeqCst) == 1));
+    assert!(IRQ_OFF_LOCK.class().used_in_softirq());
+    // Process context, interrupts off: no softirq can interrupt the holder. Safe, as
+    // spin_lock_irqsave is in the kernel: no SOFTIRQ-ON usage, no report.
+    let flags = local_irq_save();
+    *IRQ_OFF_LOCK.lock() += 1;
+    local_irq_restore(flags);
+    assert!(!IRQ_OFF_LOCK.class().softirq_on());
+    assert!(!IRQ_OFF_LOCK.class().reported());
+    assert!(!cap.contains("(irq_off_lock)"), "{:#?}", cap.texts());
+}

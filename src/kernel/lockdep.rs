@@ -4,7 +4,8 @@
 //! the kernel's `kernel/locking/lockdep.c` does:
 //! - `IN-SOFTIRQ-W`: the lock was taken in softirq context (a timer or tasklet handler);
 //! - `SOFTIRQ-ON-W`: the lock was taken in process context with bottom halves enabled
-//!   (`spin_lock` instead of `spin_lock_bh`).
+//!   (`spin_lock` instead of `spin_lock_bh`) and interrupts enabled (not under
+//!   `local_irq_save`, which keeps softirqs off the thread as well).
 //!
 //! A class that gets both can deadlock: the timer signal interrupts the process-context holder
 //! on its own thread, and the handler spins for ever on the lock its own thread holds. lockdep
@@ -21,6 +22,7 @@ use std::panic::Location;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 
 use crate::kernel::sched::{self, HARDIRQ_MASK, SOFTIRQ_MASK, SOFTIRQ_OFFSET};
+use crate::kernel::softirq;
 
 const USED_IN_SOFTIRQ: u32 = 1;
 const ENABLED_SOFTIRQ: u32 = 2;
@@ -77,10 +79,12 @@ impl LockClass {
         let pc = sched::preempt_count();
         let (new_bit, bad_bit) = if pc & SOFTIRQ_OFFSET != 0 {
             (USED_IN_SOFTIRQ, ENABLED_SOFTIRQ)
-        } else if pc & (SOFTIRQ_MASK | HARDIRQ_MASK) == 0 {
+        } else if pc & (SOFTIRQ_MASK | HARDIRQ_MASK) == 0 && !softirq::irqs_disabled() {
             (ENABLED_SOFTIRQ, USED_IN_SOFTIRQ)
         } else {
-            // Process context with bottom halves disabled (spin_lock_bh): safe either way.
+            // Process context with bottom halves disabled (spin_lock_bh), or with interrupts
+            // disabled (local_irq_save: no softirq can run on this thread either, and the
+            // kernel's mark_irqflags marks no *-ON usage with hardirqs off): safe either way.
             return;
         };
         let site_slot = if new_bit == USED_IN_SOFTIRQ {

@@ -7,8 +7,10 @@
 
 // The interrupt side: the clock, softirqs and what runs in them, and the rules of that context.
 pub mod alloc;
+pub mod debugobjects;
 pub mod jiffies;
 pub mod lockdep;
+pub mod panic;
 pub mod printk;
 pub mod ring;
 pub mod sched;
@@ -30,7 +32,8 @@ pub mod fs;
 pub mod ioctl;
 pub mod task;
 
-/// Start the runtime (the "boot"), in the kernel's order: the printk console thread, the clock
+/// Start the runtime (the "boot"), in the kernel's order: the panic hook (a handler's panic is
+/// an Oops, see [`panic`]), the printk console thread, the clock
 /// (`jiffies`), the softirq actions (the timer's and the tasklets', as `init_timers` and
 /// `softirq_init` open them), the interrupt (the timer signal's handler, the POSIX timer
 /// behind it, `ksoftirqd/0`), then whatever was raised or armed before it, and the system
@@ -40,6 +43,7 @@ pub fn start() -> error::Result {
     static BOOTED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut booted = BOOTED.lock().unwrap_or_else(|e| e.into_inner());
     if !*booted {
+        panic::install_hook();
         printk::start_console();
         jiffies::start_ns();
         timer::init();

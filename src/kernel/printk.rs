@@ -25,7 +25,7 @@
 
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::kernel::jiffies;
@@ -104,6 +104,13 @@ static URGENT: AtomicU32 = AtomicU32::new(0);
 /// 1 while the console thread sleeps on `WAKE`.
 static CONSOLE_WAITING: AtomicU32 = AtomicU32::new(0);
 static CONSOLE_STARTED: AtomicBool = AtomicBool::new(false);
+/// The registered console's lowest priority plus one (0: none registered; 255: prints nothing),
+/// for [`flush_on_panic`], which cannot take `CONSUMER`.
+static CONSOLE_LEVEL: AtomicU8 = AtomicU8::new(0);
+/// Ring position up to which drained lines have been written out (the console's batch
+/// included): [`flush_on_panic`] starts there, not at `head`, so a line drained but not yet
+/// written when the process ends is written by the panic path.
+static WRITTEN: AtomicU64 = AtomicU64::new(0);
 
 /// Consumer-side state: serialises draining (process context only).
 struct Consumer {
@@ -182,6 +189,7 @@ pub fn register_console(out: Box<dyn std::io::Write + Send>, max: Option<Level>)
     let mut c = CONSUMER.lock().unwrap_or_else(|e| e.into_inner());
     c.write_batch();
     c.console = Some((out, max));
+    CONSOLE_LEVEL.store(max.map_or(255, |l| l as u8 + 1), Ordering::Relaxed);
 }
 
 type Sink = Arc<Mutex<Vec<Line>>>;
@@ -341,6 +349,7 @@ pub fn dropped() -> u64 {
 fn drain(c: &mut Consumer, until: Option<u64>) {
     drain_ring(c, until);
     c.write_batch();
+    WRITTEN.store(RING.head(), Ordering::Release);
 }
 
 fn drain_ring(c: &mut Consumer, until: Option<u64>) {
@@ -367,6 +376,44 @@ fn drain_ring(c: &mut Consumer, until: Option<u64>) {
         };
         let len = (e.len as usize).min(LINE_MAX);
         c.print(Level::from_u8(e.level), e.ts_ns, &e.text[..len]);
+    }
+}
+
+/// dmesg's stamp of `ns` since start, `[    3.825922]`, as bytes (async-signal-safe).
+pub(crate) fn stamp(ns: u64) -> ([u8; 32], usize) {
+    Stamp(ns).bytes()
+}
+
+/// The kernel's `console_flush_on_panic()`: write every line still in the ring to stderr as
+/// dmesg lines, one `write(2)` each, without the console lock (its holder may be the very
+/// thread that panicked, interrupted), from the last line known written (lines the console
+/// drained but had not written yet are written here; one it was writing may come twice). Filtered by the registered console's level (without one: all but debug).
+/// Async-signal-safe: for the panic path only, which exits right after.
+pub(crate) fn flush_on_panic() {
+    let max = match CONSOLE_LEVEL.load(Ordering::Relaxed) {
+        0 => Level::Info as u8,
+        255 => return,
+        l => l - 1,
+    };
+    let tail = RING.tail();
+    let mut pos = WRITTEN.load(Ordering::Acquire);
+    while pos < tail {
+        // SAFETY: the panic path accepts the one race `peek` has (a producer re-claiming the
+        // slot while it is read): the process ends right after, and an entry is plain bytes,
+        // so at worst a garbled line.
+        if let Some(e) = unsafe { RING.peek(pos) }
+            && e.level <= max
+        {
+            let mut line = [0u8; 32 + 1 + LINE_MAX + 1];
+            let len = (e.len as usize).min(LINE_MAX);
+            let (stamp, n) = Stamp(e.ts_ns).bytes();
+            line[..n].copy_from_slice(&stamp[..n]);
+            line[n] = b' ';
+            line[n + 1..n + 1 + len].copy_from_slice(&e.text[..len]);
+            line[n + 1 + len] = b'\n';
+            crate::kernel::panic::write_all(&line[..n + len + 2]);
+        }
+        pos += 1;
     }
 }
 

@@ -108,6 +108,28 @@ impl<T: Copy, const N: usize> Ring<T, N> {
     }
 }
 
+impl<T: Copy, const N: usize> Ring<T, N> {
+    /// The value at position `pos` if its slot still holds it: published and not popped yet,
+    /// or popped and not claimed again by a producer. Leaves the ring as it is.
+    ///
+    /// # Safety
+    /// For a last reader that cannot wait (the panic path, which ends the process right
+    /// after): it takes no part in the protocol, so a producer may be claiming the slot again
+    /// while it reads. `T` must be plain bytes for which a torn value is harmless.
+    pub unsafe fn peek(&self, pos: u64) -> Option<T> {
+        let idx = (pos % N as u64) as usize;
+        let slot = &self.slots[idx];
+        let seq = slot.seq.load(Ordering::Acquire).wrapping_add(idx as u64);
+        if seq != pos + 1 && seq != pos + N as u64 {
+            return None;
+        }
+        // SAFETY: the slot held `pos`'s value when its sequence was read (a whole value was
+        // written before it was published); the race with a re-claiming producer is the
+        // caller's to accept (the contract).
+        Some(unsafe { std::ptr::read_volatile(slot.val.get()).assume_init() })
+    }
+}
+
 impl<T, const N: usize> Ring<T, N> {
     /// The next position a producer will claim (every position before it is claimed).
     pub fn tail(&self) -> u64 {

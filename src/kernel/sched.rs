@@ -25,8 +25,10 @@
 //! - `PREEMPT_COUNT` is a `const` thread-local atomic; the handler adds and removes exactly what
 //!   it adds before returning, so an interrupted read-modify-write in process context sees the
 //!   value it expects. A compiler fence orders it against the code it guards.
-//! - `COMM` is a `const` thread-local byte array written by `set_comm` (or lazily by
-//!   `current()`); a handler reading it mid-write sees at worst a mix of two names, never
+//! - `COMM` is a `const` thread-local of two atomic words (the 16 bytes of the name) written by
+//!   `set_comm` (or lazily by `current()`), read by `current()` in process context and in the
+//!   handler. Only lock-free atomics are shared with the handler (as `PREEMPT_COUNT`): a handler
+//!   reading it mid-write sees at worst the words of two names, never a torn value, never
 //!   invalid memory, and never allocates.
 //! - No other thread reads another thread's state: `current()` is always "this thread".
 //!
@@ -36,10 +38,9 @@
 //! use `clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME)` and go back to sleep on EINTR (the
 //! timer signal interrupts sleeps all the time).
 
-use std::cell::Cell;
 use std::fmt;
 use std::panic::Location;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::kernel::jiffies;
 
@@ -68,7 +69,32 @@ pub const TASK_COMM_LEN: usize = 16;
 
 thread_local! {
     static PREEMPT_COUNT: AtomicU32 = const { AtomicU32::new(0) };
-    static COMM: Cell<[u8; TASK_COMM_LEN]> = const { Cell::new([0; TASK_COMM_LEN]) };
+    static COMM: [AtomicU64; 2] = const { [AtomicU64::new(0), AtomicU64::new(0)] };
+}
+
+/// This thread's comm buffer (16 bytes, NUL-padded). Async-signal-safe.
+fn comm_load() -> [u8; TASK_COMM_LEN] {
+    COMM.with(|c| {
+        let mut b = [0u8; TASK_COMM_LEN];
+        b[..8].copy_from_slice(&c[0].load(Ordering::Relaxed).to_ne_bytes());
+        b[8..].copy_from_slice(&c[1].load(Ordering::Relaxed).to_ne_bytes());
+        b
+    })
+}
+
+/// Store this thread's comm buffer. Async-signal-safe.
+fn comm_store(b: &[u8; TASK_COMM_LEN]) {
+    let (lo, hi) = b.split_at(8);
+    COMM.with(|c| {
+        c[0].store(
+            u64::from_ne_bytes(lo.try_into().unwrap_or([0; 8])),
+            Ordering::Relaxed,
+        );
+        c[1].store(
+            u64::from_ne_bytes(hi.try_into().unwrap_or([0; 8])),
+            Ordering::Relaxed,
+        );
+    });
 }
 
 /// This thread's preemption count.
@@ -194,14 +220,14 @@ pub fn gettid() -> i32 {
 /// `current`: the running thread (in softirq context, the interrupted one). Async-signal-safe,
 /// allocation-free.
 pub fn current() -> Task {
-    let mut comm = COMM.with(|c| c.get());
+    let mut comm = comm_load();
     if comm[0] == 0 {
         // Not named through set_comm: ask the kernel (into a stack buffer) and remember it.
         let mut buf = [0u8; TASK_COMM_LEN];
         // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer we pass.
         unsafe { libc::prctl(libc::PR_GET_NAME, buf.as_mut_ptr()) };
         comm = buf;
-        COMM.with(|c| c.set(buf));
+        comm_store(&buf);
     }
     Task {
         pid: gettid(),
@@ -226,7 +252,7 @@ pub fn set_comm(name: &str) {
     buf[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: `buf` is NUL-terminated (at most 15 name bytes in 16).
     unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
-    COMM.with(|c| c.set(buf));
+    comm_store(&buf);
 }
 
 /// `might_sleep()`: the check at the top of every blocking call. In atomic context it prints
@@ -362,4 +388,26 @@ pub fn udelay(us: u64) {
 /// `mdelay(ms)`: busy-wait (allowed in atomic context).
 pub fn mdelay(ms: u64) {
     udelay(ms.saturating_mul(1000));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_spans_both_atomic_words_and_is_truncated_to_fifteen_bytes() {
+        std::thread::spawn(|| {
+            set_comm("abcdefghijklmnopqrst");
+            assert_eq!(current().comm().as_str(), "abcdefghijklmno");
+            set_comm("short");
+            assert_eq!(current().comm().as_str(), "short");
+            // The kernel's own name agrees (prctl).
+            let mut buf = [0u8; TASK_COMM_LEN];
+            // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer.
+            unsafe { libc::prctl(libc::PR_GET_NAME, buf.as_mut_ptr()) };
+            assert_eq!(&buf[..6], b"short\0");
+        })
+        .join()
+        .unwrap();
+    }
 }

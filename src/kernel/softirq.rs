@@ -25,6 +25,11 @@
 //! Other threads keep taking the signal meanwhile: "bottom halves off" is per thread, as it is
 //! per CPU in the kernel.
 //!
+//! `local_irq_save` blocks the signal too, and the two nest as in the kernel: a per-thread
+//! depth says whether interrupts are disabled (`irqs_disabled()`), and the signal is unblocked
+//! only when neither holds it. `local_bh_enable` with interrupts disabled prints the kernel's
+//! `WARN_ON_ONCE(in_hardirq() || irqs_disabled())` and leaves the signal to `local_irq_restore`.
+//!
 //! # Ground rules (shared with signal context)
 //! - `PENDING`: bit mask of raised softirqs, atomic; set by `raise_softirq*`, taken (swap to 0)
 //!   only by the `RUNNING` holder.
@@ -106,7 +111,15 @@ static STARTED: Mutex<bool> = Mutex::new(false);
 thread_local! {
     /// This thread keeps the timer signal blocked for good (ksoftirqd/0).
     static SIGNAL_ALWAYS_BLOCKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// `local_irq_save` levels in effect on this thread (the kernel's "irqs disabled").
+    static IRQ_DISABLE_DEPTH: AtomicU32 = const { AtomicU32::new(0) };
+    /// The first `local_bh_disable` level blocked the timer signal (it was not blocked yet), so
+    /// the last `local_bh_enable` unblocks it, unless interrupts are disabled by then.
+    static BH_BLOCKED_SIGNAL: AtomicBool = const { AtomicBool::new(false) };
 }
+
+/// `WARN_ON_ONCE` of `__local_bh_enable_ip` already fired.
+static BH_ENABLE_IRQS_OFF_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// `in_irq()` / `in_hardirq()`: inside the interrupt proper (the handler, before softirqs run).
 pub fn in_irq() -> bool {
@@ -229,7 +242,7 @@ pub fn unblock_timer_signal() {
     }
 }
 
-/// The saved interrupt state of [`local_irq_save`].
+/// The saved interrupt state of [`local_irq_save`]: were interrupts disabled before it?
 #[derive(Clone, Copy, Debug)]
 #[must_use = "give it back to local_irq_restore"]
 pub struct IrqFlags {
@@ -238,31 +251,41 @@ pub struct IrqFlags {
 
 /// `local_irq_save()`: keep the timer interrupt off this thread (block its signal), returning
 /// the previous state. Nests. Async-signal-safe.
+///
+/// The timer signal is blocked for two reasons here: interrupts disabled, and bottom halves
+/// disabled (our `local_bh_disable` blocks it too). Only the first is "interrupts disabled" in
+/// the kernel's sense, so a signal blocked by `local_bh_disable` alone is saved as "enabled".
 pub fn local_irq_save() -> IrqFlags {
+    let raw = block_timer_signal();
+    IRQ_DISABLE_DEPTH.with(|d| d.fetch_add(1, Ordering::Relaxed));
     IrqFlags {
-        was_blocked: block_timer_signal(),
+        was_blocked: raw && !BH_BLOCKED_SIGNAL.with(|b| b.load(Ordering::Relaxed)),
     }
 }
 
-/// `local_irq_restore(flags)`: put back the state `local_irq_save` returned.
+/// `local_irq_restore(flags)`: put back the state `local_irq_save` returned. With bottom halves
+/// still disabled the signal stays blocked (the last `local_bh_enable` unblocks it).
 pub fn local_irq_restore(flags: IrqFlags) {
-    if !flags.was_blocked {
+    let outer = IRQ_DISABLE_DEPTH.with(|d| d.fetch_sub(1, Ordering::Relaxed)) > 1;
+    if flags.was_blocked || outer {
+        // Interrupts stay disabled (by the caller's state, or an outer local_irq_save).
+        return;
+    }
+    if sched::softirq_count() == 0 {
+        BH_BLOCKED_SIGNAL.with(|b| b.store(false, Ordering::Relaxed));
         unblock_timer_signal();
+    } else {
+        // Bottom halves went off inside the interrupts-off section and are still off: their
+        // last local_bh_enable unblocks the signal.
+        BH_BLOCKED_SIGNAL.with(|b| b.store(true, Ordering::Relaxed));
     }
 }
 
-/// `irqs_disabled()`: is the timer signal blocked on this thread? (One syscall.)
+/// `irqs_disabled()`: are interrupts disabled on this thread, in the kernel's sense: inside
+/// `local_irq_save` (or the timer signal's handler proper)? Bottom halves disabled is not
+/// "interrupts disabled", although it blocks the timer signal too. Async-signal-safe.
 pub fn irqs_disabled() -> bool {
-    let sig = TIMER_SIGNAL.load(Ordering::Acquire);
-    if sig == 0 {
-        return false;
-    }
-    // SAFETY: a zeroed sigset_t is a valid out-parameter.
-    let mut cur: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: querying only (null new set).
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur) };
-    // SAFETY: `cur` was filled in by pthread_sigmask.
-    unsafe { libc::sigismember(&cur, sig) == 1 }
+    in_hardirq() || IRQ_DISABLE_DEPTH.with(|d| d.load(Ordering::Relaxed)) != 0
 }
 
 /// `__do_softirq()`: run pending softirqs, within the budget, if no other thread is.
@@ -289,7 +312,12 @@ fn do_softirq_core() {
                 // SAFETY: ACTIONS only ever holds 0 or a `fn()` stored by open_softirq.
                 let f: fn() = unsafe { std::mem::transmute::<usize, fn()>(action) };
                 trace::softirq_entry(nr);
-                f();
+                crate::kernel::panic::softirq_call(
+                    crate::kernel::panic::Kind::Softirq,
+                    nr,
+                    None,
+                    f,
+                );
                 trace::softirq_exit(nr);
             }
         }
@@ -325,31 +353,41 @@ pub fn do_softirq() {
 /// timer signal on this thread. Any context (nesting inside a softirq is allowed).
 pub fn local_bh_disable() {
     if sched::softirq_count() == 0 {
-        let _ = block_timer_signal();
+        let was = block_timer_signal();
+        BH_BLOCKED_SIGNAL.with(|b| b.store(!was, Ordering::Relaxed));
     }
     sched::preempt_count_add(SOFTIRQ_DISABLE_OFFSET);
 }
 
 /// `local_bh_enable()`: undo one `local_bh_disable()`. When the last one is undone (and we are
 /// not inside a softirq) the softirqs that became pending run here, then the timer signal is
-/// unblocked.
+/// unblocked, unless interrupts are disabled (`local_irq_save`): then it stays blocked until
+/// the matching `local_irq_restore`, and the kernel's `WARN_ON_ONCE(in_hardirq() ||
+/// irqs_disabled())` of `__local_bh_enable_ip` is printed (once), as enabling bottom halves
+/// with interrupts off is a bug there too.
 #[track_caller]
 pub fn local_bh_enable() {
+    let loc = std::panic::Location::caller();
     let cnt = sched::softirq_count();
     if cnt < SOFTIRQ_DISABLE_OFFSET {
-        let loc = std::panic::Location::caller();
-        crate::pr_warn!(
-            "WARNING: local_bh_enable() without local_bh_disable() at {}:{}",
-            loc.file(),
-            loc.line()
-        );
+        crate::kernel::panic::warn_at(loc, "local_bh_enable() without local_bh_disable()");
         return;
+    }
+    if irqs_disabled() && !BH_ENABLE_IRQS_OFF_WARNED.swap(true, Ordering::Relaxed) {
+        crate::kernel::panic::warn_at(
+            loc,
+            "__local_bh_enable_ip: WARN_ON_ONCE(in_hardirq() || irqs_disabled()): local_bh_enable() with interrupts disabled",
+        );
     }
     sched::preempt_count_sub(SOFTIRQ_DISABLE_OFFSET);
     if cnt == SOFTIRQ_DISABLE_OFFSET && !in_interrupt() {
         // Last level: the signal is still blocked, so running here cannot re-enter.
         do_softirq_core();
-        unblock_timer_signal();
+        if IRQ_DISABLE_DEPTH.with(|d| d.load(Ordering::Relaxed)) == 0
+            && BH_BLOCKED_SIGNAL.with(|b| b.swap(false, Ordering::Relaxed))
+        {
+            unblock_timer_signal();
+        }
     }
 }
 

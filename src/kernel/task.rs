@@ -145,7 +145,8 @@ impl TaskRef {
         }
     }
 
-    /// Has the task terminated (TASK_DEAD: exited, reaped or not)?
+    /// Has the task terminated (TASK_DEAD: exited, reaped or not)? False when the check itself
+    /// fails for want of resources (out of descriptors): the caller looks again later.
     ///
     /// Async-signal-safe: one `poll` with a zero timeout, or one `openat` + `close`, and no
     /// allocation. Safe to call in softirq context.
@@ -178,20 +179,29 @@ impl TaskRef {
                     )
                 };
                 if fd < 0 {
-                    return true;
+                    return gone(Error::last());
                 }
                 let mut buf = [0u8; 512];
                 // SAFETY: reading into a stack buffer of the given length from a fd we own.
                 let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+                let err = Error::last();
                 // SAFETY: `fd` was opened above and is closed once.
                 unsafe { libc::close(fd) };
-                if n <= 0 {
-                    return true;
+                if n < 0 {
+                    return gone(err);
                 }
                 matches!(stat_state(&buf[..n as usize]), Some(b'Z' | b'X' | b'x'))
             }
         }
     }
+}
+
+/// Does a failed `openat`/`read` of a thread's `stat` say the thread is gone? Only ENOENT (the
+/// task's directory is empty once it is reaped) and ESRCH (procfs found no task behind the
+/// directory) do. Anything else (EMFILE and ENFILE when every descriptor is taken, ENOMEM,
+/// EINTR) says nothing about the thread: "unknown", and the next tick looks again.
+fn gone(err: Error) -> bool {
+    matches!(err, Error::ENOENT | Error::ESRCH)
 }
 
 /// The state letter of a `/proc/.../stat` line: the first field after the comm's `)`.

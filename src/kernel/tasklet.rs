@@ -44,6 +44,7 @@ use std::marker::PhantomPinned;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
+use crate::kernel::panic;
 use crate::kernel::softirq::{self, Softirq};
 use crate::kernel::trace;
 
@@ -58,6 +59,8 @@ struct Node {
     state: AtomicU32,
     count: AtomicU32,
     call: unsafe fn(*const Node),
+    /// The handler's name, for reports.
+    name: panic::Name,
 }
 
 static TASKLET_VEC: AtomicPtr<Node> = AtomicPtr::new(std::ptr::null_mut());
@@ -69,9 +72,19 @@ static TASKLET_HI_VEC: AtomicPtr<Node> = AtomicPtr::new(std::ptr::null_mut());
 #[repr(C)]
 pub struct Tasklet<T = ()> {
     node: Node,
+    /// The handler: `call_handler::<T, F>`.
     func: fn(Pin<&Tasklet<T>>),
     data: T,
     _pin: PhantomPinned,
+}
+
+/// What a tasklet handler is: a function `fn(Pin<&Tasklet<T>>)` (or a closure that captures
+/// nothing). The runtime keeps its type, which also names it in reports (`type_name`).
+pub trait TaskletFn<T>: Fn(Pin<&Tasklet<T>>) + Copy + Send + Sync {}
+impl<T, F: Fn(Pin<&Tasklet<T>>) + Copy + Send + Sync> TaskletFn<T> for F {}
+
+fn call_handler<T, F: TaskletFn<T>>(t: Pin<&Tasklet<T>>) {
+    panic::conjure::<F>()(t)
 }
 
 // SAFETY: the node is only touched through atomics (Ground rules); `data` is Sync.
@@ -84,35 +97,42 @@ unsafe impl<T: Send> Send for Tasklet<T> {}
 unsafe fn call_tasklet<T>(n: *const Node) {
     // SAFETY: per the contract: live and pinned.
     let t = unsafe { Pin::new_unchecked(&*(n as *const Tasklet<T>)) };
-    trace::tasklet_entry(n, t.func as usize);
+    trace::tasklet_entry(n, t.node.name);
     (t.func)(t);
-    trace::tasklet_exit(n, t.func as usize);
+    trace::tasklet_exit(n, t.node.name);
 }
 
 impl<T> Tasklet<T> {
     /// `DECLARE_TASKLET` / `tasklet_init`: an enabled tasklet.
-    pub const fn new(func: fn(Pin<&Tasklet<T>>), data: T) -> Self {
+    pub const fn new<F: TaskletFn<T>>(func: F, data: T) -> Self {
         Self::with_count(func, data, 0)
     }
 
     /// `DECLARE_TASKLET_DISABLED`: a disabled tasklet (count 1): scheduling it queues it, and it
     /// runs after `tasklet_enable`.
-    pub const fn new_disabled(func: fn(Pin<&Tasklet<T>>), data: T) -> Self {
+    pub const fn new_disabled<F: TaskletFn<T>>(func: F, data: T) -> Self {
         Self::with_count(func, data, 1)
     }
 
-    const fn with_count(func: fn(Pin<&Tasklet<T>>), data: T, count: u32) -> Self {
+    const fn with_count<F: TaskletFn<T>>(func: F, data: T, count: u32) -> Self {
+        let _ = func; // zero-sized: its type is what is kept
         Tasklet {
             node: Node {
                 next: AtomicPtr::new(std::ptr::null_mut()),
                 state: AtomicU32::new(0),
                 count: AtomicU32::new(count),
                 call: call_tasklet::<T>,
+                name: panic::name_of::<F>,
             },
-            func,
+            func: call_handler::<T, F>,
             data,
             _pin: PhantomPinned,
         }
+    }
+
+    /// The handler's name (its path), as reports print it.
+    pub fn handler_name(&self) -> &'static str {
+        (self.node.name)()
     }
 
     /// The tasklet's data (the kernel's `data` argument, or `from_tasklet`).
@@ -224,8 +244,13 @@ impl<T> Drop for Tasklet<T> {
     fn drop(&mut self) {
         if softirq::in_serving_softirq() || softirq::in_irq() {
             if self.is_scheduled() || self.is_running() {
-                crate::pr_emerg!("BUG: tasklet freed in interrupt context while scheduled");
-                std::process::abort();
+                // On a list, or running: the softirq touches it after we return, and nothing
+                // here may wait for that.
+                crate::kernel::debugobjects::report_free_active(
+                    "tasklet_struct",
+                    self.handler_name(),
+                );
+                panic::panic_in_interrupt("tasklet_struct freed in softirq context while active");
             }
             return;
         }
@@ -294,8 +319,16 @@ fn action(list: &AtomicPtr<Node>) {
         if node.state.fetch_or(RUN, Ordering::SeqCst) & RUN == 0 {
             if node.count.load(Ordering::SeqCst) == 0 {
                 node.state.fetch_and(!SCHED, Ordering::SeqCst);
-                // SAFETY: `n` heads a live, pinned Tasklet<T> of the type its `call` was made for.
-                unsafe { (node.call)(n) };
+                let vec = if node.state.load(Ordering::SeqCst) & HI != 0 {
+                    Softirq::Hi
+                } else {
+                    Softirq::Tasklet
+                };
+                panic::softirq_call(panic::Kind::Tasklet, vec as usize, Some(node.name), || {
+                    // SAFETY: `n` heads a live, pinned Tasklet<T> of the type its `call` was
+                    // made for.
+                    unsafe { (node.call)(n) }
+                });
                 // After this store the owner may free the tasklet: do not touch `node` again.
                 node.state.fetch_and(!RUN, Ordering::SeqCst);
                 continue;
@@ -328,7 +361,7 @@ pub(crate) fn init() {
 }
 
 /// `tasklet_init`: a new enabled tasklet (pin it before scheduling: `Box::pin`).
-pub const fn tasklet_init<T>(func: fn(Pin<&Tasklet<T>>), data: T) -> Tasklet<T> {
+pub const fn tasklet_init<T, F: TaskletFn<T>>(func: F, data: T) -> Tasklet<T> {
     Tasklet::new(func, data)
 }
 

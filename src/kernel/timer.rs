@@ -56,6 +56,9 @@
 //!   blocked on its thread (the kernel's `spin_lock_irqsave`), so the handler never interrupts
 //!   a holder on the same thread; a handler on another thread spins only for the few
 //!   instructions of a list operation.
+//! - The base is reached only through the guard's raw pointer (`BaseGuard::base`), field by
+//!   field: never as a `&mut BaseInner`, which would assert uniqueness over the sentinels that
+//!   linked nodes point into.
 //! - `expires` and `pending` are atomics written under the lock and read lock-free
 //!   (`expires()`, `timer_pending()`), as the kernel reads them with READ_ONCE.
 //! - A node is on at most one list; `pending` is true exactly while it is linked.
@@ -65,10 +68,13 @@
 //!   borrows it, and `Drop` unlinks it and waits for a running handler before freeing it.
 
 use std::cell::UnsafeCell;
+use std::mem::ManuallyDrop;
 use std::panic::Location;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
+use crate::kernel::debugobjects::{self, Deferred};
 use crate::kernel::jiffies::{self, time_after, time_before, time_before_eq};
+use crate::kernel::panic::{self, warn_at};
 use crate::kernel::sched;
 use crate::kernel::softirq::{self, Softirq};
 use crate::kernel::trace;
@@ -116,7 +122,7 @@ struct Base {
     inner: UnsafeCell<BaseInner>,
 }
 
-// SAFETY: `inner` is only touched with `lock` held (Ground rules).
+// SAFETY: `inner` is only touched with `lock` held (Ground rules), through `BaseGuard::base`.
 unsafe impl Sync for Base {}
 
 static BASE: Base = Base {
@@ -158,27 +164,35 @@ impl BaseGuard {
             }
         }
         let g = BaseGuard { flags };
-        // SAFETY: lock held; first use makes both sentinels empty circular lists.
+        let b = g.base();
+        // SAFETY: lock held; first use makes both sentinels empty circular lists. The
+        // sentinels' addresses come from the static's raw pointer, never through a reference.
         unsafe {
-            let b = g.inner();
-            if (*b.head.next.get()).is_null() {
-                let h = &raw mut b.head;
-                *b.head.next.get() = h;
-                *b.head.prev.get() = h;
-                let e = &raw mut b.expiring;
-                *b.expiring.next.get() = e;
-                *b.expiring.prev.get() = e;
+            let h = &raw mut (*b).head;
+            if (*(*h).next.get()).is_null() {
+                *(*h).next.get() = h;
+                *(*h).prev.get() = h;
+                let e = &raw mut (*b).expiring;
+                *(*e).next.get() = e;
+                *(*e).prev.get() = e;
             }
         }
         g
     }
 
-    /// # Safety
-    /// Only while the guard lives; no two of these references at once.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn inner(&self) -> &mut BaseInner {
-        // SAFETY: the lock is held by this guard (caller keeps uniqueness).
-        unsafe { &mut *BASE.inner.get() }
+    /// The base, as a raw pointer valid while the guard lives. Never turned into a `&mut
+    /// BaseInner`: nodes hold raw pointers to the sentinels inside it, and a fresh unique
+    /// reference to the whole base on every lock would invalidate them. Fields are read and
+    /// written through raw place expressions (`(*b).in_run = ...`), which create no reference.
+    fn base(&self) -> *mut BaseInner {
+        BASE.inner.get()
+    }
+
+    /// The timer whose handler runs now, and the thread it runs on.
+    fn running(&self) -> (*const Node, i32) {
+        let b = self.base();
+        // SAFETY: lock held by this guard; raw places only.
+        unsafe { ((*b).running, (*b).running_tid) }
     }
 }
 
@@ -226,11 +240,13 @@ unsafe fn unlink(n: *mut Node) -> bool {
 /// Insert `n` (unlinked) into the pending list, sorted by expiry (after equal expiries).
 ///
 /// # Safety
-/// Base lock held; `n` is live and unlinked.
-unsafe fn enqueue(b: &mut BaseInner, n: *mut Node, expires: u64) {
-    let head = &raw mut b.head;
-    // SAFETY: lock held; the walk only visits linked nodes (live by the Ground rules).
+/// `g` holds the base lock; `n` is live and unlinked.
+unsafe fn enqueue(g: &BaseGuard, n: *mut Node, expires: u64) {
+    let b = g.base();
+    // SAFETY: lock held (`g`); the walk only visits linked nodes (live by the Ground rules);
+    // the base's fields are reached through raw places.
     unsafe {
+        let head = &raw mut (*b).head;
         (*n).expires.store(expires, Ordering::Relaxed);
         let mut pos = *(*head).prev.get();
         while pos != head && time_after((*pos).expires.load(Ordering::Relaxed), expires) {
@@ -238,52 +254,63 @@ unsafe fn enqueue(b: &mut BaseInner, n: *mut Node, expires: u64) {
         }
         link_after(pos, n);
         (*n).pending.store(true, Ordering::Release);
-        if *(*head).next.get() == n && !b.in_run {
-            let earlier = match b.armed {
+        if *(*head).next.get() == n && !(*b).in_run {
+            let earlier = match (*b).armed {
                 None => true,
                 Some(a) => time_before(expires, a),
             };
             if earlier {
-                b.armed = Some(expires);
+                (*b).armed = Some(expires);
                 softirq::program_timer_interrupt(Some(jiffies::jiffies_to_monotonic_ns(expires)));
             }
         }
     }
 }
 
-/// Arm the POSIX timer for the head (not earlier than `min`), or disarm it. Lock held.
-fn program_for_head(b: &mut BaseInner, min: Option<u64>) {
-    let head = &raw mut b.head;
-    // SAFETY: lock held; the head's next is a live node or the sentinel.
-    let first = unsafe { *(*head).next.get() };
-    if first == head {
-        if b.armed.take().is_some() {
-            softirq::program_timer_interrupt(None);
+/// Arm the POSIX timer for the head (not earlier than `min`), or disarm it. `g` holds the lock.
+fn program_for_head(g: &BaseGuard, min: Option<u64>) {
+    let b = g.base();
+    // SAFETY: lock held (`g`); the head's next is a live node or the sentinel; raw places only.
+    unsafe {
+        let head = &raw mut (*b).head;
+        let first = *(*head).next.get();
+        if first == head {
+            if (*b).armed.take().is_some() {
+                softirq::program_timer_interrupt(None);
+            }
+            return;
         }
-        return;
+        let mut at = (*first).expires.load(Ordering::Relaxed);
+        if let Some(m) = min.filter(|&m| time_before(at, m)) {
+            at = m;
+        }
+        (*b).armed = Some(at);
+        softirq::program_timer_interrupt(Some(jiffies::jiffies_to_monotonic_ns(at)));
     }
-    // SAFETY: `first` is a linked, live node.
-    let mut at = unsafe { (*first).expires.load(Ordering::Relaxed) };
-    if let Some(m) = min.filter(|&m| time_before(at, m)) {
-        at = m;
+}
+
+/// Is the pending list empty and no expiry run in progress (so the interrupt may be disarmed)?
+/// `g` holds the lock.
+fn idle(g: &BaseGuard) -> bool {
+    let b = g.base();
+    // SAFETY: lock held (`g`); raw places only.
+    unsafe {
+        let head = &raw mut (*b).head;
+        *(*head).next.get() == head && !(*b).in_run
     }
-    b.armed = Some(at);
-    softirq::program_timer_interrupt(Some(jiffies::jiffies_to_monotonic_ns(at)));
 }
 
 /// The `TIMER_SOFTIRQ` action: run every expired timer, then re-arm the interrupt.
 fn run_timer_softirq() {
-    let g = BaseGuard::lock();
-    // SAFETY: lock held by `g`; the reference is dropped before `g` is (and re-taken after
-    // every unlock).
-    let b = unsafe { g.inner() };
+    let mut g = BaseGuard::lock();
     let clk = jiffies::jiffies();
-    b.in_run = true;
-    b.armed = None;
-    let head = &raw mut b.head;
-    let exp = &raw mut b.expiring;
-    // SAFETY: lock held; move the expired prefix of the sorted list onto `expiring`.
+    let b = g.base();
+    // SAFETY: lock held (`g`); move the expired prefix of the sorted list onto `expiring`.
     unsafe {
+        (*b).in_run = true;
+        (*b).armed = None;
+        let head = &raw mut (*b).head;
+        let exp = &raw mut (*b).expiring;
         loop {
             let first = *(*head).next.get();
             if first == head || !time_before_eq((*first).expires.load(Ordering::Relaxed), clk) {
@@ -296,35 +323,36 @@ fn run_timer_softirq() {
         }
     }
     let me = sched::gettid();
-    let mut g = g;
     loop {
-        // SAFETY: lock held by `g`.
-        let b = unsafe { g.inner() };
-        let exp = &raw mut b.expiring;
-        // SAFETY: lock held; `expiring` is a valid circular list.
-        let n = unsafe { *(*exp).next.get() };
-        if n == exp {
-            break;
-        }
-        // SAFETY: `n` is linked and live.
-        unsafe { unlink(n) };
-        b.running = n;
-        b.running_tid = me;
+        let b = g.base();
+        // SAFETY: lock held (`g`); `expiring` is a valid circular list; raw places only.
+        let n = unsafe {
+            let exp = &raw mut (*b).expiring;
+            let n = *(*exp).next.get();
+            if n == exp {
+                break;
+            }
+            unlink(n);
+            (*b).running = n;
+            (*b).running_tid = me;
+            n
+        };
         drop(g);
         EXPIRIES.fetch_add(1, Ordering::Relaxed);
         // SAFETY: `n` was pending, so its TimerList is alive; Drop/del_timer_sync wait for
         // `running` to clear before the node can be freed.
         unsafe { ((*n).call)(n) };
         g = BaseGuard::lock();
-        // SAFETY: lock held by `g`.
-        let b = unsafe { g.inner() };
-        b.running = std::ptr::null();
-        b.running_tid = 0;
+        let b = g.base();
+        // SAFETY: lock held (`g`); raw places only.
+        unsafe {
+            (*b).running = std::ptr::null();
+            (*b).running_tid = 0;
+        }
     }
-    // SAFETY: lock held by `g`.
-    let b = unsafe { g.inner() };
-    b.in_run = false;
-    program_for_head(b, Some(clk.wrapping_add(1)));
+    // SAFETY: lock held (`g`); raw place.
+    unsafe { (*g.base()).in_run = false };
+    program_for_head(&g, Some(clk.wrapping_add(1)));
     drop(g);
 }
 
@@ -336,9 +364,7 @@ pub(crate) fn init() {
 /// Re-arm the POSIX timer for the earliest pending timer (after start).
 pub(crate) fn rearm() {
     let g = BaseGuard::lock();
-    // SAFETY: lock held by `g`.
-    let b = unsafe { g.inner() };
-    program_for_head(b, None);
+    program_for_head(&g, None);
 }
 
 /// Timer handlers run so far (all timers).
@@ -355,8 +381,22 @@ pub fn expiries() -> u64 {
 #[repr(C)]
 pub struct Timer<T> {
     node: Node,
+    /// The handler: `call_handler::<T, F>` as a `fn(&Timer<T>)`.
     func: AtomicUsize,
+    /// The handler's name: `panic::name_of::<F>` as a [`panic::Name`].
+    name: AtomicUsize,
+    /// Links the timer on the deferred frees when its `TimerList` is dropped in softirq context.
+    deferred: Deferred,
     data: T,
+}
+
+/// What a timer handler is: a function `fn(&Timer<T>)` (or a closure that captures nothing).
+/// The runtime keeps its type, which also names it in reports (`type_name`).
+pub trait TimerFn<T>: Fn(&Timer<T>) + Copy + Send + Sync {}
+impl<T, F: Fn(&Timer<T>) + Copy + Send + Sync> TimerFn<T> for F {}
+
+fn call_handler<T, F: TimerFn<T>>(t: &Timer<T>) {
+    panic::conjure::<F>()(t)
 }
 
 // SAFETY: the links are only touched under the base lock; `data` is `Sync`, and is dropped in
@@ -373,8 +413,16 @@ unsafe fn call_timer<T>(n: *const Node) {
     let f = t.func.load(Ordering::Acquire);
     // SAFETY: `func` only ever holds a `fn(&Timer<T>)` (set in new/timer_setup).
     let f: fn(&Timer<T>) = unsafe { std::mem::transmute::<usize, fn(&Timer<T>)>(f) };
-    trace::timer_expire_entry(n, f as usize);
-    f(t);
+    let name = t.name.load(Ordering::Acquire);
+    // SAFETY: `name` only ever holds a `panic::Name` (set in new/timer_setup).
+    let name: panic::Name = unsafe { std::mem::transmute::<usize, panic::Name>(name) };
+    trace::timer_expire_entry(n, name);
+    panic::softirq_call(
+        panic::Kind::Timer,
+        Softirq::Timer as usize,
+        Some(name),
+        || f(t),
+    );
     trace::timer_expire_exit(n);
 }
 
@@ -399,9 +447,28 @@ impl<T> Timer<T> {
     }
 
     /// `timer_setup`: (re)set the handler. Call it on a timer that is not pending.
-    pub fn timer_setup(&self, func: fn(&Timer<T>)) {
-        self.func.store(func as usize, Ordering::Release);
+    pub fn timer_setup<F: TimerFn<T>>(&self, _func: F) {
+        self.func.store(
+            call_handler::<T, F> as fn(&Timer<T>) as usize,
+            Ordering::Release,
+        );
+        self.name.store(
+            panic::name_of::<F> as panic::Name as usize,
+            Ordering::Release,
+        );
         trace::timer_init(self.node_ptr());
+    }
+
+    /// The handler's name (its path), as reports print it.
+    pub fn handler_name(&self) -> &'static str {
+        self.name()()
+    }
+
+    /// The function that names the handler.
+    fn name(&self) -> panic::Name {
+        let name = self.name.load(Ordering::Acquire);
+        // SAFETY: `name` only ever holds a `panic::Name` (set in new/timer_setup).
+        unsafe { std::mem::transmute::<usize, panic::Name>(name) }
     }
 
     /// `mod_timer(timer, expires)`: arm the timer for jiffy `expires`, moving it if it was
@@ -409,8 +476,6 @@ impl<T> Timer<T> {
     /// makes a periodic timer).
     pub fn mod_timer(&self, expires: u64) -> bool {
         let g = BaseGuard::lock();
-        // SAFETY: lock held by `g`.
-        let b = unsafe { g.inner() };
         let n = self.node_ptr();
         let was_pending = self.node.pending.load(Ordering::Relaxed);
         if was_pending && self.node.expires.load(Ordering::Relaxed) == expires {
@@ -419,14 +484,9 @@ impl<T> Timer<T> {
         // SAFETY: lock held; `n` is this live timer's node.
         unsafe {
             unlink(n);
-            enqueue(b, n, expires);
+            enqueue(&g, n, expires);
         }
-        trace::timer_start(
-            n,
-            self.func.load(Ordering::Relaxed),
-            expires,
-            jiffies::jiffies(),
-        );
+        trace::timer_start(n, self.name(), expires);
         was_pending
     }
 
@@ -459,17 +519,13 @@ impl<T> Timer<T> {
             return false;
         }
         let g = BaseGuard::lock();
-        // SAFETY: lock held by `g`.
-        let b = unsafe { g.inner() };
         // SAFETY: lock held; our own live node.
         let was = unsafe { unlink(self.node_ptr()) };
         if was {
             trace::timer_cancel(self.node_ptr());
-            let head = &raw mut b.head;
-            // SAFETY: lock held.
-            if unsafe { *(*head).next.get() } == head && !b.in_run {
-                program_for_head(b, None);
-            }
+        }
+        if was && idle(&g) {
+            program_for_head(&g, None);
         }
         was
     }
@@ -490,10 +546,9 @@ impl<T> Timer<T> {
         let mut spins = 0u32;
         loop {
             let g = BaseGuard::lock();
-            // SAFETY: lock held by `g`.
-            let b = unsafe { g.inner() };
-            if b.running == n {
-                if b.running_tid == me {
+            let (running, running_tid) = g.running();
+            if running == n {
+                if running_tid == me {
                     drop(g);
                     warn_at(
                         loc,
@@ -521,50 +576,26 @@ impl<T> Timer<T> {
             let was = unsafe { unlink(self.node_ptr()) };
             if was {
                 trace::timer_cancel(self.node_ptr());
-                let head = &raw mut b.head;
-                // SAFETY: lock held.
-                if unsafe { *(*head).next.get() } == head && !b.in_run {
-                    program_for_head(b, None);
-                }
+            }
+            if was && idle(&g) {
+                program_for_head(&g, None);
             }
             return was;
         }
     }
-
-    /// Is this timer's handler running on this thread right now?
-    fn running_here(&self) -> bool {
-        let g = BaseGuard::lock();
-        // SAFETY: lock held by `g`.
-        let b = unsafe { g.inner() };
-        std::ptr::eq(b.running, self.node_ptr()) && b.running_tid == sched::gettid()
-    }
-}
-
-/// The kernel's WARN: a cut-here block with the caller's location.
-fn warn_at(loc: &Location<'_>, what: &str) {
-    let t = sched::current();
-    crate::pr_warn!("------------[ cut here ]------------");
-    crate::pr_warn!(
-        "WARNING: CPU: 0 PID: {} at {}:{} {}",
-        t.pid(),
-        loc.file(),
-        loc.line(),
-        what
-    );
-    crate::pr_warn!("---[ end trace 0000000000000000 ]---");
 }
 
 /// `struct timer_list`: owns a [`Timer<T>`] node on the heap (stable while pending) and stops
 /// it on drop (`del_timer_sync`). Derefs to `Timer<T>` for `mod_timer`, `del_timer`, ...
 pub struct TimerList<T: Send + Sync = ()> {
-    timer: Box<Timer<T>>,
+    timer: ManuallyDrop<Box<Timer<T>>>,
 }
 
 impl<T: Send + Sync> TimerList<T> {
     /// `timer_setup(&timer, func, 0)` on a new timer carrying `data`. Process context.
-    pub fn new(func: fn(&Timer<T>), data: T) -> Self {
+    pub fn new<F: TimerFn<T>>(_func: F, data: T) -> Self {
         let list = TimerList {
-            timer: Box::new(Timer {
+            timer: ManuallyDrop::new(Box::new(Timer {
                 node: Node {
                     prev: UnsafeCell::new(std::ptr::null_mut()),
                     next: UnsafeCell::new(std::ptr::null_mut()),
@@ -572,13 +603,34 @@ impl<T: Send + Sync> TimerList<T> {
                     pending: AtomicBool::new(false),
                     call: call_timer::<T>,
                 },
-                func: AtomicUsize::new(func as usize),
+                func: AtomicUsize::new(call_handler::<T, F> as fn(&Timer<T>) as usize),
+                name: AtomicUsize::new(panic::name_of::<F> as panic::Name as usize),
+                deferred: Deferred::new(free_deferred::<T>),
                 data,
-            }),
+            })),
         };
         trace::timer_init(list.node_ptr());
         list
     }
+}
+
+/// Frees a timer whose `TimerList` was dropped in softirq context (process context: through
+/// the `TimerList`'s own drop, which waits for a running handler).
+///
+/// # Safety
+/// `d` is the `deferred` field of a `Timer<T>` leaked from its `TimerList` by that drop.
+unsafe fn free_deferred<T: Send + Sync>(d: *mut Deferred) {
+    // SAFETY: per the contract, `d` lies `offset_of!(Timer<T>, deferred)` bytes into a boxed
+    // `Timer<T>` that nothing else owns now.
+    let timer = unsafe {
+        Box::from_raw(
+            d.byte_sub(std::mem::offset_of!(Timer<T>, deferred))
+                .cast::<Timer<T>>(),
+        )
+    };
+    drop(TimerList {
+        timer: ManuallyDrop::new(timer),
+    });
 }
 
 impl<T: Send + Sync> std::ops::Deref for TimerList<T> {
@@ -588,19 +640,32 @@ impl<T: Send + Sync> std::ops::Deref for TimerList<T> {
     }
 }
 
+/// Dropping a `TimerList` frees its node: `del_timer_sync` first (a running handler is waited
+/// for). A timer still pending is reported as the kernel's debugobjects reports it (`ODEBUG:
+/// free active ... object type: timer_list hint: <handler>`). In softirq context (a handler
+/// dropping a timer, its own included) nothing may wait or be freed: the timer is deactivated
+/// and the free deferred to process context, where it happens once no handler runs it.
 impl<T: Send + Sync> Drop for TimerList<T> {
     fn drop(&mut self) {
-        if self.timer.running_here() {
-            // Freeing the node under its own running handler: no safe way on.
-            crate::pr_emerg!("BUG: timer_list freed from its own handler");
-            std::process::abort();
+        if self.timer.timer_pending() {
+            debugobjects::report_free_active("timer_list", self.timer.handler_name());
+        }
+        if panic::in_irq_context() {
+            self.timer.del_timer();
+            // SAFETY: `self.timer` is not used again (we are in its drop).
+            let raw = Box::into_raw(unsafe { ManuallyDrop::take(&mut self.timer) });
+            // SAFETY: `raw` is live and now owned by the deferred free alone.
+            unsafe { debugobjects::defer_free(&raw mut (*raw).deferred) };
+            return;
         }
         self.timer.del_timer_sync();
+        // SAFETY: not used again (we are in its drop).
+        unsafe { ManuallyDrop::drop(&mut self.timer) };
     }
 }
 
 /// `timer_setup(func, data)`: a new timer (see [`TimerList::new`]).
-pub fn timer_setup<T: Send + Sync>(func: fn(&Timer<T>), data: T) -> TimerList<T> {
+pub fn timer_setup<T: Send + Sync, F: TimerFn<T>>(func: F, data: T) -> TimerList<T> {
     TimerList::new(func, data)
 }
 

@@ -13,8 +13,8 @@
 //! process context drains it ([`drain`]) and formats each record ([`Record::write_line`]).
 //! `deferred --trace FILE` runs such a reader (see `crate::tracefile`).
 //!
-//! Function pointers are recorded as addresses and named when formatted, from the executable's
-//! symbol table (the kernel's `%ps`); an address without a symbol prints as `0x...`.
+//! Handlers are named by their path (`std::any::type_name` of the handler, as the runtime's
+//! reports name them), printed as the kernel's `%ps` prints a symbol: its last component.
 //!
 //! # Ground rules (shared with signal context)
 //! - The records go into a [`Ring`] (lock-free MPSC, see its rules); its one consumer is whoever
@@ -26,7 +26,6 @@
 
 use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::kernel::ring::Ring;
@@ -251,6 +250,8 @@ impl Record {
         );
         let [a, b, c, d] = self.args;
         let text = self.text();
+        // The handler's path, then (workqueue_queue_work) the workqueue's name, NUL-separated.
+        let (function, second) = text.split_once('\0').unwrap_or((text, ""));
         let _ = match self.event {
             Event::TimerInit | Event::TimerCancel | Event::TimerExpireExit => {
                 write!(out, "timer={a:016x}")
@@ -258,13 +259,13 @@ impl Record {
             Event::TimerStart => write!(
                 out,
                 "timer={a:016x} function={} expires={c} [timeout={}] cpu=0 idx=0 flags=",
-                Sym(b),
+                short_name(function),
                 c.wrapping_sub(d) as i64
             ),
             Event::TimerExpireEntry => write!(
                 out,
                 "timer={a:016x} function={} now={c} baseclk={c}",
-                Sym(b)
+                short_name(function)
             ),
             Event::IrqHandlerEntry => write!(out, "irq={a} name=timer"),
             Event::IrqHandlerExit => write!(out, "irq={a} ret=handled"),
@@ -276,16 +277,20 @@ impl Record {
                     .unwrap_or(&"?")
             ),
             Event::TaskletEntry | Event::TaskletExit => {
-                write!(out, "tasklet=0x{a:x} function={}", Sym(b))
+                write!(out, "tasklet=0x{a:x} function={}", short_name(function))
             }
             Event::WorkqueueQueueWork => write!(
                 out,
-                "work struct={a:016x} function={} workqueue={text} req_cpu={c} cpu={d}",
-                Sym(b)
+                "work struct={a:016x} function={} workqueue={second} req_cpu={c} cpu={d}",
+                short_name(function)
             ),
             Event::WorkqueueActivateWork => write!(out, "work struct {a:016x}"),
             Event::WorkqueueExecuteStart | Event::WorkqueueExecuteEnd => {
-                write!(out, "work struct {a:016x}: function {}", Sym(b))
+                write!(
+                    out,
+                    "work struct {a:016x}: function {}",
+                    short_name(function)
+                )
             }
             Event::TaskNewtask => write!(
                 out,
@@ -312,12 +317,11 @@ static CONSUMER: Mutex<()> = Mutex::new(());
 /// Record one event (the slow path of every trace point). Any context: lock-free, no allocation.
 #[cold]
 #[inline(never)]
-fn record(event: Event, args: [u64; 4], text: &[u8]) {
+fn record(event: Event, args: [u64; 4], text: &[&[u8]]) {
     let ts_ns = jiffies::uptime_ns();
     let task = sched::current();
     let preempt_count = sched::preempt_count();
     let pushed = RING.push_with(|| {
-        let n = text.len().min(TEXT_MAX);
         let mut r = Record {
             event,
             preempt_count,
@@ -325,10 +329,20 @@ fn record(event: Event, args: [u64; 4], text: &[u8]) {
             comm: task.comm(),
             ts_ns,
             args,
-            text_len: n as u8,
+            text_len: 0,
             text: [0; TEXT_MAX],
         };
-        r.text[..n].copy_from_slice(&text[..n]);
+        // The pieces, NUL-separated, cut at TEXT_MAX.
+        let mut n = 0;
+        for (i, piece) in text.iter().enumerate() {
+            if i > 0 && n < TEXT_MAX {
+                n += 1; // the NUL, already there
+            }
+            let k = piece.len().min(TEXT_MAX - n);
+            r.text[n..n + k].copy_from_slice(&piece[..k]);
+            n += k;
+        }
+        r.text_len = n as u8;
         r
     });
     if pushed.is_none() {
@@ -352,6 +366,10 @@ pub fn drain(mut f: impl FnMut(&Record)) -> u64 {
 pub fn lost() -> u64 {
     LOST.load(Ordering::Relaxed)
 }
+
+/// A handler's name: a function returning its path (the runtime's `panic::Name`), called
+/// only when the event is on.
+pub type Name = fn() -> &'static str;
 
 /// What a trace point records as an address (`%p`): a pointer or a reference.
 pub trait Addr {
@@ -389,7 +407,7 @@ macro_rules! tracepoints {
             #[inline]
             pub fn $name($($p: $t),*) {
                 if on(Event::$ev) {
-                    record(Event::$ev, [$($a),*], $text);
+                    record(Event::$ev, [$($a),*], &$text);
                 }
             }
         )*
@@ -398,194 +416,81 @@ macro_rules! tracepoints {
 
 tracepoints! {
     /// `timer_init`: a timer was set up.
-    timer_init(timer: impl Addr) => TimerInit [timer.address(), 0, 0, 0], b"";
-    /// `timer_start`: a timer was armed for `expires` (jiffies) at jiffy `now`.
-    timer_start(timer: impl Addr, function: usize, expires: u64, now: u64)
-        => TimerStart [timer.address(), function as u64, expires, now], b"";
+    timer_init(timer: impl Addr) => TimerInit [timer.address(), 0, 0, 0], [];
+    /// `timer_start`: a timer was armed for `expires` (jiffies).
+    timer_start(timer: impl Addr, function: Name, expires: u64)
+        => TimerStart [timer.address(), 0, expires, jiffies::jiffies()], [function().as_bytes()];
     /// `timer_cancel`: a pending timer was taken off the list (deleted, moved, or expiring).
-    timer_cancel(timer: impl Addr) => TimerCancel [timer.address(), 0, 0, 0], b"";
+    timer_cancel(timer: impl Addr) => TimerCancel [timer.address(), 0, 0, 0], [];
     /// `timer_expire_entry`: a timer's handler starts (softirq context).
-    timer_expire_entry(timer: impl Addr, function: usize)
-        => TimerExpireEntry [timer.address(), function as u64, jiffies::jiffies(), 0], b"";
+    timer_expire_entry(timer: impl Addr, function: Name)
+        => TimerExpireEntry [timer.address(), 0, jiffies::jiffies(), 0], [function().as_bytes()];
     /// `timer_expire_exit`: a timer's handler returned.
-    timer_expire_exit(timer: impl Addr) => TimerExpireExit [timer.address(), 0, 0, 0], b"";
+    timer_expire_exit(timer: impl Addr) => TimerExpireExit [timer.address(), 0, 0, 0], [];
     /// `irq_handler_entry`: the timer interrupt (signal handler) starts.
-    irq_handler_entry() => IrqHandlerEntry [0, 0, 0, 0], b"";
+    irq_handler_entry() => IrqHandlerEntry [0, 0, 0, 0], [];
     /// `irq_handler_exit`: the interrupt proper is done (softirqs may follow).
-    irq_handler_exit() => IrqHandlerExit [0, 0, 0, 0], b"";
+    irq_handler_exit() => IrqHandlerExit [0, 0, 0, 0], [];
     /// `softirq_raise`: softirq `vec` marked pending.
-    softirq_raise(vec: usize) => SoftirqRaise [vec as u64, 0, 0, 0], b"";
+    softirq_raise(vec: usize) => SoftirqRaise [vec as u64, 0, 0, 0], [];
     /// `softirq_entry`: softirq `vec`'s action starts.
-    softirq_entry(vec: usize) => SoftirqEntry [vec as u64, 0, 0, 0], b"";
+    softirq_entry(vec: usize) => SoftirqEntry [vec as u64, 0, 0, 0], [];
     /// `softirq_exit`: softirq `vec`'s action returned.
-    softirq_exit(vec: usize) => SoftirqExit [vec as u64, 0, 0, 0], b"";
+    softirq_exit(vec: usize) => SoftirqExit [vec as u64, 0, 0, 0], [];
     /// `tasklet_entry`: a tasklet's function starts.
-    tasklet_entry(tasklet: impl Addr, function: usize)
-        => TaskletEntry [tasklet.address(), function as u64, 0, 0], b"";
+    tasklet_entry(tasklet: impl Addr, function: Name)
+        => TaskletEntry [tasklet.address(), 0, 0, 0], [function().as_bytes()];
     /// `tasklet_exit`: a tasklet's function returned.
-    tasklet_exit(tasklet: impl Addr, function: usize)
-        => TaskletExit [tasklet.address(), function as u64, 0, 0], b"";
-    /// `workqueue_queue_work`: a work item put on `workqueue`'s worker for `cpu`.
-    workqueue_queue_work(work: impl Addr, function: usize, workqueue: &str, req_cpu: usize, cpu: usize)
-        => WorkqueueQueueWork [work.address(), function as u64, req_cpu as u64, cpu as u64],
-        workqueue.as_bytes();
+    tasklet_exit(tasklet: impl Addr, function: Name)
+        => TaskletExit [tasklet.address(), 0, 0, 0], [function().as_bytes()];
+    /// `workqueue_queue_work`: a work item put on `workqueue`'s worker for `cpu` (requested
+    /// from the calling CPU).
+    workqueue_queue_work(work: impl Addr, function: Name, workqueue: &str, cpu: usize)
+        => WorkqueueQueueWork [
+            work.address(), 0, crate::kernel::workqueue::smp_processor_id() as u64, cpu as u64
+        ], [function().as_bytes(), workqueue.as_bytes()];
     /// `workqueue_activate_work`: the item is on its worker's list.
-    workqueue_activate_work(work: impl Addr) => WorkqueueActivateWork [work.address(), 0, 0, 0], b"";
+    workqueue_activate_work(work: impl Addr) => WorkqueueActivateWork [work.address(), 0, 0, 0], [];
     /// `workqueue_execute_start`: a worker calls the item's function.
-    workqueue_execute_start(work: impl Addr, function: usize)
-        => WorkqueueExecuteStart [work.address(), function as u64, 0, 0], b"";
+    workqueue_execute_start(work: impl Addr, function: Name)
+        => WorkqueueExecuteStart [work.address(), 0, 0, 0], [function().as_bytes()];
     /// `workqueue_execute_end`: the item's function returned.
-    workqueue_execute_end(work: impl Addr, function: usize)
-        => WorkqueueExecuteEnd [work.address(), function as u64, 0, 0], b"";
+    workqueue_execute_end(work: impl Addr, function: Name)
+        => WorkqueueExecuteEnd [work.address(), 0, 0, 0], [function().as_bytes()];
     /// `task_newtask`: a kthread `comm` (thread `pid`) was created (recorded by its creator).
-    task_newtask(pid: i32, comm: &str) => TaskNewtask [pid as u64, 0, 0, 0], comm.as_bytes();
+    task_newtask(pid: i32, comm: &str) => TaskNewtask [pid as u64, 0, 0, 0], [comm.as_bytes()];
     /// `sched_kthread_stop`: `kthread_stop` on kthread `comm` (thread `pid`).
     sched_kthread_stop(pid: i32, comm: &str)
-        => SchedKthreadStop [pid as u64, 0, 0, 0], comm.as_bytes();
+        => SchedKthreadStop [pid as u64, 0, 0, 0], [comm.as_bytes()];
     /// `sched_kthread_stop_ret`: `kthread_stop` returns `ret`.
-    sched_kthread_stop_ret(ret: i32) => SchedKthreadStopRet [ret as i64 as u64, 0, 0, 0], b"";
+    sched_kthread_stop_ret(ret: i32) => SchedKthreadStopRet [ret as i64 as u64, 0, 0, 0], [];
     /// `sched_process_exit`: the calling kthread `comm` ends.
     sched_process_exit(pid: i32, comm: &str)
-        => SchedProcessExit [pid as u64, 0, 0, 0], comm.as_bytes();
+        => SchedProcessExit [pid as u64, 0, 0, 0], [comm.as_bytes()];
     /// `cuse_request`: the transport read request `unique` (`opcode`, named `op`) from process
     /// `pid`.
     cuse_request(unique: u64, opcode: u32, op: &str, pid: u32)
-        => CuseRequest [unique, opcode as u64, pid as u64, 0], op.as_bytes();
+        => CuseRequest [unique, opcode as u64, pid as u64, 0], [op.as_bytes()];
     /// `cuse_reply`: the transport answered request `unique` (`error`: 0 or a negative errno).
-    cuse_reply(unique: u64, error: i32) => CuseReply [unique, error as i64 as u64, 0, 0], b"";
+    cuse_reply(unique: u64, error: i32) => CuseReply [unique, error as i64 as u64, 0, 0], [];
     /// `console`: a printk line.
-    console(text: &[u8]) => Console [0, 0, 0, 0], text;
+    console(text: &[u8]) => Console [0, 0, 0, 0], [text];
 }
 
-// ---------------------------------------------------------------------------------------------
-// Symbol names for function addresses (the kernel's `%ps`, from kallsyms): the executable's
-// ELF symbol table, read once by the first reader (process context).
-
-/// A function address, printed as its symbol's name (or `0x...`).
-struct Sym(u64);
-
-impl std::fmt::Display for Sym {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match symbol_name(self.0) {
-            Some(name) => f.write_str(name),
-            None => write!(f, "0x{:x}", self.0),
-        }
-    }
-}
-
-struct Symbols {
-    /// Run-time address minus symbol-table value.
-    bias: u64,
-    /// (value, size, demangled short name), sorted by value.
-    funcs: Vec<(u64, u64, String)>,
-}
-
-static SYMBOLS: OnceLock<Option<Symbols>> = OnceLock::new();
-
-/// The name of the function at `addr` (its symbol's last path component). Process context.
-pub fn symbol_name(addr: u64) -> Option<&'static str> {
-    let syms = SYMBOLS.get_or_init(load_symbols).as_ref()?;
-    let v = addr.wrapping_sub(syms.bias);
-    let i = syms.funcs.partition_point(|(start, _, _)| *start <= v);
-    let (start, size, name) = syms.funcs.get(i.checked_sub(1)?)?;
-    (v == *start || v < start + (*size).max(1)).then_some(name.as_str())
-}
-
-fn load_symbols() -> Option<Symbols> {
-    let elf = std::fs::read("/proc/self/exe").ok()?;
-    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
-    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
-    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?));
-    // 64-bit little-endian ELF only (x86_64, aarch64).
-    if elf.get(..6)? != b"\x7fELF\x02\x01" {
-        return None;
-    }
-    // The first loadable segment's address: where the image's base maps.
-    let (phoff, phentsize, phnum) = (
-        u64_at(0x20)? as usize,
-        u16_at(0x36)? as usize,
-        u16_at(0x38)? as usize,
-    );
-    let first_load = (0..phnum)
-        .map(|i| phoff + i * phentsize)
-        .find(|&p| u32_at(p) == Some(1))
-        .and_then(|p| u64_at(p + 0x10))?;
-    let (shoff, shentsize, shnum) = (
-        u64_at(0x28)? as usize,
-        u16_at(0x3a)? as usize,
-        u16_at(0x3c)? as usize,
-    );
-    let sec = |i: usize| shoff + i * shentsize;
-    let symtab = (0..shnum).find(|&i| u32_at(sec(i) + 4) == Some(2))?;
-    let (off, size, entsize) = (
-        u64_at(sec(symtab) + 0x18)? as usize,
-        u64_at(sec(symtab) + 0x20)? as usize,
-        u64_at(sec(symtab) + 0x38)? as usize,
-    );
-    let strtab = sec(u32_at(sec(symtab) + 0x28)? as usize);
-    let stroff = u64_at(strtab + 0x18)? as usize;
-    let mut funcs = Vec::new();
-    for s in (off..off + size).step_by(entsize.max(1)) {
-        // STT_FUNC symbols with an address.
-        if elf.get(s + 4).is_some_and(|info| info & 0xf == 2) && u64_at(s + 8)? != 0 {
-            let name_off = stroff + u32_at(s)? as usize;
-            let raw = elf.get(name_off..)?;
-            let raw = &raw[..raw.iter().position(|&b| b == 0)?];
-            let name = demangle(std::str::from_utf8(raw).ok()?);
-            funcs.push((u64_at(s + 8)?, u64_at(s + 16)?, name));
-        }
-    }
-    funcs.sort_by_key(|(v, _, _)| *v);
-    // The image's base at run time, from any function of ours.
-    let mut info = std::mem::MaybeUninit::<libc::Dl_info>::zeroed();
-    // SAFETY: dladdr only reads the address and fills `info`.
-    if unsafe { libc::dladdr(load_symbols as *const libc::c_void, info.as_mut_ptr()) } == 0 {
-        return None;
-    }
-    // SAFETY: dladdr returned non-zero: `info` is filled in.
-    let base = unsafe { info.assume_init() }.dli_fbase as u64;
-    Some(Symbols {
-        bias: base.wrapping_sub(first_load & !0xfff),
-        funcs,
-    })
-}
-
-/// Rust's legacy mangling (`_ZN8deferred7modules13timer_handler17h0123456789abcdefE`) to the
-/// function's short name (`timer_handler`; a closure keeps its parent: `f::{{closure}}`).
-/// Anything else is returned as it is.
-pub fn demangle(sym: &str) -> String {
-    let Some(mut rest) = sym.strip_prefix("_ZN") else {
-        return sym.to_owned();
-    };
-    let mut parts: Vec<String> = Vec::new();
-    while let Some(len_end) = rest.find(|c: char| !c.is_ascii_digit()) {
-        let Ok(len) = rest[..len_end].parse::<usize>() else {
-            break;
-        };
-        let Some(part) = rest.get(len_end..len_end + len) else {
-            break;
-        };
-        let part = part
-            .replace("$u7b$", "{")
-            .replace("$u7d$", "}")
-            .replace("$LT$", "<")
-            .replace("$GT$", ">")
-            .replace("$u20$", " ")
-            .replace("..", "::");
-        parts.push(part.trim_start_matches('_').to_owned());
-        rest = &rest[len_end + len..];
-    }
-    if parts
-        .last()
-        .is_some_and(|h| h.len() == 17 && h.starts_with('h'))
+/// A handler's short name from its path, as the kernel's `%ps` prints a symbol:
+/// `deferred::modules::deferred::timer_handler` -> `timer_handler`; a closure keeps its parent
+/// (`f::{{closure}}`).
+pub fn short_name(path: &str) -> &str {
+    // The path of a generic function names its parameters: cut at the first `<`.
+    let base = &path[..path.find('<').unwrap_or(path.len())];
+    let mut parts = base.rsplit("::");
+    let last = parts.next().unwrap_or(path);
+    if last.starts_with("{{")
+        && let Some(parent) = parts.next()
     {
-        parts.pop();
+        return &base[base.len() - parent.len() - 2 - last.len()..];
     }
-    match parts.as_slice() {
-        [] => sym.to_owned(),
-        [.., parent, last] if last.starts_with("{{") => format!("{parent}::{last}"),
-        [.., last] => last.clone(),
-    }
+    last
 }
 
 #[cfg(test)]
@@ -608,26 +513,14 @@ mod tests {
     }
 
     #[test]
-    fn demangling() {
+    fn short_names() {
         assert_eq!(
-            demangle("_ZN8deferred7modules8deferred13timer_handler17h0123456789abcdefE"),
+            short_name("deferred::modules::deferred::timer_handler"),
             "timer_handler"
         );
-        assert_eq!(
-            demangle("_ZN3foo3bar28_$u7b$$u7b$closure$u7d$$u7d$17h0123456789abcdefE"),
-            "bar::{{closure}}"
-        );
-        assert_eq!(demangle("main"), "main");
-    }
-
-    fn named_function() {}
-
-    #[test]
-    fn functions_are_named() {
-        assert_eq!(
-            symbol_name(named_function as fn() as usize as u64),
-            Some("named_function")
-        );
+        assert_eq!(short_name("a::b::f::{{closure}}"), "f::{{closure}}");
+        assert_eq!(short_name("timer_handler"), "timer_handler");
+        assert_eq!(short_name("a::call<b::T>"), "call");
     }
 
     #[test]

@@ -63,7 +63,13 @@
 //!   have nothing to worry about.
 //! - The kernel lets a handler `kfree()` its own container; here the handler borrows it for its
 //!   whole run, so dropping a work item from its own handler is reported (`BUG: work item freed
-//!   from its own handler`) and aborts, as the core's `TimerList` does for its handler.
+//!   from its own handler`) and aborts (a `TimerList` can defer its own free, as its node is
+//!   the runtime's; a work item's container is the caller's memory).
+//! - Dropping a work item still pending or running is reported as the kernel's debugobjects
+//!   reports it (`ODEBUG: free active (active state 0) object type: work_struct hint:
+//!   <handler>`), then made safe: cancelled and waited for. In softirq context nothing may wait:
+//!   an idle item drops silently, a delayed one waiting for its timer is cancelled, and one a
+//!   worker holds (queued or running) ends in `panic()` after the kernel's reports.
 //! - A workqueue's control block is never freed ([`destroy_workqueue`] stops and joins its
 //!   workers, then leaves the block, a few hundred bytes, marked dead): a late timer handler
 //!   queueing on a destroyed queue finds memory that is still there, and is refused.
@@ -143,9 +149,11 @@ use core::sync::atomic::{
 use std::cell::Cell;
 use std::sync::{Mutex, OnceLock};
 
+use super::debugobjects;
 use super::error::{Error, Result};
 use super::jiffies;
 use super::kthread::{self, TaskStruct, kthread_should_stop};
+use super::panic;
 use super::sched;
 use super::timer::{Timer, TimerList};
 use super::trace;
@@ -167,20 +175,8 @@ struct RawWork {
     next: AtomicPtr<RawWork>,
     /// Calls the handler with the container (see [`Work::run`]).
     run: unsafe fn(*const RawWork),
-}
-
-impl RawWork {
-    /// The address of the item's handler (for trace events). Async-signal-safe.
-    fn func(&self) -> usize {
-        // SAFETY: every RawWork is the first field of a repr(C) `Work<T, ID>` whose next field
-        // is the handler, a `fn(&T)`: pointer-sized, at the same offset for every `T`.
-        unsafe {
-            *ptr::from_ref(self)
-                .cast::<u8>()
-                .add(core::mem::offset_of!(Work<(), 0>, handler))
-                .cast::<usize>()
-        }
-    }
+    /// The handler's name, for reports.
+    name: panic::Name,
 }
 
 /// `struct work_struct`: a work item embedded in a `T`, whose handler receives `&T`.
@@ -250,17 +246,28 @@ macro_rules! impl_has_work {
     };
 }
 
+/// What a work handler is: a function `fn(&T)` receiving the container (or a closure that
+/// captures nothing). The runtime keeps its type, which also names it in reports (`type_name`).
+pub trait WorkFn<T>: Fn(&T) + Copy + Send + Sync {}
+impl<T, F: Fn(&T) + Copy + Send + Sync> WorkFn<T> for F {}
+
+fn call_handler<T, F: WorkFn<T>>(container: &T) {
+    panic::conjure::<F>()(container)
+}
+
 impl<T: HasWork<ID>, const ID: u64> Work<T, ID> {
     /// `INIT_WORK(&work, handler)` / `DECLARE_WORK(name, handler)`: an idle work item whose
     /// handler receives its container.
-    pub const fn new(handler: fn(&T)) -> Self {
+    pub const fn new<F: WorkFn<T>>(handler: F) -> Self {
+        let _ = handler; // zero-sized: its type is what is kept
         Self {
             raw: RawWork {
                 state: AtomicU32::new(0),
                 next: AtomicPtr::new(ptr::null_mut()),
                 run: Self::run,
+                name: panic::name_of::<F>,
             },
-            handler,
+            handler: call_handler::<T, F>,
             _container: PhantomData,
             _pin: PhantomPinned,
         }
@@ -305,7 +312,22 @@ impl<T, const ID: u64> Drop for Work<T, ID> {
             crate::kernel::printk::flush();
             std::process::abort();
         }
-        if raw.state.load(SeqCst) & (PENDING | LINKED | RUNNING) == 0 {
+        let state = raw.state.load(SeqCst);
+        if state & (PENDING | LINKED | RUNNING) == 0 {
+            return;
+        }
+        if state & (PENDING | RUNNING) != 0 {
+            debugobjects::report_free_active("work_struct", (raw.name)());
+        }
+        if panic::in_irq_context() {
+            // cancel_work_sync would sleep here: the kernel's BUG, and no sleep.
+            let _ = sched::might_sleep();
+            unpend(raw);
+            if raw.state.load(SeqCst) & (LINKED | RUNNING) != 0 {
+                // A worker holds it (queued or running): its memory cannot go, and nothing
+                // here may wait for the worker to let it go.
+                panic::panic_in_interrupt("work_struct freed in softirq context while queued");
+            }
             return;
         }
         cancel_raw_sync(raw);
@@ -459,9 +481,20 @@ impl Workqueue {
         let wq = Workqueue { inner };
         for pool in inner.pools.iter() {
             let res = if per_cpu {
-                crate::kthread_run!(worker_thread, (pool, true), "{}/{}", name, pool.cpu)
+                crate::kthread_run!(
+                    worker_thread,
+                    (inner.name.as_str(), pool, true),
+                    "{}/{}",
+                    name,
+                    pool.cpu
+                )
             } else {
-                crate::kthread_run!(worker_thread, (pool, false), "{}", name)
+                crate::kthread_run!(
+                    worker_thread,
+                    (inner.name.as_str(), pool, false),
+                    "{}",
+                    name
+                )
             };
             match res {
                 Ok(t) => *pool.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(t),
@@ -482,7 +515,7 @@ impl Drop for Workqueue {
 }
 
 /// The body of a worker thread.
-fn worker_thread((pool, pin): (&'static Pool, bool)) -> i32 {
+fn worker_thread((wq_name, pool, pin): (&'static str, &'static Pool, bool)) -> i32 {
     if pin {
         pin_to_cpu(pool.cpu);
     }
@@ -514,7 +547,7 @@ fn worker_thread((pool, pin): (&'static Pool, bool)) -> i32 {
             // SAFETY: as above.
             let item = unsafe { &*fifo };
             fifo = item.next.load(SeqCst);
-            process_one(item);
+            process_one(wq_name, item);
             pool.done.fetch_add(1, SeqCst);
             wake_up(&pool.progress);
         }
@@ -523,8 +556,9 @@ fn worker_thread((pool, pin): (&'static Pool, bool)) -> i32 {
     0
 }
 
-/// Takes one item off its list: runs it if still pending, skips it if cancelled.
-fn process_one(item: &RawWork) {
+/// Takes one item off its list: runs it if still pending, skips it if cancelled. A handler that
+/// panics is reported (an Oops, see [`panic`]) and finishes like one that returned.
+fn process_one(wq_name: &'static str, item: &RawWork) {
     // A work item never runs on two workers at once: wait for a run elsewhere to end.
     let old = loop {
         match update(item, |s| {
@@ -547,12 +581,13 @@ fn process_one(item: &RawWork) {
         return; // cancelled while queued, or waiting for its delay timer
     }
     CURRENT_WORK.with(|c| c.set(item));
-    let func = item.func();
-    trace::workqueue_execute_start(item, func);
-    // SAFETY: the item was linked from a `Pin<&T>` (see `Work::run`'s contract) and its Drop
-    // waits for RUNNING to clear, which happens only below.
-    unsafe { (item.run)(item) };
-    trace::workqueue_execute_end(item, func);
+    trace::workqueue_execute_start(item, item.name);
+    panic::work_call(item.name, wq_name, || {
+        // SAFETY: the item was linked from a `Pin<&T>` (see `Work::run`'s contract) and its
+        // Drop waits for RUNNING to clear, which happens only below.
+        unsafe { (item.run)(item) }
+    });
+    trace::workqueue_execute_end(item, item.name);
     CURRENT_WORK.with(|c| c.set(ptr::null()));
     let _ = update(item, |s| Some(s & !RUNNING));
 }
@@ -594,7 +629,7 @@ fn pin_to_cpu(cpu: usize) {
 /// Links `raw` on `pool` of `wq` (the caller has just set `LINKED`) and wakes the worker.
 /// Async-signal-safe.
 fn push(wq: &WqInner, pool: &Pool, raw: &RawWork) {
-    trace::workqueue_queue_work(raw, raw.func(), &wq.name, smp_processor_id(), pool.cpu);
+    trace::workqueue_queue_work(raw, raw.name, &wq.name, pool.cpu);
     trace::workqueue_activate_work(raw);
     pool.pushed.fetch_add(1, SeqCst);
     let me = ptr::from_ref(raw).cast_mut();
@@ -1002,7 +1037,7 @@ macro_rules! impl_has_delayed_work {
 impl<T: HasWork<ID>, const ID: u64> DelayedWork<T, ID> {
     /// `INIT_DELAYED_WORK(&dwork, handler)`: an idle delayed work (allocates its timer node:
     /// process context).
-    pub fn new(handler: fn(&T)) -> Self {
+    pub fn new<F: WorkFn<T>>(handler: F) -> Self {
         Self {
             work: Work::new(handler),
             timer: TimerList::new(
@@ -1031,9 +1066,13 @@ impl<T, const ID: u64> DelayedWork<T, ID> {
 
 impl<T, const ID: u64> Drop for DelayedWork<T, ID> {
     fn drop(&mut self) {
-        // Stop the timer first; `work`'s own Drop then cancels and waits for the worker.
-        self.timer.del_timer_sync();
-        unpend(&self.work.raw);
+        // Stop the timer first (in softirq context no other timer handler runs: no wait);
+        // `work`'s own Drop then reports a pending work, cancels it and waits for the worker.
+        if panic::in_irq_context() {
+            self.timer.del_timer();
+        } else {
+            self.timer.del_timer_sync();
+        }
     }
 }
 
