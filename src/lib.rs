@@ -9,9 +9,22 @@
 //! - `sys` (crate-private): the system-call wrappers both the runtime and the transport use (the
 //!   futex).
 
+#[cfg(not(loom))]
 pub mod cuse;
+#[cfg(not(loom))]
 pub mod kernel;
+#[cfg(not(loom))]
 pub mod logging;
+#[cfg(not(loom))]
 pub mod modules;
+#[cfg(not(loom))]
 pub(crate) mod sys;
+#[cfg(not(loom))]
 pub mod tracefile;
+
+/// Under `RUSTFLAGS="--cfg loom"` the crate is only the lock-free cores (`kernel::sync`), built
+/// on loom's atomics: their unit tests are the loom models (`cargo test --lib`, see README).
+#[cfg(loom)]
+pub mod kernel {
+    pub mod sync;
+}

@@ -46,6 +46,13 @@ fn kill_and_reap(pids: &[nix::unistd::Pid]) {
     }
 }
 
+/// A client's whole round: open, CANCEL (answered 0), release.
+fn cancel_round(d: &Daemon) {
+    let g = d.open();
+    assert_eq!(ioctl(&g, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
+    drop(g);
+}
+
 #[test]
 #[ignore = "needs /dev/cuse: run scripts/test"]
 fn a_client_sigkilled_between_ioctls_is_released_and_leaks_nothing() {
@@ -74,11 +81,16 @@ fn a_client_sigkilled_between_ioctls_is_released_and_leaks_nothing() {
     d.wait_log("the holder's ioctl", |_| {
         d.count("Command: Cancel timer") == 1
     });
-    // Not released while the killed-to-be holder has it.
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(d.count("Device released"), 0, "{}", d.log());
+    // Not released while the killed-to-be holder has it: a RELEASE would have been queued when
+    // the parent closed its copy, before another client's open, request and release, which
+    // the daemon has logged once its release line is there.
+    cancel_round(&d);
+    d.wait_log("the other client's release", |_| {
+        d.count("Device released") >= 1
+    });
+    assert_eq!(d.count("Device released"), 1, "{}", d.log());
     kill_and_reap(&[holder]);
-    d.wait_log("the holder's release", |_| d.count("Device released") == 1);
+    d.wait_log("the holder's release", |_| d.count("Device released") == 2);
     assert_eq!(fd_count(d.pid()), baseline);
     let f = d.open();
     assert_eq!(ioctl(&f, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
@@ -97,7 +109,8 @@ fn unload_with_timer_work_1000_watched_and_clients_is_prompt_and_quiet() {
     for k in &kids {
         assert_eq!(ioctl(&f, MY_IOCTL_TIMER_MON, k.as_raw() as u64), Ok(0));
     }
-    // A running ALLOC work: the timer fired and queued it; alloc_io() sleeps 5 s on events/N.
+    // An ALLOC work: the timer fired and queued it; alloc_io() sleeps 5 s on events/N (running
+    // or about to: the unload's flush_scheduled_work waits for it either way).
     assert_eq!(ioctl(&f, MY_IOCTL_TIMER_ALLOC, 0), Ok(0));
     d.wait_log("the ALLOC expiry", |l| {
         l.lines()
@@ -105,7 +118,6 @@ fn unload_with_timer_work_1000_watched_and_clients_is_prompt_and_quiet() {
             .take_while(|l| !l.contains("Allocate memory"))
             .any(|l| l.contains("[timer_handler]"))
     });
-    std::thread::sleep(Duration::from_millis(300));
     // And a pending timer, due while the unload waits for the work: it must not fire.
     assert_eq!(ioctl(&f, MY_IOCTL_TIMER_SET, 1), Ok(0));
     let t0 = Instant::now();
@@ -176,15 +188,13 @@ fn daemon_sigkilled_node_goes_even_held_by_a_clients_child_and_restart_works() {
     // An immediate restart gets the same name and number, while the old files are still open.
     let d2 = Daemon::start(&[]);
     assert_eq!(devnum(&d2.node()), (42, 0));
-    let g = d2.open();
-    assert_eq!(ioctl(&g, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
-    drop(g);
-    // The old descriptor does not reach the new daemon.
+    // The old descriptor does not reach the new daemon: had it, its line would come before
+    // the new client's (which asks after the old call returned).
     assert!(ioctl(&f, MY_IOCTL_TIMER_CANCEL, 0).is_err());
+    cancel_round(&d2);
     d2.wait_log("the new client's CANCEL", |_| {
         d2.count("Command: Cancel timer") >= 1
     });
-    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(d2.count("Command: Cancel timer"), 1, "{}", d2.log());
     drop(f);
     d2.stop();

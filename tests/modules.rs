@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use deferred::kernel::alloc::{CountingAllocator, softirq_allocations};
 use deferred::kernel::error::Error;
 use deferred::kernel::fs::{File, FileOperations};
+use deferred::kernel::jiffies::{HZ, jiffies, time_before};
 use deferred::kernel::printk::{self, Capture};
 use deferred::modules::abi::{
     MY_IOCTL_TIMER_ALLOC, MY_IOCTL_TIMER_CANCEL, MY_IOCTL_TIMER_MON, MY_IOCTL_TIMER_SET,
@@ -17,6 +18,13 @@ use deferred::modules::deferred::{
     DeferredModule, Options, TIMER_TYPE_ALLOC, TIMER_TYPE_MON, TIMER_TYPE_NONE, TIMER_TYPE_SET,
 };
 use deferred::modules::{Module, Params, load};
+
+#[path = "common/wait.rs"]
+mod wait;
+#[path = "common/witness.rs"]
+mod witness;
+use wait::wait_for;
+use witness::wait_past;
 
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator;
@@ -39,24 +47,19 @@ const FILE: File = File {
 
 /// Waits (bounded) until the capture holds `n` lines containing `needle`; returns those lines.
 fn wait_lines(cap: &Capture, needle: &str, n: usize, within: Duration) -> Vec<printk::Line> {
-    let deadline = Instant::now() + within;
-    loop {
-        let got: Vec<_> = cap
-            .lines()
+    let matching = || -> Vec<printk::Line> {
+        cap.lines()
             .into_iter()
             .filter(|l| l.text.contains(needle))
-            .collect();
-        if got.len() >= n {
-            return got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited {within:?} for {n} x {needle:?}, got {}: {:#?}",
-            got.len(),
-            cap.texts()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            .collect()
+    };
+    assert!(
+        wait_for(within, || matching().len() >= n),
+        "waited {within:?} for {n} x {needle:?}, got {}: {:#?}",
+        matching().len(),
+        cap.texts()
+    );
+    matching()
 }
 
 fn count(cap: &Capture, needle: &str) -> usize {
@@ -117,10 +120,10 @@ fn set_fires_once_after_n_seconds_printing_the_interrupted_task() {
     let (pid, comm) = rest.split_once(", comm = ").unwrap();
     let pid: i32 = pid.parse().unwrap();
     assert!(pid > 0 && !comm.is_empty(), "{text}");
-    // One-shot: no second expiry.
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(count(&cap, "[timer_handler]"), 1);
+    // One-shot: no second expiry (not re-armed, and a second later nothing came).
     assert!(!dev.timer_pending());
+    wait_past(dev.expires().wrapping_add(HZ));
+    assert_eq!(count(&cap, "[timer_handler]"), 1);
     Box::new(m).exit();
     assert_eq!(softirq_allocations(), 0);
 }
@@ -132,25 +135,41 @@ fn cancel_stops_a_pending_timer_and_the_last_set_wins() {
     let m = load_deferred(Options::default());
     let dev = m.device().clone();
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_SET, 1).unwrap();
+    let cancelled = dev.expires();
     assert_eq!(dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
     assert!(!dev.timer_pending());
     // Cancel of an idle timer: still 0, flag unchanged.
     assert_eq!(dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
     assert_eq!(dev.flag(), TIMER_TYPE_SET);
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_past(cancelled);
     assert_eq!(count(&cap, "[timer_handler]"), 0, "a cancelled timer fired");
 
-    // Re-arming moves the timer: 3 s, then 1 s -> one expiry, after about 1 s.
-    let t0 = Instant::now();
+    // Re-arming moves the timer: 3 s, then 1 s -> one expiry, the second SET's (the handler's
+    // debug line says which expiry fired, and when).
+    let level = log::max_level();
+    log::set_max_level(log::LevelFilter::Debug);
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_SET, 3).unwrap();
+    let first = dev.expires();
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_SET_32, 1).unwrap();
-    wait_lines(&cap, "[timer_handler]", 1, Duration::from_secs(10));
-    assert!(
-        t0.elapsed() < Duration::from_millis(2900),
-        "the first SET won"
+    let second = dev.expires();
+    assert!(time_before(second, first), "{second} not before {first}");
+    let fired = wait_lines(
+        &cap,
+        "[timer_handler] expires = ",
+        1,
+        Duration::from_secs(10),
     );
-    std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!(count(&cap, "[timer_handler]"), 1);
+    log::set_max_level(level);
+    let (expires, now) = fired[0]
+        .text
+        .strip_prefix("[timer_handler] expires = ")
+        .and_then(|r| r.split_once(", jiffies = "))
+        .unwrap_or_else(|| panic!("{}", fired[0].text));
+    assert_eq!(expires.parse::<u64>(), Ok(second), "the first SET won");
+    let now: u64 = now.parse().unwrap();
+    assert!(!time_before(now, second), "fired at {now}, before {second}");
+    wait_past(first);
+    assert_eq!(count(&cap, "[timer_handler] pid = "), 1);
     Box::new(m).exit();
 }
 
@@ -184,7 +203,10 @@ fn unload_waits_for_a_running_alloc_work() {
     let dev = m.device().clone();
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_ALLOC, 0).unwrap();
     wait_lines(&cap, "[timer_handler]", 1, Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(200)); // the work is sleeping now
+    assert!(
+        wait_for(Duration::from_secs(5), || dev.work_running()),
+        "the work never started"
+    );
     let t0 = Instant::now();
     Box::new(m).exit(); // flush_scheduled_work
     assert!(
@@ -347,7 +369,7 @@ fn huge_timeouts_never_overflow() {
         dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_ALLOC, n).unwrap();
         assert!(dev.timer_pending(), "n = {n}");
     }
-    std::thread::sleep(Duration::from_millis(300));
+    wait_past(jiffies());
     assert_eq!(count(&cap, "[timer_handler]"), 1);
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0).unwrap();
     Box::new(m).exit();
@@ -366,10 +388,11 @@ fn unload_with_a_pending_timer_and_watched_processes_is_clean() {
     }
     assert_eq!(dev.monitored(), 50);
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_SET, 1).unwrap();
+    let armed = dev.expires();
     Box::new(m).exit();
     assert_eq!(dev.monitored(), 0);
     assert!(!dev.timer_pending());
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_past(armed);
     assert_eq!(
         count(&cap, "[timer_handler]"),
         0,
@@ -421,7 +444,8 @@ fn timer_module_counts_seconds_periodically_or_once() {
     )
     .unwrap();
     wait_lines(&cap, "nseconds = 1", 1, Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(1600));
+    // A periodic timer would have fired again a second later.
+    wait_past(jiffies().wrapping_add(HZ));
     assert_eq!(count(&cap, "nseconds ="), 1);
     m.exit();
     assert_eq!(softirq_allocations(), 0);

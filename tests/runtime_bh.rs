@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use deferred::kernel::jiffies::jiffies;
 use deferred::kernel::printk;
 use deferred::kernel::sched::{self, in_atomic, preempt_count};
-use deferred::kernel::softirq::{in_interrupt, in_softirq, local_bh_disable, local_bh_enable};
+use deferred::kernel::softirq::{
+    self, in_interrupt, in_softirq, local_bh_disable, local_bh_enable,
+};
 use deferred::kernel::spinlock::SpinLock;
 use deferred::kernel::tasklet::{Tasklet, tasklet_schedule};
 use deferred::kernel::timer::{Timer, TimerList};
-use runtime_common::{assert_no_softirq_allocations, setup, wait_until};
+use runtime_common::{assert_no_softirq_allocations, setup, wait_for};
 
 struct Where {
     runs: AtomicU64,
@@ -42,8 +44,15 @@ fn bh_disable_nests_and_the_last_enable_runs_pending_softirqs() {
     local_bh_disable(); // Softirqs are now disabled
     local_bh_disable(); // Softirqs remain disabled
     assert!(in_softirq() && in_interrupt() && in_atomic());
+    let wakeups = softirq::ksoftirqd_wakeups();
     tasklet_schedule(t.as_ref());
-    std::thread::sleep(Duration::from_millis(30));
+    // Nothing may run it now: raised with bottom halves off (in_interrupt), it wakes no
+    // ksoftirqd (the kernel's raise_softirq), and this thread does not take the timer signal.
+    assert_eq!(
+        softirq::ksoftirqd_wakeups(),
+        wakeups,
+        "raising with bottom halves off woke ksoftirqd"
+    );
     assert_eq!(t.data().runs.load(SeqCst), 0);
     local_bh_enable(); // Softirqs remain disabled
     assert!(in_softirq());
@@ -98,7 +107,7 @@ fn a_timer_expiring_in_a_bh_disabled_section_never_runs_inside_it() {
     sched::mdelay(60); // busy: sleeping is not allowed here
     SECTION_OWNER.store(0, SeqCst);
     local_bh_enable();
-    assert!(wait_until(Duration::from_secs(3), || t
+    assert!(wait_for(Duration::from_secs(3), || t
         .data()
         .runs
         .load(SeqCst)
@@ -140,7 +149,7 @@ fn might_sleep_in_a_timer_prints_both_bug_reports_and_does_not_sleep() {
         },
     );
     t.mod_timer(jiffies() + 1);
-    assert!(wait_until(Duration::from_secs(3), || t
+    assert!(wait_for(Duration::from_secs(3), || t
         .data()
         .done
         .load(SeqCst)));
@@ -179,7 +188,7 @@ fn might_sleep_in_a_timer_prints_both_bug_reports_and_does_not_sleep() {
         },
     );
     again.mod_timer(jiffies() + 1);
-    assert!(wait_until(Duration::from_secs(3), || again
+    assert!(wait_for(Duration::from_secs(3), || again
         .data()
         .done
         .load(SeqCst)));
@@ -231,7 +240,7 @@ fn lockdep_reports_spin_lock_without_bh_on_a_lock_a_timer_takes_once() {
     let cap = printk::capture();
     let t = TimerList::new(locking_handler, AtomicU64::new(0));
     t.mod_timer(jiffies() + 1);
-    assert!(wait_until(Duration::from_secs(3), || t.data().load(SeqCst) == 1));
+    assert!(wait_for(Duration::from_secs(3), || t.data().load(SeqCst) == 1));
     assert!(MON_LOCK.class().used_in_softirq());
     // Right: process context with bottom halves off.
     *GOOD_LOCK.lock_bh() += 1;
@@ -371,7 +380,7 @@ fn a_lock_taken_with_interrupts_disabled_is_not_softirq_on_for_lockdep() {
     let cap = printk::capture();
     let t = TimerList::new(irq_off_lock_handler, AtomicU64::new(0));
     t.mod_timer(jiffies() + 1);
-    assert!(wait_until(Duration::from_secs(3), || t.data().load(SeqCst) == 1));
+    assert!(wait_for(Duration::from_secs(3), || t.data().load(SeqCst) == 1));
     assert!(IRQ_OFF_LOCK.class().used_in_softirq());
     // Process context, interrupts off: no softirq can interrupt the holder. Safe, as
     // spin_lock_irqsave is in the kernel: no SOFTIRQ-ON usage, no report.

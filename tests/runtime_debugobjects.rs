@@ -69,12 +69,18 @@ fn a_pending_timer_dropped_in_a_handler_is_reported_and_freed_in_process_context
     *HELD.lock_bh() = Some(victim);
     let dropper = TimerList::new(dropping_handler, AtomicU64::new(0));
     dropper.mod_timer(jiffies() + 1);
-    wait_for("the dropping handler", Duration::from_secs(5), || {
-        dropper.data().load(SeqCst) == 1
-    });
-    wait_for("the deferred free", Duration::from_secs(5), || {
-        VICTIM_DROPS.load(SeqCst) == 1
-    });
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            dropper.data().load(SeqCst) == 1
+        }),
+        "the dropping handler"
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            VICTIM_DROPS.load(SeqCst) == 1
+        }),
+        "the deferred free"
+    );
     assert!(!VICTIM_IN_IRQ.load(SeqCst), "freed in softirq context");
     assert_eq!(softirq_frees(), frees, "a free in softirq context");
     assert_no_softirq_allocations();
@@ -117,9 +123,10 @@ fn a_timer_handler_may_drop_its_own_timer() {
     );
     t.mod_timer(jiffies() + 1);
     *SELF_HELD.lock_bh() = Some(t);
-    wait_for("the deferred free", Duration::from_secs(5), || {
-        SELF_DROPS.load(SeqCst) == 1
-    });
+    assert!(
+        wait_for(Duration::from_secs(5), || { SELF_DROPS.load(SeqCst) == 1 }),
+        "the deferred free"
+    );
     assert_eq!(
         SELF_AFTER.load(SeqCst),
         1,
@@ -155,10 +162,10 @@ fn a_pending_timer_dropped_in_process_context_is_reported_and_deactivated() {
         cap.texts()
     );
     let t0 = jiffies();
-    wait_for(
-        "a few jiffies past its expiry",
-        Duration::from_secs(2),
-        || jiffies().wrapping_sub(t0) > HZ / 5,
+    assert!(
+        wait_for(Duration::from_secs(2), || jiffies().wrapping_sub(t0)
+            > HZ / 5),
+        "a few jiffies past its expiry"
     );
     assert_eq!(PLAIN_RAN.load(SeqCst), 0);
 }
@@ -200,9 +207,10 @@ fn a_queued_work_dropped_in_process_context_is_reported_and_cancelled() {
         started: AtomicBool::new(false),
     }));
     assert!(queue_work(&wq, Pin::static_ref(blocker)));
-    wait_for("the blocker", Duration::from_secs(5), || {
-        blocker.started.load(SeqCst)
-    });
+    assert!(
+        wait_for(Duration::from_secs(5), || { blocker.started.load(SeqCst) }),
+        "the blocker"
+    );
     let victim = Box::pin(Victim {
         work: Work::new(victim_work),
         ran: &QUEUED_VICTIM_RAN,
@@ -212,9 +220,12 @@ fn a_queued_work_dropped_in_process_context_is_reported_and_cancelled() {
     // worker to pass the cancelled item: release the blocker once the report is out.
     let seen = printk::capture();
     let releaser = std::thread::spawn(move || {
-        wait_for("the report", Duration::from_secs(10), || {
-            seen.contains("object type: work_struct")
-        });
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                seen.contains("object type: work_struct")
+            }),
+            "the report"
+        );
         blocker.release.store(true, SeqCst);
     });
     drop(victim);

@@ -13,7 +13,7 @@ use deferred::kernel::wait::{
 use deferred::{kthread_create, kthread_run};
 
 mod runtime_common;
-use runtime_common::{wait_for as wait_until, watchdog};
+use runtime_common::{in_futex, wait_for, watchdog};
 
 fn comm_of(tid: i32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
@@ -24,10 +24,9 @@ fn comm_of(tid: i32) -> Option<String> {
 /// The thread is gone: its /proc entry disappears (it may linger a moment after the exit).
 fn assert_gone(task: &TaskStruct) {
     let pid = task.pid();
-    wait_until(
-        "thread gone from /proc/self/task",
-        Duration::from_secs(5),
-        || comm_of(pid).is_none(),
+    assert!(
+        wait_for(Duration::from_secs(5), || comm_of(pid).is_none()),
+        "thread gone from /proc/self/task"
     );
 }
 
@@ -46,13 +45,16 @@ fn kthread_create_does_not_run_until_wake_up_process() {
         Some("createdkthread1"),
         "the thread exists, named"
     );
-    thread::sleep(Duration::from_millis(200));
+    // Asleep (blocked in futex(2)) without having run threadfn.
+    assert!(
+        wait_for(Duration::from_secs(5), || in_futex(task.pid())),
+        "the created thread never went to sleep"
+    );
     assert!(!RAN.load(SeqCst), "threadfn ran before wake_up_process");
     assert!(wake_up_process(&task), "a created thread was not running");
-    wait_until(
-        "threadfn runs after wake_up_process",
-        Duration::from_secs(5),
-        || RAN.load(SeqCst),
+    assert!(
+        wait_for(Duration::from_secs(5), || RAN.load(SeqCst)),
+        "threadfn runs after wake_up_process"
     );
     assert_eq!(kthread_stop(&task), 7);
 }
@@ -86,9 +88,10 @@ fn kthread_run_names_the_thread_and_kthread_stop_returns_the_result() {
         });
     assert!(found, "mykthread0 not in /proc/self/task/*/comm");
     assert_eq!(comm_of(tid).as_deref(), Some("mykthread0"));
-    wait_until("thread started", Duration::from_secs(5), || {
-        SEEN_PID.load(SeqCst) != 0
-    });
+    assert!(
+        wait_for(Duration::from_secs(5), || { SEEN_PID.load(SeqCst) != 0 }),
+        "thread started"
+    );
     assert_eq!(SEEN_PID.load(SeqCst), tid, "pid() is the thread's tid");
     assert_eq!(kthread_stop(&task), 42);
     assert!(task.has_exited());
@@ -131,7 +134,10 @@ fn a_thread_stopped_before_it_was_woken_never_runs_and_returns_eintr() {
 fn a_thread_that_returns_by_itself_still_gives_its_result_to_kthread_stop() {
     watchdog();
     let task = kthread_run!(|x: i32| x * 2, 21, "selfexit").unwrap();
-    wait_until("thread exits", Duration::from_secs(5), || task.has_exited());
+    assert!(
+        wait_for(Duration::from_secs(5), || task.has_exited()),
+        "thread exits"
+    );
     assert_eq!(kthread_stop(&task), 42);
 }
 
@@ -148,7 +154,10 @@ fn kthread_stop_interrupts_wait_event_interruptible() {
         "interruptible"
     )
     .unwrap();
-    wait_until("thread sleeps", Duration::from_secs(5), || WQ.active());
+    assert!(
+        wait_for(Duration::from_secs(5), || WQ.active()),
+        "thread sleeps"
+    );
     assert_eq!(kthread_stop(&task), -ERESTARTSYS);
 }
 
@@ -168,13 +177,15 @@ fn wake_up_process_makes_a_sleeping_kthread_recheck_its_condition() {
         "rechecks"
     )
     .unwrap();
-    wait_until("thread sleeps", Duration::from_secs(5), || WQ.active());
+    assert!(
+        wait_for(Duration::from_secs(5), || WQ.active()),
+        "thread sleeps"
+    );
     FLAG.store(true, SeqCst);
     wake_up_process(&task);
-    wait_until(
-        "thread rechecked and exited",
-        Duration::from_secs(5),
-        || task.has_exited(),
+    assert!(
+        wait_for(Duration::from_secs(5), || task.has_exited()),
+        "thread rechecked and exited"
     );
     assert_eq!(kthread_stop(&task), 1);
 }
@@ -192,7 +203,10 @@ fn kthread_stop_wakes_a_wait_event_whose_condition_checks_kthread_should_stop() 
         "stopcond"
     )
     .unwrap();
-    wait_until("thread sleeps", Duration::from_secs(5), || WQ.active());
+    assert!(
+        wait_for(Duration::from_secs(5), || WQ.active()),
+        "thread sleeps"
+    );
     assert_eq!(kthread_stop(&task), 5);
 }
 
@@ -224,9 +238,10 @@ fn exercise_6_two_wait_queues_and_two_atomic_flags() {
     let cap = deferred::kernel::printk::capture();
     // kthread_mod_init
     let task = kthread_run!(my_thread_f, (), "{}kthread{}", "my", 0).unwrap();
-    wait_until("thread ran", Duration::from_secs(5), || {
-        THREAD_PID.load(SeqCst) != 0
-    });
+    assert!(
+        wait_for(Duration::from_secs(5), || { THREAD_PID.load(SeqCst) != 0 }),
+        "thread ran"
+    );
     thread::sleep(Duration::from_millis(100));
     assert_eq!(
         FLAG_THREAD_TERMINATED.read(),

@@ -260,9 +260,10 @@ fn a_panicking_work_handler_is_an_oops_and_the_worker_goes_on() {
     assert_eq!(texts[at + 2], format!("Workqueue: events {name}"));
     // The worker is alive: the same item runs again, on the same queue.
     assert!(schedule_work(item.as_ref()));
-    wait_for("the second run", Duration::from_secs(10), || {
-        item.runs.load(SeqCst) == 2
-    });
+    assert!(
+        wait_for(Duration::from_secs(10), || { item.runs.load(SeqCst) == 2 }),
+        "the second run"
+    );
     flush_scheduled_work();
     drop(item); // Work::drop: nothing left running, nothing to wait for
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use deferred::kernel::jiffies::jiffies;
 use deferred::kernel::printk::{self, SLOTS};
 use deferred::kernel::timer::{Timer, TimerList};
-use runtime_common::{assert_no_softirq_allocations, setup, wait_until};
+use runtime_common::{assert_no_softirq_allocations, setup, wait_for};
 
 fn chatty(t: &Timer<AtomicU64>) {
     let c = deferred::kernel::sched::current();
@@ -38,7 +38,7 @@ fn lines_printed_in_the_signal_handler_arrive_in_order_as_dmesg_lines() {
     deferred::pr_info!("[printk_test] before");
     let t = TimerList::new(chatty, AtomicU64::new(0));
     t.mod_timer(jiffies() + 1);
-    assert!(wait_until(Duration::from_secs(3), || t.data().load(SeqCst) == 1));
+    assert!(wait_for(Duration::from_secs(3), || t.data().load(SeqCst) == 1));
     deferred::pr_info!("[printk_test] after");
     let lines: Vec<_> = cap
         .lines()

@@ -16,7 +16,7 @@ use deferred::kernel::spinlock::SpinLock;
 use deferred::kernel::tasklet::Tasklet;
 use deferred::kernel::timer::{Timer, TimerList};
 use deferred::kernel::workqueue::{Work, flush_scheduled_work, schedule_work};
-use runtime_common::{assert_no_softirq_allocations, setup, wait_until};
+use runtime_common::{assert_no_softirq_allocations, setup, wait_for};
 
 const TIMERS: usize = 200;
 /// Timers below this index are re-armed by their handlers only.
@@ -176,7 +176,7 @@ fn many_timers_rearming_with_process_threads_sharing_locks() {
     STOP.store(true, SeqCst);
     // Let every pending arm fire (handlers no longer re-arm).
     assert!(
-        wait_until(Duration::from_secs(10), || timers
+        wait_for(Duration::from_secs(10), || timers
             .iter()
             .all(|t| !t.timer_pending())),
         "timers still pending long after their expiry"

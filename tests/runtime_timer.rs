@@ -11,14 +11,17 @@ use deferred::kernel::sched;
 use deferred::kernel::softirq;
 use deferred::kernel::spinlock::SpinLock;
 use deferred::kernel::timer::{Timer, TimerList};
-use runtime_common::{assert_no_softirq_allocations, setup, wait_until};
+use runtime_common::{assert_no_softirq_allocations, setup, wait_for, wait_past};
 
 struct Rec {
     count: AtomicU64,
     at: AtomicU64,
     in_softirq: AtomicBool,
     tid: AtomicI32,
+    /// `current().comm()` in the handler.
     comm: SpinLock<[u8; 16]>,
+    /// The kernel's name of the interrupted thread, read in the handler (`PR_GET_NAME`).
+    kernel_comm: SpinLock<[u8; 16]>,
 }
 
 impl Default for Rec {
@@ -29,6 +32,7 @@ impl Default for Rec {
             in_softirq: AtomicBool::new(false),
             tid: AtomicI32::new(0),
             comm: SpinLock::new("rec_comm", [0; 16]),
+            kernel_comm: SpinLock::new("rec_kernel_comm", [0; 16]),
         }
     }
 }
@@ -43,6 +47,11 @@ fn record(t: &Timer<Rec>) {
     let mut comm = r.comm.lock();
     comm[..name.as_str().len()].copy_from_slice(name.as_str().as_bytes());
     drop(comm);
+    let mut kernel_comm = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes (NUL included) into the buffer; a plain
+    // system call, allocation-free, fine in the handler.
+    unsafe { libc::prctl(libc::PR_GET_NAME, kernel_comm.as_mut_ptr()) };
+    *r.kernel_comm.lock() = kernel_comm;
     r.tid.store(c.pid(), SeqCst);
     r.count.fetch_add(1, SeqCst);
 }
@@ -54,12 +63,12 @@ fn one_shot_fires_once_not_before_its_jiffy() {
     let expires = jiffies() + msecs_to_jiffies(100);
     assert!(!t.mod_timer(expires), "a new timer was not pending");
     assert!(t.timer_pending());
-    assert!(wait_until(Duration::from_secs(3), || t
+    assert!(wait_for(Duration::from_secs(3), || t
         .data()
         .count
         .load(SeqCst)
         == 1));
-    std::thread::sleep(Duration::from_millis(150));
+    wait_past(jiffies() + 1);
     assert_eq!(
         t.data().count.load(SeqCst),
         1,
@@ -74,19 +83,17 @@ fn one_shot_fires_once_not_before_its_jiffy() {
         "handler runs in softirq context"
     );
     assert!(!t.timer_pending());
-    // `current` in the handler is the interrupted thread of this process, with its name.
+    // `current` in the handler is the interrupted thread of this process, with its name (as
+    // the kernel names that thread at that moment: it may have exited since).
     let tid = t.data().tid.load(SeqCst);
-    let recorded = *t.data().comm.lock_bh();
-    let end = recorded.iter().position(|&b| b == 0).unwrap_or(16);
-    let recorded = String::from_utf8_lossy(&recorded[..end]).into_owned();
-    let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"));
-    if let Ok(comm) = comm {
-        assert_eq!(
-            comm.trim_end(),
-            recorded,
-            "comm of the interrupted thread {tid}"
-        );
-    }
+    let name = |b: [u8; 16]| {
+        let end = b.iter().position(|&c| c == 0).unwrap_or(16);
+        String::from_utf8_lossy(&b[..end]).into_owned()
+    };
+    let recorded = name(*t.data().comm.lock_bh());
+    let kernel = name(*t.data().kernel_comm.lock_bh());
+    assert!(!kernel.is_empty(), "the handler read no thread name");
+    assert_eq!(recorded, kernel, "comm of the interrupted thread {tid}");
     assert_no_softirq_allocations();
 }
 
@@ -99,7 +106,7 @@ fn mod_timer_moves_a_pending_timer_and_says_it_was_pending() {
     let near = jiffies() + msecs_to_jiffies(40);
     assert!(t.mod_timer(near), "mod_timer on a pending timer returns 1");
     assert_eq!(t.expires(), near);
-    assert!(wait_until(Duration::from_secs(3), || t
+    assert!(wait_for(Duration::from_secs(3), || t
         .data()
         .count
         .load(SeqCst)
@@ -117,10 +124,11 @@ fn mod_timer_moves_a_pending_timer_and_says_it_was_pending() {
 fn del_timer_prevents_firing() {
     let _g = setup();
     let t = TimerList::new(record, Rec::default());
-    t.mod_timer(jiffies() + msecs_to_jiffies(40));
+    let expires = jiffies() + msecs_to_jiffies(40);
+    t.mod_timer(expires);
     assert!(t.del_timer(), "was pending");
     assert!(!t.del_timer(), "no longer pending");
-    std::thread::sleep(Duration::from_millis(200));
+    wait_past(expires);
     assert_eq!(t.data().count.load(SeqCst), 0);
 }
 
@@ -152,7 +160,7 @@ fn del_timer_sync_waits_for_a_handler_running_on_another_thread() {
         },
     );
     t.mod_timer(jiffies() + 1);
-    assert!(wait_until(Duration::from_secs(3), || t
+    assert!(wait_for(Duration::from_secs(3), || t
         .data()
         .started
         .load(SeqCst)));
@@ -189,12 +197,12 @@ fn del_timer_sync_from_its_own_handler_warns_instead_of_deadlocking() {
         },
     );
     t.mod_timer(jiffies() + 1);
-    assert!(wait_until(Duration::from_secs(3), || t
+    assert!(wait_for(Duration::from_secs(3), || t
         .data()
         .ran
         .load(SeqCst)
         == 1));
-    assert!(wait_until(Duration::from_secs(3), || cap.contains("own handler")));
+    assert!(wait_for(Duration::from_secs(3), || cap.contains("own handler")));
     let texts = cap.texts();
     let i = texts
         .iter()
@@ -236,14 +244,15 @@ fn periodic_timer_rearms_from_its_handler() {
         },
     );
     t.mod_timer(jiffies() + 1);
-    assert!(wait_until(Duration::from_secs(5), || t
+    assert!(wait_for(Duration::from_secs(5), || t
         .data()
         .count
         .load(SeqCst)
         == 8));
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(t.data().count.load(SeqCst), 8);
+    // The eighth run did not re-arm: nothing can run it again.
     assert!(!t.timer_pending());
+    wait_past(jiffies() + 2);
+    assert_eq!(t.data().count.load(SeqCst), 8);
     assert_no_softirq_allocations();
 }
 
@@ -262,7 +271,7 @@ fn tickless_no_interrupts_while_nothing_is_pending() {
     // And a pending timer does interrupt.
     let t = TimerList::new(record, Rec::default());
     t.mod_timer(jiffies() + 2);
-    assert!(wait_until(Duration::from_secs(3), || t
+    assert!(wait_for(Duration::from_secs(3), || t
         .data()
         .count
         .load(SeqCst)
@@ -273,14 +282,18 @@ fn tickless_no_interrupts_while_nothing_is_pending() {
 #[test]
 fn drop_stops_a_pending_timer() {
     let _g = setup();
-    let fired = {
-        let t = TimerList::new(record, Rec::default());
-        t.mod_timer(jiffies() + msecs_to_jiffies(30));
+    static FIRED: AtomicU64 = AtomicU64::new(0);
+    fn fire(_: &Timer<()>) {
+        FIRED.fetch_add(1, SeqCst);
+    }
+    let expires = jiffies() + msecs_to_jiffies(30);
+    {
+        let t = TimerList::new(fire, ());
+        t.mod_timer(expires);
         assert!(t.timer_pending());
-        t.data().count.load(SeqCst)
-    };
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(fired, 0);
+    }
+    wait_past(expires);
+    assert_eq!(FIRED.load(SeqCst), 0, "a dropped timer fired");
 }
 
 #[test]
@@ -293,7 +306,7 @@ fn timers_on_consecutive_jiffies_each_fire_in_their_own_jiffy_or_later() {
     for (i, t) in timers.iter().enumerate() {
         t.mod_timer(base + 2 + i as u64);
     }
-    assert!(wait_until(Duration::from_secs(5), || timers
+    assert!(wait_for(Duration::from_secs(5), || timers
         .iter()
         .all(|t| t.data().count.load(SeqCst) == 1)));
     for (i, t) in timers.iter().enumerate() {
@@ -337,7 +350,7 @@ fn timers_fire_promptly_after_their_jiffy() {
     for (i, t) in timers.iter().enumerate() {
         t.mod_timer(base + 2 + (i as u64 * 7) % 50);
     }
-    assert!(wait_until(Duration::from_secs(5), || timers
+    assert!(wait_for(Duration::from_secs(5), || timers
         .iter()
         .all(|t| t.data().fired.load(SeqCst))));
     let mut late: Vec<u64> = timers

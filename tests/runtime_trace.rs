@@ -76,15 +76,19 @@ fn a_timer_queueing_a_tasklet_and_work_is_traced_in_order_and_context() {
     trace::set_enabled(trace::ALL);
     let timer = TimerList::new(traced_timer, ());
     timer.mod_timer(jiffies() + 2);
-    wait_for("the work ran", Duration::from_secs(5), || {
-        DEV.worked.load(SeqCst)
-    });
+    assert!(
+        wait_for(Duration::from_secs(5), || DEV.worked.load(SeqCst)),
+        "the work ran"
+    );
     // The work's end is recorded after its handler returns.
     let mut rs = Vec::new();
-    wait_for("execute_end recorded", Duration::from_secs(5), || {
-        rs.extend(drain());
-        rs.iter().any(|r| r.event == Event::WorkqueueExecuteEnd)
-    });
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            rs.extend(drain());
+            rs.iter().any(|r| r.event == Event::WorkqueueExecuteEnd)
+        }),
+        "execute_end recorded"
+    );
     trace::set_enabled(0);
     let lines: Vec<String> = rs.iter().map(line).collect();
     let all = lines.join("\n");
@@ -133,11 +137,7 @@ fn a_timer_queueing_a_tasklet_and_work_is_traced_in_order_and_context() {
     position(&rs, tasklet, |r| is(r, Event::TaskletExit));
     // The work on a worker, in process context.
     let run = position(&rs, queued, |r| is(r, Event::WorkqueueExecuteStart));
-    assert!(
-        rs[run].comm.as_str().starts_with("events/"),
-        "{}",
-        lines[run]
-    );
+    assert!(rs[run].comm().starts_with("events/"), "{}", lines[run]);
     assert_eq!(&rs[run].flags(), b".....");
     assert!(
         lines[run].ends_with("function traced_work"),
@@ -160,9 +160,10 @@ fn off_records_nothing_and_the_filter_keeps_only_what_it_names() {
     trace::set_enabled(0);
     let t = TimerList::new(fired, AtomicBool::new(false));
     t.mod_timer(jiffies() + 1);
-    wait_for("the timer fired", Duration::from_secs(5), || {
-        t.data().load(SeqCst)
-    });
+    assert!(
+        wait_for(Duration::from_secs(5), || t.data().load(SeqCst)),
+        "the timer fired"
+    );
     pr_info!("not traced");
     assert_eq!(drain().len(), 0, "tracing off records nothing");
 
@@ -171,9 +172,10 @@ fn off_records_nothing_and_the_filter_keeps_only_what_it_names() {
     t.data().store(false, SeqCst);
     t.timer_setup(fired);
     t.mod_timer(jiffies() + 1);
-    wait_for("the timer fired", Duration::from_secs(5), || {
-        t.data().load(SeqCst)
-    });
+    assert!(
+        wait_for(Duration::from_secs(5), || t.data().load(SeqCst)),
+        "the timer fired"
+    );
     trace::set_enabled(0);
     let rs = drain();
     assert!(rs.iter().any(|r| r.event == Event::TimerStart));

@@ -7,12 +7,17 @@ use std::time::{Duration, Instant};
 
 use deferred::kernel::atomic::Atomic;
 use deferred::kernel::jiffies::{HZ, msecs_to_jiffies};
+use deferred::kernel::sched;
 use deferred::kernel::softirq::{local_bh_disable, local_bh_enable};
 use deferred::kernel::wait::{
     WaitQueueHead, wait_event, wait_event_interruptible, wait_event_timeout, wake_up, wake_up_all,
     wake_up_interruptible,
 };
 use deferred::kernel::{alloc, printk};
+
+#[path = "common/wait.rs"]
+mod wait;
+use wait::{in_futex, wait_for};
 
 #[global_allocator]
 static ALLOC: alloc::CountingAllocator = alloc::CountingAllocator;
@@ -99,18 +104,24 @@ fn wake_up_all_wakes_every_sleeper() {
         static WQ: WaitQueueHead = WaitQueueHead::new();
         static GO: AtomicBool = AtomicBool::new(false);
         static AWAKE: Atomic = Atomic::new(0);
+        let (tx, rx) = mpsc::channel();
         let sleepers: Vec<_> = (0..4)
             .map(|_| {
-                thread::spawn(|| {
+                let tx = tx.clone();
+                thread::spawn(move || {
+                    tx.send(sched::gettid()).unwrap();
                     wait_event(&WQ, || GO.load(SeqCst));
                     AWAKE.inc();
                 })
             })
             .collect();
-        while !WQ.active() {
-            thread::sleep(Duration::from_millis(5));
-        }
-        thread::sleep(Duration::from_millis(50));
+        let tids: Vec<i32> = rx.iter().take(4).collect();
+        // Every sleeper asleep: blocked in futex(2) (what wait_event sleeps in).
+        assert!(
+            wait_for(Duration::from_secs(5), || WQ.active()
+                && tids.iter().all(|&t| in_futex(t))),
+            "not every sleeper asleep"
+        );
         GO.store(true, SeqCst);
         wake_up_all(&WQ);
         for s in sleepers {
@@ -188,9 +199,10 @@ fn wake_up_from_a_signal_handler_wakes_the_sleeper_without_allocating() {
     let sleeper = thread::spawn(|| {
         wait_event(&WQ, || FLAG.read() == 1);
     });
-    while !WQ.active() {
-        thread::sleep(Duration::from_millis(5));
-    }
+    assert!(
+        wait_for(Duration::from_secs(5), || WQ.active()),
+        "no sleeper"
+    );
     // SAFETY: signalling our own process; the handler is installed.
     unsafe { libc::kill(libc::getpid(), libc::SIGUSR2) };
     within(Duration::from_secs(10), "signal wake-up", move || {

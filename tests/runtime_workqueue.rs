@@ -17,7 +17,7 @@ use deferred::kernel::workqueue::{
 use deferred::{impl_has_work, kernel};
 
 mod runtime_common;
-use runtime_common::{wait_for as wait_until, watchdog};
+use runtime_common::{wait_for, watchdog};
 
 fn start() {
     watchdog();
@@ -151,9 +151,10 @@ fn a_work_queued_while_pending_is_queued_once() {
     let gate = Box::pin(Gate::new());
     let dev = Box::pin(MyDeviceData::new(1));
     assert!(queue_work(&wq, gate.as_ref()));
-    wait_until("gate entered", Duration::from_secs(5), || {
-        gate.entered.load(SeqCst)
-    });
+    assert!(
+        wait_for(Duration::from_secs(5), || { gate.entered.load(SeqCst) }),
+        "gate entered"
+    );
     assert!(queue_work(&wq, dev.as_ref()), "first queue_work");
     assert!(
         !queue_work(&wq, dev.as_ref()),
@@ -179,9 +180,10 @@ fn cancel_work_sync_on_pending_work_means_it_never_runs() {
     let gate = Box::pin(Gate::new());
     let dev = Box::pin(MyDeviceData::new(2));
     queue_work(&wq, gate.as_ref());
-    wait_until("gate entered", Duration::from_secs(5), || {
-        gate.entered.load(SeqCst)
-    });
+    assert!(
+        wait_for(Duration::from_secs(5), || { gate.entered.load(SeqCst) }),
+        "gate entered"
+    );
     assert!(queue_work(&wq, dev.as_ref()));
     assert!(cancel_work_sync(&dev.my_work), "was pending");
     assert!(!dev.my_work.pending());
@@ -193,9 +195,10 @@ fn cancel_work_sync_on_pending_work_means_it_never_runs() {
     // Cancelled while still linked, then queued again: runs exactly once.
     let gate2 = Box::pin(Gate::new());
     queue_work(&wq, gate2.as_ref());
-    wait_until("gate entered", Duration::from_secs(5), || {
-        gate2.entered.load(SeqCst)
-    });
+    assert!(
+        wait_for(Duration::from_secs(5), || { gate2.entered.load(SeqCst) }),
+        "gate entered"
+    );
     assert!(queue_work(&wq, dev.as_ref()));
     assert!(cancel_work_sync(&dev.my_work));
     assert!(queue_work(&wq, dev.as_ref()), "re-queue after cancel");
@@ -225,9 +228,10 @@ fn cancel_work_sync_on_running_work_waits_until_it_finished() {
         finished: AtomicBool::new(false),
     });
     assert!(schedule_work(slow.as_ref()));
-    wait_until("handler started", Duration::from_secs(5), || {
-        slow.started.load(SeqCst)
-    });
+    assert!(
+        wait_for(Duration::from_secs(5), || { slow.started.load(SeqCst) }),
+        "handler started"
+    );
     assert!(!slow.finished.load(SeqCst));
     assert!(!cancel_work_sync(&slow.work), "running, not pending");
     assert!(
@@ -352,9 +356,10 @@ fn destroy_workqueue_drains_and_its_workers_are_gone() {
     }
     destroy_workqueue(wq);
     assert_eq!(DONE.load(SeqCst), 5, "destroy_workqueue did not drain");
-    wait_until("worker gone", Duration::from_secs(5), || {
-        comm_of(tid).is_none()
-    });
+    assert!(
+        wait_for(Duration::from_secs(5), || { comm_of(tid).is_none() }),
+        "worker gone"
+    );
 }
 
 /// Two work items in one container, told apart by their ID.
@@ -394,9 +399,10 @@ fn dropping_a_container_cancels_its_pending_work() {
     let wq = create_singlethread_workqueue("drop_wq").unwrap();
     let gate: &'static Gate = Box::leak(Box::new(Gate::new()));
     queue_work(&wq, Pin::static_ref(gate));
-    wait_until("gate entered", Duration::from_secs(5), || {
-        gate.entered.load(SeqCst)
-    });
+    assert!(
+        wait_for(Duration::from_secs(5), || { gate.entered.load(SeqCst) }),
+        "gate entered"
+    );
     let doomed = Box::pin(Counter {
         work: Work::new(|c: &Counter| {
             c.done.fetch_add(1, SeqCst);
@@ -440,9 +446,10 @@ fn a_handler_may_requeue_itself_and_cancel_work_sync_still_stops_it() {
     }));
     AGAIN.set(again).ok().unwrap();
     queue_work(&again.wq, Pin::static_ref(again));
-    wait_until("re-queued a few times", Duration::from_secs(5), || {
-        again.runs.load(SeqCst) > 5
-    });
+    assert!(
+        wait_for(Duration::from_secs(5), || { again.runs.load(SeqCst) > 5 }),
+        "re-queued a few times"
+    );
     cancel_work_sync(&again.work);
     let n = again.runs.load(SeqCst);
     msleep(100);

@@ -18,7 +18,7 @@ use deferred::kernel::workqueue::{
 use deferred::{impl_has_delayed_work, impl_has_work, kernel};
 
 mod runtime_common;
-use runtime_common::{wait_for as wait_until, watchdog};
+use runtime_common::{wait_for, watchdog};
 
 fn start() {
     watchdog();
@@ -70,9 +70,10 @@ fn delayed_work_runs_after_at_least_its_delay() {
         !schedule_delayed_work(dev.as_ref(), delay),
         "queued while pending: false"
     );
-    wait_until("delayed work ran", Duration::from_secs(10), || {
-        dev.runs.load(SeqCst) == 1
-    });
+    assert!(
+        wait_for(Duration::from_secs(10), || { dev.runs.load(SeqCst) == 1 }),
+        "delayed work ran"
+    );
     let ran_ns = dev.ran_at_ns.load(SeqCst);
     // Jiffies are 4 ms: the expiry is at least `delay` jiffies after j0, whose start may be up
     // to one jiffy before t0.
@@ -104,9 +105,10 @@ fn cancel_delayed_work_sync_prevents_it() {
     assert!(!cancel_delayed_work_sync(&dev.dwork));
     // And it can be scheduled again afterwards.
     assert!(schedule_delayed_work(dev.as_ref(), 1));
-    wait_until("re-scheduled work ran", Duration::from_secs(10), || {
-        dev.runs.load(SeqCst) == 1
-    });
+    assert!(
+        wait_for(Duration::from_secs(10), || { dev.runs.load(SeqCst) == 1 }),
+        "re-scheduled work ran"
+    );
 }
 
 #[test]
@@ -157,9 +159,10 @@ fn schedule_delayed_work_on_runs_on_that_cpus_worker() {
         dev.as_ref(),
         msecs_to_jiffies(20)
     ));
-    wait_until("ran", Duration::from_secs(10), || {
-        dev.runs.load(SeqCst) == 1
-    });
+    assert!(
+        wait_for(Duration::from_secs(10), || { dev.runs.load(SeqCst) == 1 }),
+        "ran"
+    );
     assert_eq!(*dev.comm.lock().unwrap(), format!("events/{cpu}"));
 }
 
@@ -226,10 +229,12 @@ fn work_queued_from_a_timer_handler_runs_and_nothing_allocates_in_softirq_contex
     let before_frees = alloc::softirq_frees();
     let timer = TimerList::new(lab_timer, &LAB);
     timer.mod_timer(jiffies() + 1);
-    wait_until(
-        "50 works queued from the timer",
-        Duration::from_secs(30),
-        || LAB.queued_from_softirq.load(SeqCst) >= 50,
+    assert!(
+        wait_for(Duration::from_secs(30), || LAB
+            .queued_from_softirq
+            .load(SeqCst)
+            >= 50),
+        "50 works queued from the timer"
     );
     flush_scheduled_work();
     drop(timer);
@@ -265,9 +270,10 @@ fn a_delayed_work_whose_queue_was_destroyed_does_not_run_and_can_be_dropped() {
         dev.dwork.timer_pending(),
         "destroy does not wait for a delay timer"
     );
-    wait_until("the timer fired", Duration::from_secs(10), || {
-        !dev.dwork.timer_pending()
-    });
+    assert!(
+        wait_for(Duration::from_secs(10), || { !dev.dwork.timer_pending() }),
+        "the timer fired"
+    );
     msleep(100);
     assert_eq!(dev.runs.load(SeqCst), 0);
     assert!(!dev.dwork.pending());
@@ -294,9 +300,10 @@ fn blocking_workqueue_calls_in_a_timer_handler_report_the_bug_and_return() {
     let allocs = alloc::softirq_allocations();
     let timer = TimerList::new(blocking_timer, ());
     timer.mod_timer(jiffies() + 1);
-    wait_until("the handler returned", Duration::from_secs(10), || {
-        DONE.load(SeqCst)
-    });
+    assert!(
+        wait_for(Duration::from_secs(10), || { DONE.load(SeqCst) }),
+        "the handler returned"
+    );
     drop(timer);
     assert!(cap.contains("BUG: sleeping function called from invalid context"));
     assert!(cap.contains("BUG: scheduling while atomic"));

@@ -1,24 +1,19 @@
 //! Counted process references: dead detection (zombies included), PID reuse, threads, scale.
 
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deferred::kernel::error::Error;
 use deferred::kernel::task::{TaskRef, TaskWatch};
+#[path = "common/wait.rs"]
+mod wait;
+use wait::wait_for;
 
 fn sleeper() -> Child {
     Command::new("sleep")
         .arg("60")
         .spawn()
         .expect("spawn sleep")
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 #[test]
@@ -39,7 +34,10 @@ fn a_zombie_counts_as_dead_and_so_does_a_reaped_process() {
     let task = TaskRef::get(child.id() as i32).unwrap();
     child.kill().unwrap();
     // Not reaped yet: a zombie. TASK_DEAD covers it.
-    wait_until("zombie seen as dead", || task.is_dead());
+    assert!(
+        wait_for(Duration::from_secs(10), || task.is_dead()),
+        "zombie seen as dead"
+    );
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
     assert!(
         stat.contains(") Z "),
@@ -130,7 +128,10 @@ fn a_thread_id_is_watched_as_that_thread() {
     assert!(!task.is_dead());
     stop_tx.send(()).unwrap();
     handle.join().unwrap();
-    wait_until("exited thread seen as dead", || task.is_dead());
+    assert!(
+        wait_for(Duration::from_secs(10), || task.is_dead()),
+        "exited thread seen as dead"
+    );
 }
 
 #[test]
@@ -144,11 +145,14 @@ fn watch_reports_exactly_the_exited_processes() {
         children[i as usize].kill().unwrap();
     }
     let mut got = Vec::new();
-    wait_until("all killed children reported", || {
-        let n = watch.ready(&mut out);
-        got.extend_from_slice(&out[..n]);
-        got.len() >= killed.len()
-    });
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let n = watch.ready(&mut out);
+            got.extend_from_slice(&out[..n]);
+            got.len() >= killed.len()
+        }),
+        "all killed children reported"
+    );
     got.sort_unstable();
     assert_eq!(got, killed, "each exited process once, and only those");
     assert_eq!(watch.ready(&mut out), 0, "an exit reported twice");
@@ -178,9 +182,12 @@ fn watched_and_killed(n: usize) -> (Vec<Child>, TaskWatch, Vec<TaskRef>) {
     for c in &mut children {
         c.kill().unwrap();
     }
-    wait_until("all watched children dead", || {
-        refs.iter().all(TaskRef::is_dead)
-    });
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            refs.iter().all(TaskRef::is_dead)
+        }),
+        "all watched children dead"
+    );
     (children, watch, refs)
 }
 

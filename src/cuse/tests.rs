@@ -22,6 +22,10 @@ use crate::kernel::fs::{File, FileOperations};
 use std::sync::Mutex;
 use std::sync::mpsc;
 
+#[path = "../../tests/common/wait.rs"]
+mod wait;
+use wait::wait_for;
+
 /// Records every call; ioctl 0x6b64 blocks while `hold` is set.
 #[derive(Default)]
 struct Recorder {
@@ -42,15 +46,11 @@ impl Recorder {
 }
 
 /// Waits for `cond`, failing the test (`what` not reached) after 5 s.
-fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "{what}: not reached in 5 s"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    assert!(
+        wait_for(Duration::from_secs(5), cond),
+        "{what}: not reached in 5 s"
+    );
 }
 
 impl FileOperations for Recorder {
@@ -420,27 +420,25 @@ fn spins_that_find_no_request_back_off() {
             server.spin_skip.load(Ordering::Relaxed),
         )
     };
-    // Requests 20 ms apart: every spin runs out. Passed-up chances double: 1, 2, 4, ...
-    let mut seen = Vec::new();
-    for unique in 70..78u64 {
+    // Each request sent once the previous one's spin has run out (or its chance was passed
+    // up): every spin runs out. Passed-up chances double: 1, 2, 4, ...
+    let want = [
+        (1, 1),
+        (1, 0),
+        (2, 2),
+        (2, 1),
+        (2, 0),
+        (3, 4),
+        (3, 3),
+        (3, 2),
+    ];
+    for (unique, want) in (70..78u64).zip(want) {
         k.ioctl(unique, 1, 0, 0x6b02, 0);
         assert_eq!(k.recv().0.unique, unique);
-        std::thread::sleep(Duration::from_millis(20));
-        seen.push(misses());
+        eventually(&format!("{want:?} after request {unique}"), || {
+            misses() == want
+        });
     }
-    assert_eq!(
-        seen,
-        [
-            (1, 1),
-            (1, 0),
-            (2, 2),
-            (2, 1),
-            (2, 0),
-            (3, 4),
-            (3, 3),
-            (3, 2)
-        ]
-    );
     server.spun(true);
     assert_eq!(
         misses().0,
@@ -563,7 +561,12 @@ fn stop_interrupts_readers_asleep_in_read() {
         let (dev, k, rec) = start(8);
         k.ioctl(40, 1, 0, 0x6b02, 0);
         assert_eq!(k.recv().0.unique, 40);
-        std::thread::sleep(Duration::from_millis(50)); // all 8 asleep in read(2)
+        // The answering reader's spin has run out: every reader is in read(2), or on its way.
+        let server = dev.server.clone().unwrap();
+        eventually("the spin ran out", || {
+            server.spin_misses.load(Ordering::Relaxed) == 1
+        });
+        drop(server);
         let t0 = Instant::now();
         let gone = dev.gone.clone();
         dev.stop();

@@ -6,9 +6,15 @@
 //! hard or soft interrupt context (its preemption count says so: a `const` thread-local, so the
 //! check itself never allocates). Test binaries and the daemon install it:
 //!
-//! ```ignore
+//! ```
 //! #[global_allocator]
 //! static ALLOC: deferred::kernel::alloc::CountingAllocator = deferred::kernel::alloc::CountingAllocator;
+//!
+//! fn main() {
+//!     let v = vec![0u8; 64]; // process context: allowed, not counted
+//!     drop(v);
+//!     assert_eq!(deferred::kernel::alloc::softirq_allocations(), 0);
+//! }
 //! ```
 //!
 //! and the tests assert [`softirq_allocations()`] reads 0 after stress.

@@ -17,11 +17,13 @@
 //! kernel's words, `** N printk messages dropped **`, before the next line it prints.
 //!
 //! # Ground rules (the ring, shared with signal context)
-//! - The lines go into a [`Ring`] (lock-free MPSC, see its rules); its one consumer is whoever
-//!   holds `CONSUMER` (a std mutex: process context only, the console thread or [`flush`]).
-//! - A producer never waits: a full ring drops the line and counts it in `DROPPED`.
-//! - Wake-up of the console: a futex word bumped after every publish and woken when the console
-//!   sleeps (`futex(2)` is a plain syscall, async-signal-safe). The console never polls on a timer.
+//! - The ring is a bounded MPSC queue (Vyukov's) and the console's wake-up a doorbell, both in
+//!   [`crate::kernel::sync::ring`], whose ground rules they follow (and whose loom models check
+//!   them). A producer never waits: a full ring drops the line and counts it in `DROPPED`.
+//! - The consumer side is serialised by `CONSUMER` (a std mutex: process context only, the
+//!   console thread or [`flush`]).
+//! - The doorbell's sleep and wake are `futex(2)` calls (a plain syscall, async-signal-safe).
+//!   The console never polls on a timer.
 
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
@@ -29,11 +31,11 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize,
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::kernel::jiffies;
-use crate::kernel::ring::Ring;
+use crate::kernel::sync::ring::{self, Doorbell, Ring};
 use crate::sys::futex;
 
 /// Longest line kept (bytes); longer lines are truncated on a character boundary.
-pub const LINE_MAX: usize = 240;
+pub const LINE_MAX: usize = ring::LINE_MAX;
 /// Slots in the ring.
 pub const SLOTS: usize = 2048;
 
@@ -84,25 +86,15 @@ impl Level {
     }
 }
 
-/// One line in the ring.
-#[derive(Clone, Copy)]
-struct Entry {
-    level: u8,
-    ts_ns: u64,
-    len: u16,
-    text: [u8; LINE_MAX],
-}
-
-static RING: Ring<Entry, SLOTS> = Ring::new();
+/// The ring and its algorithm: [`crate::kernel::sync::ring`] (model-checked under loom).
+static RING: Ring<ring::Record, SLOTS> = Ring::new();
+/// Rung after each publish; the console sleeps on it when idle.
+static BELL: Doorbell = Doorbell::new();
 
 /// Lines lost because the ring was full.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
-/// Futex word bumped after each publish.
-static WAKE: AtomicU32 = AtomicU32::new(0);
 /// Futex word bumped when the ring reaches half full: wakes a console letting lines gather.
 static URGENT: AtomicU32 = AtomicU32::new(0);
-/// 1 while the console thread sleeps on `WAKE`.
-static CONSOLE_WAITING: AtomicU32 = AtomicU32::new(0);
 static CONSOLE_STARTED: AtomicBool = AtomicBool::new(false);
 /// The registered console's lowest priority plus one (0: none registered; 255: prints nothing),
 /// for [`flush_on_panic`], which cannot take `CONSUMER`.
@@ -288,25 +280,18 @@ impl fmt::Write for LineBuf {
 /// Push one line into the ring. Async-signal-safe, lock-free, never allocates.
 /// Returns false if the ring was full (the line is counted as dropped).
 pub fn push(level: Level, ts_ns: u64, text: &[u8]) -> bool {
-    let pushed = RING.push_with(|| {
+    let pushed = RING.push(|r| {
         let n = text.len().min(LINE_MAX);
-        let mut e = Entry {
-            level: level as u8,
-            ts_ns,
-            len: n as u16,
-            text: [0; LINE_MAX],
-        };
-        e.text[..n].copy_from_slice(&text[..n]);
-        e
+        r.level = level as u8;
+        r.ts_ns = ts_ns;
+        r.len = n as u16;
+        r.text[..n].copy_from_slice(&text[..n]);
     });
     let Some(pos) = pushed else {
         DROPPED.fetch_add(1, Ordering::Relaxed);
         return false;
     };
-    WAKE.fetch_add(1, Ordering::SeqCst);
-    if CONSOLE_WAITING.load(Ordering::SeqCst) != 0 {
-        futex::wake(&WAKE, i32::MAX);
-    }
+    BELL.ring();
     // The line that fills the ring to half wakes the console even while it lets lines gather
     // (one producer claims that position: one wake-up).
     if (pos + 1).wrapping_sub(RING.head()) == HALF_FULL {
@@ -365,17 +350,15 @@ fn drain_ring(c: &mut Consumer, until: Option<u64>) {
         if until.is_some_and(|u| RING.head() >= u) {
             return;
         }
-        // SAFETY: the caller holds CONSUMER: ours is the only pop.
-        let Some(e) = (unsafe { RING.pop() }) else {
+        // SAFETY: we are the only consumer (the caller holds CONSUMER).
+        let printed = unsafe { RING.pop(|r| c.print(Level::from_u8(r.level), r.ts_ns, r.text())) };
+        if printed.is_none() {
             // Not published yet.
             if until.is_none() || jiffies::monotonic_ns() > deadline {
                 return;
             }
             std::thread::yield_now();
-            continue;
-        };
-        let len = (e.len as usize).min(LINE_MAX);
-        c.print(Level::from_u8(e.level), e.ts_ns, &e.text[..len]);
+        }
     }
 }
 
@@ -398,20 +381,25 @@ pub(crate) fn flush_on_panic() {
     let tail = RING.tail();
     let mut pos = WRITTEN.load(Ordering::Acquire);
     while pos < tail {
-        // SAFETY: the panic path accepts the one race `peek` has (a producer re-claiming the
-        // slot while it is read): the process ends right after, and an entry is plain bytes,
-        // so at worst a garbled line.
-        if let Some(e) = unsafe { RING.peek(pos) }
-            && e.level <= max
-        {
-            let mut line = [0u8; 32 + 1 + LINE_MAX + 1];
-            let len = (e.len as usize).min(LINE_MAX);
-            let (stamp, n) = Stamp(e.ts_ns).bytes();
-            line[..n].copy_from_slice(&stamp[..n]);
-            line[n] = b' ';
-            line[n + 1..n + 1 + len].copy_from_slice(&e.text[..len]);
-            line[n + 1 + len] = b'\n';
-            crate::kernel::panic::write_all(&line[..n + len + 2]);
+        let mut line = [0u8; 32 + 1 + LINE_MAX + 1];
+        // SAFETY: the panic path accepts that one last race (see `Ring::peek`): the process
+        // ends right after, and a slot is plain bytes, so at worst a garbled line.
+        let len = unsafe {
+            RING.peek(pos, |r| {
+                if r.level > max {
+                    return 0;
+                }
+                let (stamp, n) = Stamp(r.ts_ns).bytes();
+                let text = r.text();
+                line[..n].copy_from_slice(&stamp[..n]);
+                line[n] = b' ';
+                line[n + 1..n + 1 + text.len()].copy_from_slice(text);
+                line[n + 1 + text.len()] = b'\n';
+                n + text.len() + 2
+            })
+        };
+        if let Some(len) = len.filter(|&l| l > 0) {
+            crate::kernel::panic::write_all(&line[..len]);
         }
         pos += 1;
     }
@@ -462,7 +450,7 @@ const HALF_FULL: u64 = SLOTS as u64 / 2;
 fn console_thread() {
     crate::kernel::sched::set_comm("printk");
     loop {
-        let seen = WAKE.load(Ordering::SeqCst);
+        let seen = BELL.seen();
         {
             let mut c = CONSUMER.lock().unwrap_or_else(|e| e.into_inner());
             drain(&mut c, None);
@@ -474,15 +462,11 @@ fn console_thread() {
         while URGENT.load(Ordering::SeqCst) == urgent && jiffies::monotonic_ns() < deadline {
             futex::wait(&URGENT, urgent, Some(deadline));
         }
-        if WAKE.load(Ordering::SeqCst) != seen {
+        if BELL.seen() != seen {
             continue;
         }
         // Quiet for a while: sleep until woken (tickless when idle).
-        CONSOLE_WAITING.store(1, Ordering::SeqCst);
-        if WAKE.load(Ordering::SeqCst) == seen {
-            futex::wait(&WAKE, seen, None);
-        }
-        CONSOLE_WAITING.store(0, Ordering::SeqCst);
+        BELL.sleep(seen);
     }
 }
 

@@ -5,10 +5,24 @@
 //! thread, so the timer handler cannot interrupt the holder and spin on its lock for ever) and
 //! in B with plain `spin_lock`.
 //!
-//! ```ignore
+//! ```
+//! use deferred::kernel::spinlock::SpinLock;
+//! use deferred::kernel::timer::{Timer, TimerList};
+//!
 //! static EVENTS: SpinLock<Vec<u32>> = SpinLock::new("events_lock", Vec::new());
-//! { let mut ev = EVENTS.lock_bh(); ev.push(1); }          // process context
-//! { let ev = EVENTS.lock(); let _ = ev.len(); }           // timer handler
+//!
+//! fn timer_handler(_t: &Timer<()>) {
+//!     let ev = EVENTS.lock();                 // timer handler: softirq context
+//!     let _ = ev.len();
+//! }
+//!
+//! deferred::kernel::start()?;
+//! let timer = TimerList::new(timer_handler, ());
+//! timer.mod_timer(deferred::kernel::jiffies::jiffies() + 1);
+//! { let mut ev = EVENTS.lock_bh(); ev.push(1); }   // process context: bottom halves off
+//! timer.del_timer_sync();
+//! assert_eq!(*EVENTS.lock_bh(), [1]);
+//! # Ok::<(), deferred::kernel::error::Error>(())
 //! ```
 //!
 //! Guards are `#[must_use]` and not `Send`: the unlock (and the `local_bh_enable`) cannot be

@@ -1,16 +1,32 @@
 //! Tasklets: deferred functions that run in softirq context (`HI_SOFTIRQ`, `TASKLET_SOFTIRQ`).
 //!
-//! ```ignore
+//! ```
 //! use std::pin::Pin;
-//! use deferred::kernel::tasklet::{Tasklet, tasklet_schedule};
+//! use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+//! use deferred::kernel::tasklet::{Tasklet, tasklet_enable, tasklet_kill, tasklet_schedule};
 //!
-//! fn handler(t: Pin<&Tasklet<u32>>) { deferred::pr_info!("tasklet data {}", t.data()); }
+//! fn handler(t: Pin<&Tasklet<AtomicU32>>) {                           // softirq context
+//!     let n = t.data().fetch_add(1, SeqCst) + 1;
+//!     deferred::pr_info!("tasklet run {n}");
+//! }
 //!
-//! static MY_TASKLET: Tasklet<u32> = Tasklet::new(handler, 42);           // DECLARE_TASKLET
-//! static OFF: Tasklet<u32> = Tasklet::new_disabled(handler, 0);         // DECLARE_TASKLET_DISABLED
+//! static MY_TASKLET: Tasklet<AtomicU32> = Tasklet::new(handler, AtomicU32::new(0)); // DECLARE_TASKLET
+//! static OFF: Tasklet<AtomicU32> = Tasklet::new_disabled(handler, AtomicU32::new(0)); // DECLARE_TASKLET_DISABLED
 //!
+//! deferred::kernel::start()?;
 //! tasklet_schedule(Pin::static_ref(&MY_TASKLET));
-//! // dynamic: let t = Box::pin(Tasklet::new(handler, 7)); tasklet_schedule(t.as_ref());
+//! tasklet_kill(&MY_TASKLET);                 // waits until it has run
+//! assert_eq!(MY_TASKLET.data().load(SeqCst), 1);
+//!
+//! tasklet_schedule(Pin::static_ref(&OFF));   // held while disabled...
+//! tasklet_enable(&OFF);                      // ...runs once enabled
+//! tasklet_kill(&OFF);
+//! assert_eq!(OFF.data().load(SeqCst), 1);
+//!
+//! let t = Box::pin(Tasklet::new(handler, AtomicU32::new(0)));  // dynamic: tasklet_init
+//! tasklet_schedule(t.as_ref());
+//! drop(t);                                   // Drop runs tasklet_kill
+//! # Ok::<(), deferred::kernel::error::Error>(())
 //! ```
 //!
 //! The lab text's rules, all kept: scheduled several times before it runs, a tasklet runs once; once

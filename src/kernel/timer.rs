@@ -1,6 +1,7 @@
 //! `timer_list`: one-shot timers in jiffies whose handlers run in softirq context.
 //!
-//! ```ignore
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 //! use deferred::kernel::{jiffies::{jiffies, HZ}, timer::{Timer, TimerList}};
 //!
 //! struct Dev { nseconds: AtomicU64 }
@@ -12,10 +13,15 @@
 //!     t.mod_timer(jiffies() + HZ);                       // periodic: re-arm from the handler
 //! }
 //!
+//! deferred::kernel::start()?;
 //! let timer = TimerList::new(timer_handler, Dev { nseconds: AtomicU64::new(0) });
-//! timer.mod_timer(jiffies() + HZ);
-//! // ...
+//! timer.mod_timer(jiffies() + 1);
+//! while timer.data().nseconds.load(Relaxed) == 0 {      // the first expiry, a jiffy later
+//!     std::thread::yield_now();
+//! }
 //! timer.del_timer_sync();                                // also done by Drop
+//! assert!(!timer.timer_pending());
+//! # Ok::<(), deferred::kernel::error::Error>(())
 //! ```
 //!
 //! # Reaching the container (the kernel's `from_timer`)
@@ -77,6 +83,7 @@ use crate::kernel::jiffies::{self, time_after, time_before, time_before_eq};
 use crate::kernel::panic::{self, warn_at};
 use crate::kernel::sched;
 use crate::kernel::softirq::{self, Softirq};
+use crate::kernel::sync::spin::SpinFlag;
 use crate::kernel::trace;
 
 /// The list links and bookkeeping of one timer (first field of `Timer<T>`, `repr(C)`).
@@ -118,7 +125,8 @@ struct BaseInner {
 }
 
 struct Base {
-    lock: AtomicBool,
+    /// The spin flag (model-checked under loom: `sync::spin`).
+    lock: SpinFlag,
     inner: UnsafeCell<BaseInner>,
 }
 
@@ -126,7 +134,7 @@ struct Base {
 unsafe impl Sync for Base {}
 
 static BASE: Base = Base {
-    lock: AtomicBool::new(false),
+    lock: SpinFlag::new(),
     inner: UnsafeCell::new(BaseInner {
         head: Node::sentinel(),
         expiring: Node::sentinel(),
@@ -149,20 +157,7 @@ impl BaseGuard {
         // Block the timer signal unless it is already blocked on this thread: in interrupt
         // context, or with bottom halves disabled.
         let flags = (!softirq::in_interrupt()).then(softirq::local_irq_save);
-        let mut spins = 0u32;
-        while BASE
-            .lock
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            spins += 1;
-            if spins.is_multiple_of(64) {
-                // SAFETY: sched_yield has no preconditions (a plain syscall, signal-safe).
-                unsafe { libc::sched_yield() };
-            } else {
-                std::hint::spin_loop();
-            }
-        }
+        BASE.lock.lock();
         let g = BaseGuard { flags };
         let b = g.base();
         // SAFETY: lock held; first use makes both sentinels empty circular lists. The
@@ -198,7 +193,7 @@ impl BaseGuard {
 
 impl Drop for BaseGuard {
     fn drop(&mut self) {
-        BASE.lock.store(false, Ordering::Release);
+        BASE.lock.unlock();
         if let Some(f) = self.flags {
             softirq::local_irq_restore(f);
         }

@@ -17,8 +17,9 @@
 //! reports name them), printed as the kernel's `%ps` prints a symbol: its last component.
 //!
 //! # Ground rules (shared with signal context)
-//! - The records go into a [`Ring`] (lock-free MPSC, see its rules); its one consumer is whoever
-//!   holds `CONSUMER` (a std mutex: process context only).
+//! - The records go into a [`Ring`] (lock-free MPSC, printk's, model-checked under loom; see
+//!   its rules); its one consumer is whoever holds `CONSUMER` (a std mutex: process context
+//!   only).
 //! - A producer never waits: a full ring drops the record and counts it in `LOST` (ftrace's
 //!   "entries-written" minus "entries-in-buffer").
 //! - Recording allocates nothing, takes no lock and makes no system call beyond those `current`
@@ -28,7 +29,7 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::kernel::ring::Ring;
+use crate::kernel::sync::ring::{Entry, Ring};
 use crate::kernel::{jiffies, sched};
 
 /// The events, in the kernel's systems and names. Their bit in [`ENABLED`] is their index.
@@ -180,8 +181,7 @@ pub struct Record {
     pub preempt_count: u32,
     /// The thread (`current`'s pid: in softirq context the interrupted thread).
     pub pid: i32,
-    /// Its name.
-    pub comm: sched::Comm,
+    comm: [u8; sched::TASK_COMM_LEN],
     /// Nanoseconds since the runtime started (as printk's timestamps).
     pub ts_ns: u64,
     /// The event's numeric fields (see [`Record::write_line`] for each event's).
@@ -190,7 +190,31 @@ pub struct Record {
     text: [u8; TEXT_MAX],
 }
 
+impl Entry for Record {
+    // All zeros, so that the ring's static lies in .bss (no bytes in the executable).
+    const EMPTY: Record = Record {
+        event: Event::TimerInit,
+        preempt_count: 0,
+        pid: 0,
+        comm: [0; sched::TASK_COMM_LEN],
+        ts_ns: 0,
+        args: [0; 4],
+        text_len: 0,
+        text: [0; TEXT_MAX],
+    };
+}
+
 impl Record {
+    /// The thread's name.
+    pub fn comm(&self) -> &str {
+        let n = self
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.comm.len());
+        std::str::from_utf8(&self.comm[..n]).unwrap_or("?")
+    }
+
     /// The event's text field (a printk line, a workqueue or thread name, an opcode).
     pub fn text(&self) -> &str {
         let b = &self.text[..self.text_len as usize];
@@ -241,7 +265,7 @@ impl Record {
         let _ = write!(
             out,
             "{:>16}-{:<7} [000] {} {:5}.{:06}: {}: ",
-            self.comm.as_str(),
+            self.comm(),
             self.pid,
             std::str::from_utf8(&flags).unwrap_or("....."),
             secs,
@@ -321,29 +345,28 @@ fn record(event: Event, args: [u64; 4], text: &[&[u8]]) {
     let ts_ns = jiffies::uptime_ns();
     let task = sched::current();
     let preempt_count = sched::preempt_count();
-    let pushed = RING.push_with(|| {
-        let mut r = Record {
-            event,
-            preempt_count,
-            pid: task.pid(),
-            comm: task.comm(),
-            ts_ns,
-            args,
-            text_len: 0,
-            text: [0; TEXT_MAX],
-        };
+    let pushed = RING.push(|r| {
+        r.event = event;
+        r.preempt_count = preempt_count;
+        r.pid = task.pid();
+        let comm = task.comm();
+        let name = comm.as_str().as_bytes();
+        r.comm = [0; sched::TASK_COMM_LEN];
+        r.comm[..name.len()].copy_from_slice(name);
+        r.ts_ns = ts_ns;
+        r.args = args;
         // The pieces, NUL-separated, cut at TEXT_MAX.
         let mut n = 0;
         for (i, piece) in text.iter().enumerate() {
             if i > 0 && n < TEXT_MAX {
-                n += 1; // the NUL, already there
+                r.text[n] = 0;
+                n += 1;
             }
             let k = piece.len().min(TEXT_MAX - n);
             r.text[n..n + k].copy_from_slice(&piece[..k]);
             n += k;
         }
         r.text_len = n as u8;
-        r
     });
     if pushed.is_none() {
         LOST.fetch_add(1, Ordering::Relaxed);
@@ -355,8 +378,7 @@ pub fn drain(mut f: impl FnMut(&Record)) -> u64 {
     let _g = CONSUMER.lock().unwrap_or_else(|e| e.into_inner());
     let mut n = 0;
     // SAFETY: CONSUMER is held: ours is the only pop.
-    while let Some(r) = unsafe { RING.pop() } {
-        f(&r);
+    while unsafe { RING.pop(&mut f) }.is_some() {
         n += 1;
     }
     n
@@ -529,7 +551,7 @@ mod tests {
             event: Event::Console,
             preempt_count: 0,
             pid: 1,
-            comm: sched::current().comm(),
+            comm: [0; sched::TASK_COMM_LEN],
             ts_ns: 1_500_000,
             args: [0; 4],
             text_len: 0,

@@ -15,23 +15,10 @@
 //!
 //! # The model
 //! The kernel keeps a list of sleeping tasks under a spin lock. Here a queue is a 32-bit
-//! *sequence word* plus a count of sleepers, and sleeping is `futex(FUTEX_WAIT)` on the sequence
-//! word:
-//!
-//! ```text
-//! waiter                                  waker
-//! sleepers += 1                           (make cond true)
-//! loop {                                  seq += 1
-//!     s = seq                             if sleepers > 0 { futex_wake(&seq, all) }
-//!     if cond() { break }
-//!     futex_wait(&seq, s)   // returns at once if seq != s
-//! }
-//! sleepers -= 1
-//! ```
-//!
-//! No wake-up is lost: a waiter that checked `cond` before the waker made it true read `seq`
-//! before the waker bumped it, so its `futex_wait` either returns at once (the word changed) or
-//! is already asleep and gets woken. All operations are `SeqCst`; the waker skips the system call
+//! *sequence word* that every wake-up bumps, plus a count of sleepers, and sleeping is
+//! `futex(FUTEX_WAIT)` on the sequence word while it still holds the value read before the last
+//! check of the condition: the algorithm, and why no wake-up is lost, is
+//! [`crate::kernel::sync::waitq`] (model-checked under loom). The waker skips the system call
 //! when nobody sleeps. A signal interrupting `futex_wait` (EINTR) just goes round the loop.
 //!
 //! Every waiter re-checks its own condition, so `wake_up` wakes all sleepers of the queue (the
@@ -59,56 +46,23 @@
 //! # Ground rules (shared with signal context)
 //! - [`WaitQueueHead`]: `seq` and `sleepers` are atomics; a waker only increments `seq`, reads
 //!   `sleepers` and calls `futex(FUTEX_WAKE)`: no lock, no allocation, errno saved and restored.
-//! - [`WaitSlot`]: `waiting_on` is published by its owner thread only while that thread is inside
-//!   a `wait_event*` on that queue, i.e. while the queue is borrowed and alive. A kicker announces
-//!   itself in `kickers` *before* reading `waiting_on`; the owner clears `waiting_on` and then
-//!   waits for `kickers == 0` before leaving `wait_event*`, so a kicker never touches a queue that
-//!   has gone (a one-slot hazard pointer).
+//! - [`WaitSlot`]: a one-slot hazard pointer to the queue its owner sleeps on, so that a kicker
+//!   never touches a queue that has gone ([`crate::kernel::sync::waitq::WaitSlot`]).
 
+use core::ops::ControlFlow;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering::SeqCst};
 use std::cell::Cell;
 
 use super::error::{Error, Result};
 use super::{jiffies, sched};
-use crate::sys::futex;
 
 pub use super::error::ERESTARTSYS;
 
 /// `wait_queue_head_t`: where threads sleep until a condition holds.
 ///
 /// Const-constructible (`DECLARE_WAIT_QUEUE_HEAD`): `static WQ: WaitQueueHead = WaitQueueHead::new();`.
-/// See the module docs for the model and its ground rules.
-#[derive(Debug, Default)]
-pub struct WaitQueueHead {
-    /// Bumped by every wake-up; sleepers `futex_wait` on it.
-    seq: AtomicU32,
-    /// Threads inside a `wait_event*` on this queue (lets wakers skip the system call).
-    sleepers: AtomicU32,
-}
-
-impl WaitQueueHead {
-    /// `init_waitqueue_head` / `DECLARE_WAIT_QUEUE_HEAD`: an empty queue.
-    pub const fn new() -> Self {
-        Self {
-            seq: AtomicU32::new(0),
-            sleepers: AtomicU32::new(0),
-        }
-    }
-
-    /// Wakes every sleeper so it re-checks its condition. Async-signal-safe.
-    fn wake(&self) {
-        self.seq.fetch_add(1, SeqCst);
-        if self.sleepers.load(SeqCst) != 0 {
-            futex::wake(&self.seq, i32::MAX);
-        }
-    }
-
-    /// `waitqueue_active`: true if some thread sleeps (or is about to) on this queue.
-    pub fn active(&self) -> bool {
-        self.sleepers.load(SeqCst) != 0
-    }
-}
+/// Its sequence word and sleep loop live in [`crate::kernel::sync::waitq`] (model-checked).
+pub use super::sync::waitq::WaitQueueHead;
 
 /// `wake_up(&wq)`: wakes the queue's sleepers; each re-checks its condition.
 /// Any context, signal handler included.
@@ -213,24 +167,21 @@ fn wait_common(
     }
     let slot = current_slot();
     let _registration = Registration::new(wq, slot);
-    loop {
-        let s = wq.seq.load(SeqCst);
+    wq.wait_loop(|| {
         if cond() {
-            return WaitResult::Condition(deadline.map_or(0, remaining));
+            return ControlFlow::Break(WaitResult::Condition(deadline.map_or(0, remaining)));
         }
-        if interruptible && slot.is_some_and(|s| s.interrupt.load(SeqCst) != 0) {
-            return WaitResult::Interrupted;
+        if interruptible && slot.is_some_and(WaitSlot::interrupted) {
+            return ControlFlow::Break(WaitResult::Interrupted);
         }
         match deadline {
-            None => futex::wait(&wq.seq, s, None),
-            Some(d) => {
-                if jiffies::time_after_eq(jiffies::jiffies(), d) {
-                    return WaitResult::TimedOut;
-                }
-                futex::wait(&wq.seq, s, Some(jiffies::jiffies_to_monotonic_ns(d)));
+            None => ControlFlow::Continue(None),
+            Some(d) if jiffies::time_after_eq(jiffies::jiffies(), d) => {
+                ControlFlow::Break(WaitResult::TimedOut)
             }
+            Some(d) => ControlFlow::Continue(Some(jiffies::jiffies_to_monotonic_ns(d))),
         }
-    }
+    })
 }
 
 /// Remaining jiffies before `deadline`, at least 1 (the condition held in time).
@@ -239,87 +190,34 @@ fn remaining(deadline: u64) -> u64 {
     left.max(1) as u64
 }
 
-/// A sleeper's registration on a queue (and in its [`WaitSlot`]); undone on every exit path.
+/// A sleeper's registration in its [`WaitSlot`] (the queue counts its sleepers itself); undone
+/// on every exit path.
 struct Registration<'a> {
-    wq: &'a WaitQueueHead,
     slot: Option<&'a WaitSlot>,
 }
 
 impl<'a> Registration<'a> {
     fn new(wq: &'a WaitQueueHead, slot: Option<&'a WaitSlot>) -> Self {
-        wq.sleepers.fetch_add(1, SeqCst);
         if let Some(slot) = slot {
-            slot.waiting_on
-                .store(ptr::from_ref(&wq.seq).cast_mut(), SeqCst);
+            slot.enter(wq);
         }
-        Self { wq, slot }
+        Self { slot }
     }
 }
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
         if let Some(slot) = self.slot {
-            slot.waiting_on.store(ptr::null_mut(), SeqCst);
-            // A kicker that read `waiting_on` before the store above may still touch `wq.seq`:
-            // wait until it is done (a few instructions and one futex call).
-            while slot.kickers.load(SeqCst) != 0 {
-                std::thread::yield_now();
-            }
+            slot.leave();
         }
-        self.wq.sleepers.fetch_sub(1, SeqCst);
     }
 }
 
 /// A thread's wake-up slot: lets another thread (or a signal handler) wake it out of whatever
 /// `wait_event*` it sleeps in, as the kernel's `wake_up_process()` does, and interrupt its
-/// `wait_event_interruptible`. Owned by a kthread; see the module's ground rules.
-#[derive(Debug, Default)]
-pub struct WaitSlot {
-    /// The sequence word of the queue the owner sleeps on, or null.
-    waiting_on: AtomicPtr<AtomicU32>,
-    /// Kickers between reading `waiting_on` and their last touch of it.
-    kickers: AtomicU32,
-    /// Non-zero: `wait_event_interruptible` returns `Err(Error::ERESTARTSYS)` (a pending stop).
-    interrupt: AtomicU32,
-}
-
-impl WaitSlot {
-    /// An idle slot.
-    pub const fn new() -> Self {
-        Self {
-            waiting_on: AtomicPtr::new(ptr::null_mut()),
-            kickers: AtomicU32::new(0),
-            interrupt: AtomicU32::new(0),
-        }
-    }
-
-    /// Wakes the owner out of its current `wait_event*`, if any, so it re-checks its condition.
-    /// Set the state the owner should see (a flag) *before* calling this. Async-signal-safe.
-    pub fn kick(&self) {
-        self.kickers.fetch_add(1, SeqCst);
-        let seq = self.waiting_on.load(SeqCst);
-        if !seq.is_null() {
-            // SAFETY: `seq` was published by the owner, which is inside `wait_event*` on that
-            // queue and cannot leave it (nor can the queue be dropped, it is borrowed) until
-            // `kickers` drops to 0 after our decrement below.
-            let seq = unsafe { &*seq };
-            seq.fetch_add(1, SeqCst);
-            futex::wake(seq, i32::MAX);
-        }
-        self.kickers.fetch_sub(1, SeqCst);
-    }
-
-    /// Marks the owner interrupted (its `wait_event_interruptible` returns `Err`) and kicks it.
-    pub fn interrupt(&self) {
-        self.interrupt.store(1, SeqCst);
-        self.kick();
-    }
-
-    /// True once [`interrupt`](Self::interrupt) was called.
-    pub fn interrupted(&self) -> bool {
-        self.interrupt.load(SeqCst) != 0
-    }
-}
+/// `wait_event_interruptible`. Owned by a kthread; its algorithm (a one-slot hazard pointer) is
+/// in [`crate::kernel::sync::waitq`], model-checked.
+pub use super::sync::waitq::WaitSlot;
 
 thread_local! {
     /// The calling thread's wake-up slot (kthreads only), set by [`set_current_slot`].

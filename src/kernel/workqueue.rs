@@ -121,15 +121,13 @@
 //! - Handlers run in process context on the worker thread.
 //!
 //! # Ground rules (shared with signal context)
-//! - `RawWork::state`: every transition is one CAS; the signal path (`queue_*`, the delay
-//!   timer's handler, `cancel_delayed_work`) only sets `PENDING|LINKED` (or `DELAYED` ->
-//!   `LINKED`) and links, clears `PENDING`, or fails. It never waits.
-//! - `RawWork::next`: written only by whoever set `LINKED` (before publishing the item with the
-//!   CAS on `head`), read only by the worker that swapped the list out. An item cannot be linked
-//!   twice: linking requires `LINKED` clear, and the worker clears it (after reading `next`) only
-//!   once the item is off every list.
-//! - `Pool::head`: pushes are CAS loops (no ABA: nobody pops single items; the worker swaps the
-//!   whole stack out). `pushed`/`done` are atomics; wake-ups are futex wakes.
+//! - `RawWork::state` and the workers' lists follow [`crate::kernel::sync::work`] (the state
+//!   word's transitions, `WAITERS`, the intrusive Treiber stack; model-checked under loom): the
+//!   signal path (`queue_*`, the delay timer's handler, `cancel_delayed_work`) only sets
+//!   `PENDING|LINKED` (or `DELAYED` -> `LINKED`) and links, clears `PENDING`, or fails. It never
+//!   waits. An item cannot be linked twice: linking requires `LINKED` clear, and the worker
+//!   clears it (after reading `next`) only once the item is off every list.
+//! - `pushed`/`done` are atomics; wake-ups are futex wakes.
 //! - The workqueue control block and the system queue are `'static`: the handler never frees.
 //! - `WqInner::dead`/`inflight`: a queueing call increments `inflight`, then checks `dead`, links,
 //!   decrements; `destroy_workqueue` sets `dead`, then waits for `inflight == 0` before stopping
@@ -158,14 +156,8 @@ use super::sched;
 use super::timer::{Timer, TimerList};
 use super::trace;
 use super::wait::{WaitQueueHead, wait_event, wake_up};
-use crate::sys::futex;
 
-const PENDING: u32 = 1;
-const LINKED: u32 = 2;
-const RUNNING: u32 = 4;
-const CANCELING: u32 = 8;
-const WAITERS: u32 = 16;
-const DELAYED: u32 = 32;
+use super::sync::work::{self, CANCELING, DELAYED, LINKED, Linked, PENDING, RUNNING, WorkList};
 
 /// The type-erased part of a work item: what the worker and the lists see.
 #[derive(Debug)]
@@ -177,6 +169,12 @@ struct RawWork {
     run: unsafe fn(*const RawWork),
     /// The handler's name, for reports.
     name: panic::Name,
+}
+
+impl Linked for RawWork {
+    fn next(&self) -> &AtomicPtr<RawWork> {
+        &self.next
+    }
 }
 
 /// `struct work_struct`: a work item embedded in a `T`, whose handler receives `&T`.
@@ -339,46 +337,14 @@ impl<T, const ID: u64> Drop for Work<T, ID> {
 // ---------------------------------------------------------------------------------------------
 // State word helpers.
 
-/// Applies `f` to the state with a CAS loop; `f` returns the new state or `None` to give up.
-/// Clearing any bit also clears `WAITERS` and wakes the sleepers. Returns the old state on
-/// success. Async-signal-safe.
-fn update(raw: &RawWork, mut f: impl FnMut(u32) -> Option<u32>) -> Result<u32, u32> {
-    let mut s = raw.state.load(SeqCst);
-    loop {
-        let Some(mut new) = f(s) else { return Err(s) };
-        let cleared = s & !new & !WAITERS != 0;
-        if cleared {
-            new &= !WAITERS;
-        }
-        match raw.state.compare_exchange(s, new, SeqCst, SeqCst) {
-            Ok(_) => {
-                if cleared && s & WAITERS != 0 {
-                    futex::wake(&raw.state, i32::MAX);
-                }
-                return Ok(s);
-            }
-            Err(actual) => s = actual,
-        }
-    }
+/// [`work::update`] on the item's state word. Async-signal-safe.
+fn update(raw: &RawWork, f: impl FnMut(u32) -> Option<u32>) -> Result<u32, u32> {
+    work::update(&raw.state, f)
 }
 
 /// Sleeps until none of `mask` is set in the state. Process context.
 fn wait_state_clear(raw: &RawWork, mask: u32) {
-    loop {
-        let s = raw.state.load(SeqCst);
-        if s & mask == 0 {
-            return;
-        }
-        if s & WAITERS == 0
-            && raw
-                .state
-                .compare_exchange(s, s | WAITERS, SeqCst, SeqCst)
-                .is_err()
-        {
-            continue;
-        }
-        futex::wait(&raw.state, s | WAITERS, None);
-    }
+    work::wait_until(&raw.state, |s| s & mask == 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -386,9 +352,9 @@ fn wait_state_clear(raw: &RawWork, mask: u32) {
 
 /// One worker thread and its list.
 struct Pool {
-    /// Intrusive Treiber stack of linked items (newest first).
-    head: AtomicPtr<RawWork>,
-    /// The worker sleeps here until `head` is non-null or it is stopped.
+    /// Linked items (an intrusive Treiber stack, [`WorkList`]).
+    list: WorkList<RawWork>,
+    /// The worker sleeps here until `list` is non-empty or it is stopped.
     more: WaitQueueHead,
     /// Items linked so far / taken off and finished so far (see `flush_workqueue`).
     pushed: AtomicU64,
@@ -463,7 +429,7 @@ impl Workqueue {
         let n = if per_cpu { num_online_cpus() } else { 1 };
         let pools = (0..n)
             .map(|cpu| Pool {
-                head: AtomicPtr::new(ptr::null_mut()),
+                list: WorkList::new(),
                 more: WaitQueueHead::new(),
                 pushed: AtomicU64::new(0),
                 done: AtomicU64::new(0),
@@ -522,34 +488,22 @@ fn worker_thread((wq_name, pool, pin): (&'static str, &'static Pool, bool)) -> i
     CURRENT_POOL.with(|c| c.set(pool));
     loop {
         wait_event(&pool.more, || {
-            !pool.head.load(SeqCst).is_null() || kthread_should_stop()
+            !pool.list.is_empty() || kthread_should_stop()
         });
-        let list = pool.head.swap(ptr::null_mut(), SeqCst);
-        if list.is_null() {
+        if pool.list.is_empty() {
             if kthread_should_stop() {
                 break;
             }
             continue;
         }
-        // Reverse the stack (newest first) into queueing order.
-        let mut fifo: *mut RawWork = ptr::null_mut();
-        let mut cur = list;
-        while !cur.is_null() {
-            // SAFETY: items on a list are live (their Drop waits until LINKED clears) and their
-            // `next` belongs to us, the worker that swapped the list out.
-            let item = unsafe { &*cur };
-            let next = item.next.load(SeqCst);
-            item.next.store(fifo, SeqCst);
-            fifo = cur;
-            cur = next;
-        }
-        while !fifo.is_null() {
-            // SAFETY: as above.
-            let item = unsafe { &*fifo };
-            fifo = item.next.load(SeqCst);
-            process_one(wq_name, item);
-            pool.done.fetch_add(1, SeqCst);
-            wake_up(&pool.progress);
+        // SAFETY: items on a list are live: their Drop waits until LINKED clears, which only
+        // `process_one` does.
+        unsafe {
+            pool.list.take_all(|item| {
+                process_one(wq_name, item);
+                pool.done.fetch_add(1, SeqCst);
+                wake_up(&pool.progress);
+            });
         }
     }
     CURRENT_POOL.with(|c| c.set(ptr::null()));
@@ -559,25 +513,8 @@ fn worker_thread((wq_name, pool, pin): (&'static str, &'static Pool, bool)) -> i
 /// Takes one item off its list: runs it if still pending, skips it if cancelled. A handler that
 /// panics is reported (an Oops, see [`panic`]) and finishes like one that returned.
 fn process_one(wq_name: &'static str, item: &RawWork) {
-    // A work item never runs on two workers at once: wait for a run elsewhere to end.
-    let old = loop {
-        match update(item, |s| {
-            if s & PENDING != 0 && s & DELAYED != 0 {
-                // Re-queued with a delay while still linked: unlink; its timer links it again.
-                Some(s & !LINKED)
-            } else if s & PENDING != 0 && s & RUNNING != 0 {
-                None
-            } else if s & PENDING != 0 {
-                Some((s & !(LINKED | PENDING)) | RUNNING)
-            } else {
-                Some(s & !LINKED)
-            }
-        }) {
-            Ok(old) => break old,
-            Err(_) => wait_state_clear_running_or_unpended(item),
-        }
-    };
-    if old & PENDING == 0 || old & DELAYED != 0 {
+    // A work item never runs on two workers at once: `start` waits for a run elsewhere to end.
+    if !work::start(&item.state) {
         return; // cancelled while queued, or waiting for its delay timer
     }
     CURRENT_WORK.with(|c| c.set(item));
@@ -589,26 +526,7 @@ fn process_one(wq_name: &'static str, item: &RawWork) {
     });
     trace::workqueue_execute_end(item, item.name);
     CURRENT_WORK.with(|c| c.set(ptr::null()));
-    let _ = update(item, |s| Some(s & !RUNNING));
-}
-
-/// Waits until the item is no longer running, or no longer pending.
-fn wait_state_clear_running_or_unpended(item: &RawWork) {
-    loop {
-        let s = item.state.load(SeqCst);
-        if s & RUNNING == 0 || s & PENDING == 0 {
-            return;
-        }
-        if s & WAITERS == 0
-            && item
-                .state
-                .compare_exchange(s, s | WAITERS, SeqCst, SeqCst)
-                .is_err()
-        {
-            continue;
-        }
-        futex::wait(&item.state, s | WAITERS, None);
-    }
+    work::finish(&item.state);
 }
 
 /// Pins the calling thread to `cpu` if the process may run there (errors are ignored: a
@@ -632,15 +550,7 @@ fn push(wq: &WqInner, pool: &Pool, raw: &RawWork) {
     trace::workqueue_queue_work(raw, raw.name, &wq.name, pool.cpu);
     trace::workqueue_activate_work(raw);
     pool.pushed.fetch_add(1, SeqCst);
-    let me = ptr::from_ref(raw).cast_mut();
-    let mut head = pool.head.load(SeqCst);
-    loop {
-        raw.next.store(head, SeqCst);
-        match pool.head.compare_exchange(head, me, SeqCst, SeqCst) {
-            Ok(_) => break,
-            Err(h) => head = h,
-        }
-    }
+    pool.list.push(raw);
     wake_up(&pool.more);
 }
 
@@ -661,16 +571,14 @@ fn queue_raw(wq: &WqInner, pool: &Pool, raw: &RawWork) -> bool {
 }
 
 fn queue_live(wq: &WqInner, pool: &Pool, raw: &RawWork) -> bool {
-    match update(raw, |s| {
-        (s & (PENDING | CANCELING) == 0).then_some(s | PENDING | LINKED)
-    }) {
-        Ok(old) => {
-            if old & LINKED == 0 {
+    match work::queue(&raw.state) {
+        Some(link) => {
+            if link {
                 push(wq, pool, raw);
             }
             true
         }
-        Err(_) => false,
+        None => false,
     }
 }
 
@@ -716,10 +624,7 @@ fn cancel_raw_sync(raw: &RawWork) -> bool {
 
 /// Clears `PENDING` (and `DELAYED`); true if it was pending. Any context.
 fn unpend(raw: &RawWork) -> bool {
-    update(raw, |s| {
-        (s & PENDING != 0).then_some(s & !(PENDING | DELAYED))
-    })
-    .is_ok()
+    work::unpend(&raw.state)
 }
 
 /// The synchronous cancel; `stop_timer` deactivates a delay timer (after `CANCELING` is set,

@@ -316,6 +316,11 @@ impl DeferredDevice {
         self.timer.expires()
     }
 
+    /// Is the work item's handler (`alloc_io`) running now?
+    pub fn work_running(&self) -> bool {
+        self.dev().work.running()
+    }
+
     /// How many tasks are monitored.
     pub fn monitored(&self) -> usize {
         self.dev().mon.lock_bh().live

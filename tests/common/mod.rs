@@ -13,7 +13,10 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod wait;
+pub use wait::wait_for;
 
 static PIDFILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -55,20 +58,6 @@ pub fn require_cuse() {
         nix::unistd::geteuid().is_root(),
         "end-to-end tests must run as root (they serve /dev/cuse)"
     );
-}
-
-/// Waits up to `timeout` for `cond`; returns whether it became true.
-pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// A running `deferred` with its stdout and stderr captured (merged, in arrival order per stream).

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[global_allocator]
 static ALLOC: deferred::kernel::alloc::CountingAllocator =
@@ -34,29 +34,14 @@ pub fn watchdog() {
     });
 }
 
-/// Waits until `cond` holds, failing the test (`what` not true) after `limit`.
-pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    watchdog();
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(t0.elapsed() < limit, "{what}: not true after {limit:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Poll `cond` every ms until it holds or `timeout` passes; returns whether it held.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
+#[path = "../common/wait.rs"]
+mod wait;
+#[path = "../common/witness.rs"]
+mod witness;
+#[allow(unused_imports)] // not every test binary polls
+pub use wait::{in_futex, wait_for};
+#[allow(unused_imports)]
+pub use witness::wait_past;
 
 /// No allocator call was made in softirq or hardirq context by this process so far.
 pub fn assert_no_softirq_allocations() {
