@@ -547,16 +547,7 @@ mod tests {
 
     #[test]
     fn flags_follow_the_context() {
-        let mut r = Record {
-            event: Event::Console,
-            preempt_count: 0,
-            pid: 1,
-            comm: [0; sched::TASK_COMM_LEN],
-            ts_ns: 1_500_000,
-            args: [0; 4],
-            text_len: 0,
-            text: [0; TEXT_MAX],
-        };
+        let mut r = Record::EMPTY;
         assert_eq!(&r.flags(), b".....");
         r.preempt_count = sched::SOFTIRQ_OFFSET;
         assert_eq!(&r.flags(), b"..s..");
