@@ -17,7 +17,7 @@ use deferred::modules::abi::{
 use deferred::modules::deferred::{
     DeferredModule, Options, TIMER_TYPE_ALLOC, TIMER_TYPE_MON, TIMER_TYPE_NONE, TIMER_TYPE_SET,
 };
-use deferred::modules::{Module, Params, load};
+use deferred::modules::{Module, kthread, timer};
 
 #[path = "common/wait.rs"]
 mod wait;
@@ -70,6 +70,11 @@ fn load_deferred(opts: Options) -> DeferredModule {
     DeferredModule::load(opts).unwrap()
 }
 
+/// rmmod: exit, then the module's memory goes.
+fn unload(mut m: impl Module) {
+    m.exit();
+}
+
 fn sleeper() -> Child {
     Command::new("sleep").arg("60").spawn().unwrap()
 }
@@ -84,7 +89,7 @@ fn load_open_ioctl_release_unload_print_the_labs_lines_in_order() {
     dev.open(&FILE).unwrap();
     assert_eq!(dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0), Ok(0));
     dev.release(&FILE);
-    Box::new(m).exit();
+    unload(m);
     assert_eq!(
         cap.texts(),
         [
@@ -124,7 +129,7 @@ fn set_fires_once_after_n_seconds_printing_the_interrupted_task() {
     assert!(!dev.timer_pending());
     wait_past(dev.expires().wrapping_add(HZ));
     assert_eq!(count(&cap, "[timer_handler]"), 1);
-    Box::new(m).exit();
+    unload(m);
     assert_eq!(softirq_allocations(), 0);
 }
 
@@ -170,7 +175,7 @@ fn cancel_stops_a_pending_timer_and_the_last_set_wins() {
     assert!(!time_before(now, second), "fired at {now}, before {second}");
     wait_past(first);
     assert_eq!(count(&cap, "[timer_handler] pid = "), 1);
-    Box::new(m).exit();
+    unload(m);
 }
 
 #[test]
@@ -191,7 +196,7 @@ fn alloc_runs_alloc_io_on_a_worker_five_seconds_after_the_timer() {
     let slept = yawn[0].ts_ns - fired[0].ts_ns;
     assert!(slept >= 4_990_000_000, "alloc_io slept only {slept} ns");
     assert!(!cap.contains("BUG:"), "{:#?}", cap.texts());
-    Box::new(m).exit();
+    unload(m);
     assert_eq!(softirq_allocations(), 0);
 }
 
@@ -208,7 +213,7 @@ fn unload_waits_for_a_running_alloc_work() {
         "the work never started"
     );
     let t0 = Instant::now();
-    Box::new(m).exit(); // flush_scheduled_work
+    unload(m); // flush_scheduled_work
     assert!(
         t0.elapsed() >= Duration::from_secs(4),
         "exit did not wait for the work"
@@ -249,7 +254,7 @@ fn alloc_io_direct_reports_the_kernels_bugs_and_the_device_keeps_serving() {
     // Still serving.
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_SET, 0).unwrap();
     wait_lines(&cap, "[timer_handler]", 2, Duration::from_secs(5));
-    Box::new(m).exit();
+    unload(m);
     assert_eq!(softirq_allocations(), 0);
 }
 
@@ -279,7 +284,7 @@ fn mon_ticks_every_second_and_reports_each_dead_process_once() {
     wait_lines(&cap, "[timer_handler]", ticks + 2, Duration::from_secs(10));
     assert_eq!(count(&cap, &dead), 1);
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0).unwrap();
-    Box::new(m).exit();
+    unload(m);
     assert_eq!(softirq_allocations(), 0);
 }
 
@@ -312,7 +317,7 @@ fn mon_reports_newest_first_and_twice_added_pids_twice() {
         k.wait().unwrap();
     }
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0).unwrap();
-    Box::new(m).exit();
+    unload(m);
     assert_eq!(softirq_allocations(), 0);
 }
 
@@ -331,7 +336,7 @@ fn mon_of_a_missing_pid_is_esrch_and_changes_nothing() {
     }
     assert_eq!(dev.flag(), TIMER_TYPE_SET);
     assert_eq!(dev.monitored(), 0);
-    Box::new(m).exit();
+    unload(m);
 }
 
 #[test]
@@ -351,7 +356,7 @@ fn unknown_commands_are_enotty_and_read_write_einval() {
     assert_eq!(dev.write(&FILE, b"x", 0), Err(Error::EINVAL));
     assert_eq!(dev.flag(), TIMER_TYPE_NONE);
     assert!(!dev.timer_pending());
-    Box::new(m).exit();
+    unload(m);
 }
 
 #[test]
@@ -372,7 +377,7 @@ fn huge_timeouts_never_overflow() {
     wait_past(jiffies());
     assert_eq!(count(&cap, "[timer_handler]"), 1);
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0).unwrap();
-    Box::new(m).exit();
+    unload(m);
 }
 
 #[test]
@@ -389,7 +394,7 @@ fn unload_with_a_pending_timer_and_watched_processes_is_clean() {
     assert_eq!(dev.monitored(), 50);
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_SET, 1).unwrap();
     let armed = dev.expires();
-    Box::new(m).exit();
+    unload(m);
     assert_eq!(dev.monitored(), 0);
     assert!(!dev.timer_pending());
     wait_past(armed);
@@ -408,7 +413,7 @@ fn unload_with_a_pending_timer_and_watched_processes_is_clean() {
 fn timer_module_counts_seconds_periodically_or_once() {
     let _g = serial();
     let cap = printk::capture();
-    let m = load("timer", Params::default()).unwrap();
+    let mut m = timer::MODULE.load(&timer::MODULE.defaults()).unwrap();
     let lines = wait_lines(
         &cap,
         "[timer_handler] nseconds =",
@@ -435,14 +440,8 @@ fn timer_module_counts_seconds_periodically_or_once() {
     assert_eq!(all.last().unwrap(), "[timer_exit] Exit module");
 
     let cap = printk::capture();
-    let m = load(
-        "timer",
-        Params {
-            once: true,
-            ..Params::default()
-        },
-    )
-    .unwrap();
+    let once = timer::MODULE.parse_params(&["once=1"]).unwrap();
+    let mut m = timer::MODULE.load(&once).unwrap();
     wait_lines(&cap, "nseconds = 1", 1, Duration::from_secs(10));
     // A periodic timer would have fired again a second later.
     wait_past(jiffies().wrapping_add(HZ));
@@ -455,8 +454,8 @@ fn timer_module_counts_seconds_periodically_or_once() {
 fn kthread_module_runs_mykthread0_and_waits_for_it_at_unload() {
     let _g = serial();
     let cap = printk::capture();
-    let m = deferred::modules::kthread::KthreadModule::load().unwrap();
-    let tid = m.task().pid();
+    let m = kthread::KthreadModule::load().unwrap();
+    let tid = m.task().unwrap().pid();
     let line = wait_lines(
         &cap,
         "[my_thread_f] Current process id is",
@@ -469,7 +468,7 @@ fn kthread_module_runs_mykthread0_and_waits_for_it_at_unload() {
     );
     let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap();
     assert_eq!(comm.trim(), "mykthread0");
-    Box::new(m).exit();
+    unload(m);
     let texts = cap.texts();
     let exiting = texts
         .iter()
@@ -515,7 +514,7 @@ fn a_burst_of_exits_is_reported_in_one_tick() {
         k.wait().unwrap();
     }
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0).unwrap();
-    Box::new(m).exit();
+    unload(m);
     assert_eq!(softirq_allocations(), 0);
 }
 
@@ -591,6 +590,6 @@ fn mon_out_of_descriptors_is_not_death() {
     assert_eq!(count(&cap, "is dead"), 1);
     assert_eq!(dev.monitored(), 0);
     dev.unlocked_ioctl(&FILE, MY_IOCTL_TIMER_CANCEL, 0).unwrap();
-    Box::new(m).exit();
+    unload(m);
     assert_eq!(softirq_allocations(), 0);
 }

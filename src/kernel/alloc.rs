@@ -17,7 +17,8 @@
 //! }
 //! ```
 //!
-//! and the tests assert [`softirq_allocations()`] reads 0 after stress.
+//! and the tests assert [`softirq_allocations()`] reads 0 after stress. Each allocation in
+//! interrupt context is also reported when it happens (see [`crate::kernel::bug`]).
 //!
 //! # A panic in softirq context
 //! std formats a panic's message into a `String` before it calls the panic hook. While a thread
@@ -28,12 +29,36 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::kernel::panic::in_irq_context;
 
 static SOFTIRQ_ALLOCS: AtomicU64 = AtomicU64::new(0);
 static SOFTIRQ_FREES: AtomicU64 = AtomicU64::new(0);
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// An allocation in interrupt context: counted, and reported as it happens (the kernel's
+/// `might_sleep()` BUG in `kmalloc`, naming the running handler; it taints, see
+/// [`crate::kernel::bug`]).
+#[cold]
+fn softirq_alloc(size: usize) {
+    SOFTIRQ_ALLOCS.fetch_add(1, Ordering::Relaxed);
+    crate::kernel::bug::softirq_allocation(size);
+}
+
+#[inline]
+fn mark_installed() {
+    if !INSTALLED.load(Ordering::Relaxed) {
+        INSTALLED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether [`CountingAllocator`] is the global allocator (it has served an allocation).
+pub fn installed() -> bool {
+    // Whoever asks has allocated before (the daemon's command line): a global CountingAllocator
+    // has seen it.
+    INSTALLED.load(Ordering::Relaxed)
+}
 
 /// The system allocator, counting calls made in interrupt context.
 pub struct CountingAllocator;
@@ -93,22 +118,24 @@ fn in_emergency(ptr: *mut u8) -> bool {
 // the counting touches only atomics and a const thread-local (no allocation, no recursion).
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        mark_installed();
         if panicking_in_irq() {
             return emergency_alloc(layout);
         }
         if in_irq_context() {
-            SOFTIRQ_ALLOCS.fetch_add(1, Ordering::Relaxed);
+            softirq_alloc(layout.size());
         }
         // SAFETY: forwarded with the caller's guarantees.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        mark_installed();
         if panicking_in_irq() {
             return emergency_alloc(layout);
         }
         if in_irq_context() {
-            SOFTIRQ_ALLOCS.fetch_add(1, Ordering::Relaxed);
+            softirq_alloc(layout.size());
         }
         // SAFETY: forwarded with the caller's guarantees.
         unsafe { System.alloc_zeroed(layout) }
@@ -139,7 +166,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
             return new;
         }
         if in_irq_context() {
-            SOFTIRQ_ALLOCS.fetch_add(1, Ordering::Relaxed);
+            softirq_alloc(new_size);
         }
         // SAFETY: forwarded with the caller's guarantees.
         unsafe { System.realloc(ptr, layout, new_size) }

@@ -7,6 +7,7 @@
 
 // The interrupt side: the clock, softirqs and what runs in them, and the rules of that context.
 pub mod alloc;
+pub mod bug;
 pub mod debugobjects;
 pub mod jiffies;
 pub mod lockdep;

@@ -98,7 +98,7 @@ impl Kind {
         }
     }
 
-    fn what(self) -> &'static str {
+    pub(crate) fn what(self) -> &'static str {
         match self {
             Kind::None => "interrupt context",
             Kind::Softirq => "softirq action",
@@ -147,7 +147,7 @@ impl Drop for Scope {
 }
 
 /// The innermost guard's kind, softirq vector and handler name on this thread.
-fn record() -> (Kind, usize, Option<&'static str>) {
+pub(crate) fn record() -> (Kind, usize, Option<&'static str>) {
     let ctx = CTX.with(|c| c.load(Ordering::Relaxed));
     let name = CTX_NAME.with(|c| c.load(Ordering::Relaxed));
     let name = (name != 0).then(|| {
@@ -443,9 +443,11 @@ fn oops_in_work(info: &PanicHookInfo<'_>) {
     crate::pr_alert!("---[ end trace 0000000000000000 ]---");
 }
 
-/// The kernel's `__warn`: a cut-here block naming the task and the caller's location. Any
-/// context (printk only).
+/// The kernel's `__warn`: a cut-here block naming the task and the caller's location; taints
+/// the kernel (`TAINT_WARN`: the daemon exits 1, [`crate::kernel::bug`]). Any context (printk
+/// only).
 pub fn warn_at(loc: &Location<'_>, what: &str) {
+    crate::kernel::bug::add_taint(crate::kernel::bug::TAINT_WARN);
     let t = sched::current();
     crate::pr_warn!("------------[ cut here ]------------");
     crate::pr_warn!(

@@ -406,7 +406,11 @@ unsafe fn call_timer<T>(n: *const Node) {
     // SAFETY: per the contract.
     let t = unsafe { &*(n as *const Timer<T>) };
     let f = t.func.load(Ordering::Acquire);
-    // SAFETY: `func` only ever holds a `fn(&Timer<T>)` (set in new/timer_setup).
+    if f == 0 {
+        // Never armed without a handler (mod_timer refuses): nothing to run.
+        return;
+    }
+    // SAFETY: a non-zero `func` only ever holds a `fn(&Timer<T>)` (set in new/timer_setup).
     let f: fn(&Timer<T>) = unsafe { std::mem::transmute::<usize, fn(&Timer<T>)>(f) };
     let name = t.name.load(Ordering::Acquire);
     // SAFETY: `name` only ever holds a `panic::Name` (set in new/timer_setup).
@@ -443,12 +447,13 @@ impl<T> Timer<T> {
 
     /// `timer_setup`: (re)set the handler. Call it on a timer that is not pending.
     pub fn timer_setup<F: TimerFn<T>>(&self, _func: F) {
-        self.func.store(
-            call_handler::<T, F> as fn(&Timer<T>) as usize,
-            Ordering::Release,
-        );
+        // The name first: a handler run that sees the function sees its name.
         self.name.store(
             panic::name_of::<F> as panic::Name as usize,
+            Ordering::Release,
+        );
+        self.func.store(
+            call_handler::<T, F> as fn(&Timer<T>) as usize,
             Ordering::Release,
         );
         trace::timer_init(self.node_ptr());
@@ -461,15 +466,31 @@ impl<T> Timer<T> {
 
     /// The function that names the handler.
     fn name(&self) -> panic::Name {
+        fn not_set_up() -> &'static str {
+            "(not set up)"
+        }
         let name = self.name.load(Ordering::Acquire);
+        if name == 0 {
+            return not_set_up;
+        }
         // SAFETY: `name` only ever holds a `panic::Name` (set in new/timer_setup).
         unsafe { std::mem::transmute::<usize, panic::Name>(name) }
     }
 
     /// `mod_timer(timer, expires)`: arm the timer for jiffy `expires`, moving it if it was
     /// pending. Returns whether it was pending. Any context (re-arming from its own handler
-    /// makes a periodic timer).
+    /// makes a periodic timer). On a timer never set up ([`TimerList::declare`] without
+    /// [`Timer::timer_setup`]) it prints the kernel's ODEBUG warning and arms nothing.
+    #[track_caller]
     pub fn mod_timer(&self, expires: u64) -> bool {
+        if self.func.load(Ordering::Acquire) == 0 {
+            warn_at(
+                Location::caller(),
+                "mod_timer() on a timer never set up (call timer_setup() first): not armed; ODEBUG: \
+                 assert_init not available (active state 0) object type: timer_list hint: 0x0",
+            );
+            return false;
+        }
         let g = BaseGuard::lock();
         let n = self.node_ptr();
         let was_pending = self.node.pending.load(Ordering::Relaxed);
@@ -588,8 +609,16 @@ pub struct TimerList<T: Send + Sync = ()> {
 
 impl<T: Send + Sync> TimerList<T> {
     /// `timer_setup(&timer, func, 0)` on a new timer carrying `data`. Process context.
-    pub fn new<F: TimerFn<T>>(_func: F, data: T) -> Self {
-        let list = TimerList {
+    pub fn new<F: TimerFn<T>>(func: F, data: T) -> Self {
+        let t = Self::declare(data);
+        t.timer_setup(func);
+        t
+    }
+
+    /// A `struct timer_list` carrying `data`, not set up yet: [`Timer::timer_setup`] gives it its
+    /// handler; `mod_timer` before that is refused with the kernel's warning. Process context.
+    pub fn declare(data: T) -> Self {
+        TimerList {
             timer: ManuallyDrop::new(Box::new(Timer {
                 node: Node {
                     prev: UnsafeCell::new(std::ptr::null_mut()),
@@ -598,14 +627,12 @@ impl<T: Send + Sync> TimerList<T> {
                     pending: AtomicBool::new(false),
                     call: call_timer::<T>,
                 },
-                func: AtomicUsize::new(call_handler::<T, F> as fn(&Timer<T>) as usize),
-                name: AtomicUsize::new(panic::name_of::<F> as panic::Name as usize),
+                func: AtomicUsize::new(0),
+                name: AtomicUsize::new(0),
                 deferred: Deferred::new(free_deferred::<T>),
                 data,
             })),
-        };
-        trace::timer_init(list.node_ptr());
-        list
+        }
     }
 }
 
@@ -665,6 +692,7 @@ pub fn timer_setup<T: Send + Sync, F: TimerFn<T>>(func: F, data: T) -> TimerList
 }
 
 /// `mod_timer(&timer, expires)`.
+#[track_caller]
 pub fn mod_timer<T>(timer: &Timer<T>, expires: u64) -> bool {
     timer.mod_timer(expires)
 }

@@ -145,6 +145,7 @@ use core::sync::atomic::{
     AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst,
 };
 use std::cell::Cell;
+use std::panic::Location;
 use std::sync::{Mutex, OnceLock};
 
 use super::debugobjects;
@@ -688,13 +689,37 @@ pub fn flush_workqueue(wq: &Workqueue) {
     if !sched::might_sleep() {
         return;
     }
-    flush_inner(wq.inner);
+    flush_inner(wq.inner, Location::caller());
 }
 
-fn flush_inner(wq: &WqInner) {
+/// Flushing a workqueue from one of its own work items: the kernel's lockdep report on the
+/// workqueue's completion map (it would wait for itself); taints, and the flush returns.
+fn recursive_flush(wq: &WqInner, caller: &Location<'_>) {
+    crate::kernel::bug::add_taint(crate::kernel::bug::TAINT_WARN);
+    let t = sched::current();
+    crate::pr_warn!("============================================");
+    crate::pr_warn!("WARNING: possible recursive locking detected");
+    crate::pr_warn!("--------------------------------------------");
+    crate::pr_warn!("{}/{} is trying to acquire lock:", t.comm(), t.pid());
+    crate::pr_warn!(" ((wq_completion){}), at: __flush_workqueue", wq.name);
+    crate::pr_warn!("");
+    crate::pr_warn!("but task is already holding lock:");
+    crate::pr_warn!(" ((wq_completion){}), at: process_one_work", wq.name);
+    crate::pr_warn!("");
+    crate::pr_warn!(" *** DEADLOCK ***");
+    crate::pr_warn!("");
+    crate::pr_warn!(
+        "flush of workqueue {} from its own work item at {}:{}: it would wait for itself (not flushed)",
+        wq.name,
+        caller.file(),
+        caller.line()
+    );
+}
+
+fn flush_inner(wq: &WqInner, caller: &Location<'_>) {
     let me = CURRENT_POOL.with(Cell::get);
     if wq.pools.iter().any(|p| ptr::eq(p, me)) {
-        crate::pr_warn!("workqueue {}: flush from its own worker ignored\n", wq.name);
+        recursive_flush(wq, caller);
         return;
     }
     let targets: Vec<u64> = wq.pools.iter().map(|p| p.pushed.load(SeqCst)).collect();
@@ -713,10 +738,11 @@ pub fn drain_workqueue(wq: &Workqueue) {
     drain_inner(wq.inner);
 }
 
+#[track_caller]
 fn drain_inner(wq: &WqInner) {
     loop {
         let before: u64 = wq.pools.iter().map(|p| p.pushed.load(SeqCst)).sum();
-        flush_inner(wq);
+        flush_inner(wq, Location::caller());
         let after: u64 = wq.pools.iter().map(|p| p.pushed.load(SeqCst)).sum();
         if before == after {
             return;
@@ -819,7 +845,7 @@ pub fn flush_scheduled_work() {
         return;
     }
     if let Some(wq) = SYSTEM_WQ.get() {
-        flush_inner(wq.inner);
+        flush_inner(wq.inner, Location::caller());
     }
 }
 

@@ -34,12 +34,15 @@
 //!   adding, a dead entry's slot goes back on a free list within that capacity, and dropping a
 //!   [`TaskRef`] only closes a descriptor.
 //! - `Shared::work`: the runtime's work item; `schedule_work` is lock-free and signal-safe.
+//!
+//! The `TODO N` comments are the lab's steps (`scripts/lab new` strips the lines after each):
+//! 1 the timer (exercise 3), 2 the flag (exercise 4), 3 the work item (exercise 5), 4 the
+//! monitored list (exercise 7).
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
-use super::Module;
 use super::abi::{Command, ioctl_command_to_string};
 use crate::kernel::error::{Error, Result};
 use crate::kernel::fs::{File, FileOperations};
@@ -49,6 +52,7 @@ use crate::kernel::spinlock::SpinLock;
 use crate::kernel::task::{TaskRef, TaskWatch};
 use crate::kernel::timer::{Timer, TimerList};
 use crate::kernel::workqueue::{self, Work, flush_scheduled_work, schedule_work};
+use crate::module::{Module, ModuleInfo, Param};
 use crate::{impl_has_work, pr_debug, pr_err, pr_info};
 
 /// `TIMER_TYPE_NONE`: nothing armed yet.
@@ -64,7 +68,29 @@ pub const TIMER_TYPE_MON: i32 = 2;
 /// one tick are handled in further batches of the same tick.
 const DEAD_BATCH: usize = 256;
 
-/// Options of the module (the daemon's command line).
+/// `alloc_io_direct=1`: exercise 4.
+pub const ALLOC_IO_DIRECT: Param<bool> = Param::new(
+    "alloc_io_direct",
+    false,
+    "exercise 4: call alloc_io() right in the timer handler (the kernel's BUG reports) instead of \
+     through a work item (exercise 5)",
+);
+
+/// The module: `deferred [deferred] [alloc_io_direct=1]`.
+pub const MODULE: ModuleInfo = ModuleInfo {
+    name: "deferred",
+    description: "exercises 3-4-5-7: /dev/deferred, timer set/cancel, alloc work, pid monitor",
+    params: &[&ALLOC_IO_DIRECT],
+    has_device: true,
+    init: |params| {
+        let opts = Options {
+            alloc_io_direct: params.get(&ALLOC_IO_DIRECT),
+        };
+        Ok(Box::new(DeferredModule::load(opts)?))
+    },
+};
+
+/// Options of the module (its parameters).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
     /// Exercise 4: call `alloc_io()` from the timer itself instead of through a work item.
@@ -232,6 +258,7 @@ fn alloc_io() {
 
 /// The work handler: process context, on `events/N` (exercise 5).
 fn work_handler(_dev: &Shared) {
+    // TODO 3: the work's job, in process context (it may sleep): `alloc_io()`.
     alloc_io();
 }
 
@@ -245,31 +272,50 @@ fn timer_handler(timer: &Timer<Shared>) {
     let dev = timer.data();
     // For the debug line: an ioctl re-arming right now can make `expires` the new, later one.
     let (expires, now) = (timer.expires(), jiffies());
+    // TODO 1/2: print the task the timer interrupted, "[timer_handler] pid = PID, comm = COMM":
+    // `current()` (kernel::sched) and its `pid()`, `comm()`.
     let cur = current();
     pr_info!("[timer_handler] pid = {}, comm = {}", cur.pid(), cur.comm());
     if debug_on() {
         pr_debug!("[timer_handler] expires = {expires}, jiffies = {now}");
     }
+    // TODO 2/5: act on the command the ioctl left in `dev.flag` (an atomic: load with
+    // Acquire): TIMER_TYPE_ALLOC -> `on_alloc(dev)`, TIMER_TYPE_MON -> `on_mon(timer)`,
+    // TIMER_TYPE_SET -> nothing more.
     match dev.flag.load(Ordering::Acquire) {
-        TIMER_TYPE_ALLOC => {
-            if dev.alloc_io_direct {
-                alloc_io();
-            } else {
-                // SAFETY: `dev` is the data of a `TimerList`, which keeps its node (and so
-                // `dev`) boxed at a fixed address until it is dropped: it never moves.
-                let pinned = unsafe { Pin::new_unchecked(dev) };
-                schedule_work(pinned);
-            }
-        }
-        TIMER_TYPE_MON => {
-            dev.mon.lock().reap();
-            let next = jiffies().wrapping_add(HZ);
-            timer.mod_timer(next);
-            if debug_on() {
-                pr_debug!("[timer_handler] re-armed, expires = {next}");
-            }
-        }
+        TIMER_TYPE_ALLOC => on_alloc(dev),
+        TIMER_TYPE_MON => on_mon(timer),
         _ => {}
+    }
+}
+
+/// ALLOC expired: softirq context.
+fn on_alloc(dev: &Shared) {
+    if dev.alloc_io_direct {
+        // TODO 2: exercise 4 (`alloc_io_direct=1`): call `alloc_io()` right here, in the timer
+        // (the runtime prints the kernel's BUG: a sleeping function in atomic context).
+        alloc_io();
+        return;
+    }
+    // TODO 3/4: exercise 5: do not block here; queue the device's work item instead, which
+    // runs `work_handler` in process context on `events/0`: `schedule_work` (kernel::workqueue,
+    // lock-free) on `dev` pinned (`Pin::new_unchecked`: the timer keeps it at a fixed address).
+    // SAFETY: `dev` is the data of a `TimerList`, which keeps its node (and so `dev`) boxed at
+    // a fixed address until it is dropped: it never moves.
+    let pinned = unsafe { Pin::new_unchecked(dev) };
+    schedule_work(pinned);
+}
+
+/// A MON tick: softirq context.
+fn on_mon(timer: &Timer<Shared>) {
+    // TODO 4/6: report and drop every monitored task that has terminated: `reap()` the list
+    // under `timer.data().mon.lock()` (a plain spin_lock: bottom halves are off in softirq
+    // context), then re-arm the timer one second (HZ) from now: `mod_timer`.
+    timer.data().mon.lock().reap();
+    let next = jiffies().wrapping_add(HZ);
+    timer.mod_timer(next);
+    if debug_on() {
+        pr_debug!("[timer_handler] re-armed, expires = {next}");
     }
 }
 
@@ -291,8 +337,11 @@ impl DeferredDevice {
             alloc_io_direct: opts.alloc_io_direct,
             ioctls: AtomicU64::new(0),
         };
+        let timer = TimerList::declare(shared);
+        // TODO 1: set the timer up with its handler: `timer.timer_setup(timer_handler)`.
+        timer.timer_setup(timer_handler);
         Ok(DeferredDevice {
-            timer: TimerList::new(timer_handler, shared),
+            timer,
             ctl: std::sync::Mutex::new(()),
         })
     }
@@ -340,6 +389,8 @@ impl DeferredDevice {
         let _ctl = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
         let now = jiffies();
         let expires = now.wrapping_add(seconds.wrapping_mul(HZ));
+        // TODO 1: arm the device's timer for `expires`: `self.timer.mod_timer(expires)` (it
+        // moves the timer if it is pending already).
         self.timer.mod_timer(expires);
         if debug_on() {
             pr_debug!("[deferred_ioctl] arg = {seconds}, expires = {expires}, jiffies = {now}");
@@ -349,6 +400,7 @@ impl DeferredDevice {
     /// `del_timer`, with its debug line in order with the armings.
     fn cancel(&self) {
         let _ctl = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
+        // TODO 1: deactivate the timer: `self.timer.del_timer()`.
         self.timer.del_timer();
         if debug_on() {
             pr_debug!("[deferred_ioctl] cancelled");
@@ -358,8 +410,11 @@ impl DeferredDevice {
     /// `deferred_exit`'s teardown (after the device is gone): `del_timer_sync`,
     /// `flush_scheduled_work` (a running ALLOC work is waited for), drop every monitored task.
     pub fn shutdown(&self) {
+        // TODO 1: stop the timer and wait for a running handler: `self.timer.del_timer_sync()`.
         self.timer.del_timer_sync();
+        // TODO 3: wait for the work item, queued or running: `flush_scheduled_work()`.
         flush_scheduled_work();
+        // TODO 4: drop (put) every task left in the list: `clear()` it under `lock_bh()`.
         self.dev().mon.lock_bh().clear();
     }
 }
@@ -380,11 +435,13 @@ impl FileOperations for DeferredDevice {
         pr_info!("[deferred_ioctl] Command: {}", ioctl_command_to_string(cmd));
         match Command::from_cmd(cmd) {
             Some(Command::Set) => {
+                // TODO 2: tell the handler what to do: `dev.flag` = TIMER_TYPE_SET (Release).
                 dev.flag.store(TIMER_TYPE_SET, Ordering::Release);
                 self.arm_in(arg);
             }
             Some(Command::Cancel) => self.cancel(),
             Some(Command::Alloc) => {
+                // TODO 2: `dev.flag` = TIMER_TYPE_ALLOC (Release).
                 dev.flag.store(TIMER_TYPE_ALLOC, Ordering::Release);
                 self.arm_in(arg);
             }
@@ -392,10 +449,12 @@ impl FileOperations for DeferredDevice {
                 // The kernel's pid_t is an int: the low 32 bits of the argument, sign and all
                 // (so -1 arrives as -1 from a 32- or a 64-bit caller), as find_vpid(arg) sees it.
                 let pid = arg as u32 as i32;
-                // Out of descriptors: the dead entries still hold theirs until a MON tick
-                // reports them, and the timer may not be in MON mode any more. Report them now
-                // (what the next tick would do) and try once more.
+                // TODO 4/10: take a reference on the task, `TaskRef::get(pid)` (kernel::task: the
+                // kernel's get_proc, ESRCH if there is none), and add it to the list under
+                // `dev.mon.lock_bh()` (the timer takes the lock too: bottom halves off).
                 let task = match TaskRef::get(pid) {
+                    // Out of descriptors: the dead entries still hold theirs until a MON tick
+                    // reports them (the timer may not be in MON mode any more): report them now.
                     Err(Error::ENOMEM) => {
                         dev.mon.lock_bh().reap();
                         TaskRef::get(pid)?
@@ -403,6 +462,7 @@ impl FileOperations for DeferredDevice {
                     r => r?,
                 };
                 dev.mon.lock_bh().add(task)?;
+                // TODO 2: `dev.flag` = TIMER_TYPE_MON (Release).
                 dev.flag.store(TIMER_TYPE_MON, Ordering::Release);
                 self.arm_in(1);
             }
@@ -434,15 +494,11 @@ impl DeferredModule {
 }
 
 impl Module for DeferredModule {
-    fn name(&self) -> &'static str {
-        "deferred"
-    }
-
     fn file_operations(&self) -> Option<Arc<dyn FileOperations>> {
         Some(self.dev.clone())
     }
 
-    fn exit(self: Box<Self>) {
+    fn exit(&mut self) {
         pr_info!("[deferred_exit] Exit module");
         self.dev.shutdown();
     }

@@ -18,16 +18,27 @@
 //! Where the kernel thread calls `do_exit`, the userspace thread returns from its function; the
 //! unload also joins it (`kthread_stop` on a thread that has already finished only collects its
 //! result), so no thread outlives the module.
+//!
+//! The `TODO` comments are the lab's steps (`scripts/lab new` strips the lines after each).
 
 use std::sync::Arc;
 
-use super::Module;
 use crate::kernel::atomic::Atomic;
 use crate::kernel::error::Result;
 use crate::kernel::kthread::{TaskStruct, kthread_stop};
 use crate::kernel::sched::current;
 use crate::kernel::wait::{WaitQueueHead, wait_event_interruptible, wake_up_interruptible};
+use crate::module::{Module, ModuleInfo};
 use crate::pr_info;
+
+/// The module: `deferred kthread`.
+pub const MODULE: ModuleInfo = ModuleInfo {
+    name: "kthread",
+    description: "exercise 6: a kernel thread `mykthread0`",
+    params: &[],
+    has_device: false,
+    init: |_| Ok(Box::new(KthreadModule::load()?)),
+};
 
 /// The two wait queues and two flags shared by the module and its thread.
 pub struct Sync {
@@ -37,17 +48,24 @@ pub struct Sync {
     flag_thread_terminated: Atomic,
 }
 
+/// The thread's function: process context, on its own thread (`kernel::kthread`).
 fn my_thread_f(sync: Arc<Sync>) -> i32 {
+    // TODO/6: print "[my_thread_f] Current process id is PID (COMM)" of `current()` (the
+    // runtime's `kernel::sched::current`: `pid()`, `comm()`).
     let cur = current();
     pr_info!(
         "[my_thread_f] Current process id is {} ({})",
         cur.pid(),
         cur.comm()
     );
-    // Only the stop flag ends the wait: a spurious wake-up goes back to sleep.
+    // TODO/3: sleep until the module says stop: `wait_event_interruptible(&wq_stop_thread,
+    // || flag_stop_thread.read() != 0)` (`kernel::wait`), again after a spurious wake-up
+    // (it returns an error).
     while wait_event_interruptible(&sync.wq_stop_thread, || sync.flag_stop_thread.read() != 0)
         .is_err()
     {}
+    // TODO/2: tell the module the thread is done: set `flag_thread_terminated` to 1 and
+    // `wake_up_interruptible(&wq_thread_terminated)`.
     sync.flag_thread_terminated.set(1);
     wake_up_interruptible(&sync.wq_thread_terminated);
     pr_info!("[my_thread_f] Exiting");
@@ -57,7 +75,8 @@ fn my_thread_f(sync: Arc<Sync>) -> i32 {
 /// The loaded module.
 pub struct KthreadModule {
     sync: Arc<Sync>,
-    task: TaskStruct,
+    /// The thread (`struct task_struct *`), once started.
+    task: Option<TaskStruct>,
 }
 
 impl KthreadModule {
@@ -70,26 +89,25 @@ impl KthreadModule {
             flag_stop_thread: Atomic::new(0),
             flag_thread_terminated: Atomic::new(0),
         });
-        let task = crate::kthread_run!(my_thread_f, sync.clone(), "{}kthread{}", "my", 0)?;
-        Ok(KthreadModule { sync, task })
+        let mut module = KthreadModule { sync, task: None };
+        // TODO/2: start the thread "mykthread0" running `my_thread_f` with the shared state:
+        // `kthread_run!(my_thread_f, sync.clone(), "{}kthread{}", "my", 0)` (`kernel::kthread`).
+        let task = crate::kthread_run!(my_thread_f, module.sync.clone(), "{}kthread{}", "my", 0)?;
+        module.task = Some(task);
+        Ok(module)
     }
 
-    /// The thread (`struct task_struct *`).
-    pub fn task(&self) -> &TaskStruct {
-        &self.task
+    /// The thread (`struct task_struct *`), once started.
+    pub fn task(&self) -> Option<&TaskStruct> {
+        self.task.as_ref()
     }
 }
 
 impl Module for KthreadModule {
-    fn name(&self) -> &'static str {
-        "kthread"
-    }
-
-    fn file_operations(&self) -> Option<Arc<dyn crate::kernel::fs::FileOperations>> {
-        None
-    }
-
-    fn exit(self: Box<Self>) {
+    fn exit(&mut self) {
+        // TODO/7: tell the thread to stop (set `flag_stop_thread`, `wake_up_interruptible(&
+        // wq_stop_thread)`), then wait until it says it is done (`wait_event_interruptible` on
+        // `wq_thread_terminated`, again after a spurious wake-up).
         self.sync.flag_stop_thread.set(1);
         wake_up_interruptible(&self.sync.wq_stop_thread);
         while wait_event_interruptible(&self.sync.wq_thread_terminated, || {
@@ -97,7 +115,10 @@ impl Module for KthreadModule {
         })
         .is_err()
         {}
-        kthread_stop(&self.task);
+        // The thread has returned: collect it (no thread outlives the module).
+        if let Some(task) = &self.task {
+            kthread_stop(task);
+        }
         pr_info!("[kthread_exit] Exit module");
     }
 }
