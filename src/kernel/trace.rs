@@ -179,7 +179,7 @@ pub struct Record {
     pub event: Event,
     /// The preemption count when it was recorded (its context).
     pub preempt_count: u32,
-    /// The thread (`current`'s pid: in softirq context the interrupted thread).
+    /// The thread (`current`'s pid: in a timer interrupt, the idle task's, 0).
     pub pid: i32,
     comm: [u8; sched::TASK_COMM_LEN],
     /// Nanoseconds since the runtime started (as printk's timestamps).
