@@ -57,6 +57,14 @@
 //! `threadfn`'s result. A thread that returned by itself earlier is handled as the kernel does:
 //! `kthread_stop` returns the stored result at once.
 //!
+//! # A module's threads
+//! A kthread created while a module is loaded ([`crate::module::ModuleInfo::load`]) is the
+//! module's. Once it has returned the runtime reaps it (joins it), as kthreadd does: the module
+//! need not `kthread_stop` it. One still running the module's code when the module's exit
+//! returns is the kernel's Oops (the module's code freed under it); while the exit runs, the
+//! exit and the module's threads take turns, so that verdict never depends on scheduling: see
+//! `unload` below for the design.
+//!
 //! # Contexts
 //! `kthread_create`, `kthread_run` and `kthread_stop` sleep: process context only
 //! (`might_sleep()` first). `wake_up_process` and `kthread_should_stop` are callable from any
