@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Summarises a bench/vm-configs.sh log: per server, the median 1-client p50 and the median
+"""Summarises a bench/vm-configs.sh log: per server, the median 1-client p50 and p99 and the median
 calls/s at 1, 2, 4, 8 client threads, each with its ratio to the reference (cuse_ref), then every
 round's calls/s and the CPU time each server used over the whole run.
 
@@ -14,6 +14,7 @@ import sys
 def main(path):
     tput = collections.defaultdict(list)
     p50 = collections.defaultdict(list)
+    p99 = collections.defaultdict(list)
     cpu = []
     cput = collections.defaultdict(lambda: [0, 0, 0])
     impls = []
@@ -37,13 +38,15 @@ def main(path):
             tput[(impl, int(t))].append(rec["calls_per_s"])
             if t == "1":
                 p50[impl].append(rec["p50_us"])
+                p99[impl].append(rec["p99_us"])
     if "ref" not in impls:
         sys.exit(f"{path}: no reference results (EXP ... ref ...)")
     med = statistics.median
-    print("| server | 1-client p50 (us) | ratio | " + " | ".join(f"{t} clients calls/s | ratio" for t in (1, 2, 4, 8)) + " |")
-    print("|---" * 10 + "|")
+    print("| server | 1-client p50 (us) | ratio | p99 (us) | ratio | " + " | ".join(f"{t} clients calls/s | ratio" for t in (1, 2, 4, 8)) + " |")
+    print("|---" * 12 + "|")
     for i in impls:
-        row = [i, f"{med(p50[i]):.1f}", f"{med(p50[i]) / med(p50['ref']):.2f}"]
+        row = [i, f"{med(p50[i]):.1f}", f"{med(p50[i]) / med(p50['ref']):.2f}",
+               f"{med(p99[i]):.1f}", f"{med(p99[i]) / med(p99['ref']):.2f}"]
         for t in (1, 2, 4, 8):
             m = med(tput[(i, t)])
             row += [f"{m:,.0f}", f"{m / med(tput[('ref', t)]):.2f}"]

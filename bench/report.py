@@ -63,6 +63,122 @@ def median_round(rs, key="p50_us"):
     return rs[(len(rs) - 1) // 2]
 
 
+IMPL_NAMES = {
+    "ours": "ours (deferred)",
+    "ref": "cuse_ref (libfuse3)",
+    "floor": "floor: raw loop, sleeping read",
+    "spin": "floor: raw loop, spinning read",
+    "quiet": "ours, logging off",
+    "alt": "ours, alternative build",
+}
+IOCTL_IMPLS = ["ours", "ref", "floor", "spin", "quiet", "alt"]
+
+
+def boots_of(rs):
+    return sorted({r.get("boot", 1) for r in rs})
+
+
+def per_boot(rs, f):
+    """f's value over each boot's rounds, as 'a / b' (the spread between boots), or '' with one boot."""
+    bs = boots_of(rs)
+    if len(bs) < 2:
+        return ""
+    vals = [f([r for r in rs if r.get("boot", 1) == b]) for b in bs]
+    return " / ".join(fmt(v, 2) if isinstance(v, float) and v < 10 else fmt(v) for v in vals)
+
+
+def paired(a, b, key="calls_per_s"):
+    """The ratios a/b round by round (rounds are paired by their order within each boot)."""
+    out = []
+    for bt in boots_of(a):
+        xs = [r for r in a if r.get("boot", 1) == bt]
+        ys = [r for r in b if r.get("boot", 1) == bt]
+        out += [x["data"][key] / y["data"][key] for x, y in zip(xs, ys) if y["data"].get(key)]
+    return out
+
+
+def med(xs):
+    return statistics.median(xs) if xs else None
+
+
+def ioctl_section(recs, w, cmds, plots):
+    lat = {i: pick(recs, "lat", i) for i in IOCTL_IMPLS}
+    if not any(lat.values()) and not any(pick(recs, f"tput{t}", i) for t in (1, 2, 4, 8) for i in IOCTL_IMPLS):
+        return
+    nboots = len(boots_of([r for rs in lat.values() for r in rs]))
+    w("## ioctl round trip through CUSE (VM): ours, libfuse and the floors, in the same boot\n")
+    w("The floors (bench/cuse_floor) are one thread in a raw loop over /dev/cuse, no library, no logging:")
+    w("*sleeping* blocks in read(2) (uses no CPU when idle), *spinning* reads non-blocking in a busy loop")
+    w("(burns a CPU all the time: the floor of a lone client's round trip). Every server answers the")
+    w("same CANCEL ioctl; rounds alternate the servers' order. Figures: the median over all rounds"
+      + (f" of {nboots} boots; *per boot*: each boot's median (the spread)." if nboots > 1 else "."))
+    w("")
+    w("### One client thread: latency (us)\n")
+    w("| server | rounds | min | p50 | p99 | max | p50 per boot | p99 per boot | p50 / spinning | p99 / libfuse | target | |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    mp = {}
+    for i in IOCTL_IMPLS:
+        rs = lat[i]
+        if not rs:
+            continue
+        mp[i] = {k: med([r["data"][k] for r in rs]) for k in ("min_us", "p50_us", "p99_us", "max_us")}
+    series = []
+    for i in IOCTL_IMPLS:
+        rs = lat[i]
+        if not rs:
+            continue
+        d = mp[i]
+        r50 = ratio(d["p50_us"], mp.get("spin", {}).get("p50_us"))
+        r99 = ratio(d["p99_us"], mp.get("ref", {}).get("p99_us"))
+        tgt, ok = "", None
+        if i == "ours":
+            tgt = "p50 <= 1.2x spinning, p99 <= libfuse"
+            if r50 is not None and r99 is not None:
+                ok = r50 <= 1.2 and r99 <= 1.0
+        w(f"| {IMPL_NAMES[i]} | {len(rs)} | {fmt(d['min_us'])} | {fmt(d['p50_us'])} | {fmt(d['p99_us'])} | {fmt(d['max_us'])} | "
+          f"{per_boot(rs, lambda x: med([r['data']['p50_us'] for r in x]))} | {per_boot(rs, lambda x: med([r['data']['p99_us'] for r in x]))} | "
+          f"{fmt(r50, 2)} | {fmt(r99, 2)} | {tgt} | {verdict(ok)} |")
+        m = median_round(rs)
+        if m and m["data"].get("cdf_us"):
+            series.append((IMPL_NAMES[i], m["data"]["cdf_us"]))
+        if m and m.get("cmd"):
+            cmds.append(m["cmd"])
+    w("")
+    if series:
+        plots.append(("ioctl round trip, 1 client thread (VM): distribution of the median round", series))
+
+    tput = {(t, i): pick(recs, f"tput{t}", i) for t in (1, 2, 4, 8) for i in IOCTL_IMPLS}
+    if not any(tput.values()):
+        return
+    present = [i for i in IOCTL_IMPLS if any(tput[(t, i)] for t in (1, 2, 4, 8))]
+    w("### Throughput (calls/s) by client threads\n")
+    w("*paired*: the median over rounds of ours / the other server within the same round (the machine")
+    w("drifts between rounds); *per boot*: that paired ratio in each boot.\n")
+    w("| client threads | " + " | ".join(IMPL_NAMES[i] for i in present)
+      + " | ours / libfuse, paired | per boot | ours / sleeping loop, paired | per boot | ours / spinning loop, paired | per boot | target | |")
+    w("|---|" + "---|" * len(present) + "---|---|---|---|---|---|---|---|")
+    curves = {i: [] for i in present}
+    for t in (1, 2, 4, 8):
+        cells = []
+        for i in present:
+            m = med([r["data"]["calls_per_s"] for r in tput[(t, i)]])
+            cells.append(fmt(m))
+            if m:
+                curves[i].append((t, m))
+        o = tput[(t, "ours")]
+        pr = {x: med(paired(o, tput[(t, x)])) for x in ("ref", "floor", "spin")}
+        pb = {x: per_boot(o, lambda rs, x=x: med(paired(rs, tput[(t, x)]))) for x in ("ref", "floor", "spin")}
+        tgt = ">= libfuse, >= sleeping loop" + (", >= 0.8x spinning" if t == 1 else "")
+        ok = None
+        if pr["ref"] is not None and pr["floor"] is not None:
+            ok = pr["ref"] >= 1.0 and pr["floor"] >= 1.0 and (t != 1 or pr["spin"] is None or pr["spin"] >= 0.8)
+        w(f"| {t} | " + " | ".join(cells)
+          + f" | {fmt(pr['ref'], 2)} | {pb['ref']} | {fmt(pr['floor'], 2)} | {pb['floor']} | {fmt(pr['spin'], 2)} | {pb['spin']} | {tgt} | {verdict(ok)} |")
+    w("")
+    plots.append(("ioctl throughput (VM): calls/s by client threads, median of rounds",
+                  [(IMPL_NAMES[i], c) for i, c in curves.items() if c], "xy"))
+
+
 MODE = {"epoll": "mechanism (TaskWatch)", "poll-each": "mechanism, one poll per task", "daemon": "deferred module"}
 
 
@@ -110,12 +226,15 @@ def main():
       f"commit `{meta.get('commit', '?')}`. "
       f"Latencies in microseconds. Benchmarks report: noise is not a failure.\n")
 
+    # --- the ioctl round trip: ours vs libfuse and the floors ------------------------------------
+    ioctl_section(recs, w, cmds, plots)
+
     # --- latency comparisons: ours vs reference -------------------------------------------------
-    w("## Latency, ours vs the reference (same run)\n")
-    w("| benchmark | impl | samples | min | p50 | p99 | max | p50 ratio | p99 ratio | target | |")
-    w("|---|---|---|---|---|---|---|---|---|---|---|")
+    if any(r["case"] in ("timer", "work") for r in recs):
+        w("## Latency, ours vs the reference (same run)\n")
+        w("| benchmark | impl | samples | min | p50 | p99 | max | p50 ratio | p99 ratio | target | |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|")
     lat_cases = [
-        ("lat", "ioctl round trip, 1 thread (VM)", "cuse_ref (libfuse3)", 1.0, False),
         ("timer", "timer lateness (host)", "cyclictest -x", 1.2, True),
         ("work", "timer handler -> work handler (host)", "pipe wake", 1.2, True),
     ]
@@ -166,33 +285,7 @@ def main():
         for rr in (o, f):
             if rr and rr.get("cmd"):
                 cmds.append(rr["cmd"])
-    w("")
-
-    # --- throughput -------------------------------------------------------------------------------
-    tput = [(t, pick(recs, f"tput{t}", "ours"), pick(recs, f"tput{t}", "ref")) for t in (1, 2, 4, 8)]
-    if any(o or f for _, o, f in tput):
-        w("## ioctl throughput through CUSE (VM), calls/s, median of rounds\n")
-        w("Rounds run each server back to back, so the fairest comparison pairs them: *paired ratio* is the")
-        w("median over rounds of ours / cuse_ref within the round (the verdict uses it; the machine drifts")
-        w("between rounds), *won* counts the rounds where ours was faster.\n")
-        extras = [(e, lbl) for e, lbl in (("quiet", "ours, logging off"), ("alt", "ours, alternative build"))
-                  if any(pick(recs, f"tput{t}", e) for t in (1, 2, 4, 8))]
-        w("| client threads | ours | cuse_ref | ratio of medians | paired ratio | won | target | |"
-          + "".join(f" {lbl} | ratio |" for _, lbl in extras))
-        w("|---|---|---|---|---|---|---|---|" + "---|---|" * len(extras))
-        for t, o, f in tput:
-            om = statistics.median(r["data"]["calls_per_s"] for r in o) if o else None
-            fm = statistics.median(r["data"]["calls_per_s"] for r in f) if f else None
-            pairs = [(a["data"]["calls_per_s"], b["data"]["calls_per_s"]) for a, b in zip(o, f) if b["data"]["calls_per_s"]]
-            pr = statistics.median(a / b for a, b in pairs) if pairs else None
-            won = f"{sum(a > b for a, b in pairs)}/{len(pairs)}" if pairs else "-"
-            line = (f"| {t} | {fmt(om)} | {fmt(fm)} | {fmt(ratio(om, fm), 2)} | {fmt(pr, 2)} | {won} | >= 1.0x | "
-                    f"{verdict(None if pr is None else pr >= 1.0)} |")
-            for e, _ in extras:
-                qs = pick(recs, f"tput{t}", e)
-                qm = statistics.median(r["data"]["calls_per_s"] for r in qs) if qs else None
-                line += f" {fmt(qm)} | {fmt(ratio(qm, fm), 2)} |"
-            w(line)
+    if any(r["case"] in ("timer", "work") for r in recs):
         w("")
 
     # --- monitoring at scale ----------------------------------------------------------------------
@@ -231,27 +324,30 @@ def main():
         w("")
 
     # --- idle -------------------------------------------------------------------------------------
-    idle = [r for r in recs if r["case"] == "idle"]
+    idle = [r for r in recs if r["case"] in ("idle", "idle_after")]
     if idle:
         w("## Idle cost (VM): nothing pending\n")
-        w("| impl | seconds | context switches, all threads | wakeups/s | threads | RSS (kB) | target | |")
-        w("|---|---|---|---|---|---|---|---|")
+        w("*before*: no client has come yet; *after*: once every run above has ended.\n")
+        w("| impl | when | boot | seconds | context switches, all threads | wakeups/s | CPU (s) | threads | RSS (kB) | target | |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in idle:
             d = r["data"]
             if "error" in d:
                 continue
             ok = None
             if r["impl"] == "ours":
-                ok = d["wakeups_per_s"] == 0 and d["rss_kb"] <= 8 * 1024
-            name = {"ours": "ours (deferred)", "ref": "cuse_ref", "quiet": "ours, logging off", "alt": "ours, alternative build"}.get(r["impl"], r["impl"])
-            w(f"| {name} | {d['seconds']} | {d['switches']} | {d['wakeups_per_s']} | {d['threads']} | {d['rss_kb']:,} | "
-              f"{'0/s, RSS <= 8 MB' if r['impl'] == 'ours' else ''} | {verdict(ok)} |")
+                ok = d["wakeups_per_s"] == 0 and d.get("cpu_s", 0) == 0 and d["rss_kb"] <= 8 * 1024
+            name = IMPL_NAMES.get(r["impl"], r["impl"])
+            when = "before" if r["case"] == "idle" else "after"
+            w(f"| {name} | {when} | {r.get('boot', 1)} | {d['seconds']} | {d['switches']} | {d['wakeups_per_s']} | {fmt(d.get('cpu_s'), 2)} | "
+              f"{d['threads']} | {d['rss_kb']:,} | {'0/s, 0 CPU, RSS <= 8 MB' if r['impl'] == 'ours' else ''} | {verdict(ok)} |")
         after = {r["impl"]: r["data"] for r in recs if r["case"] == "rss_after" and "error" not in r["data"]}
         for impl, d in after.items():
+            impl = IMPL_NAMES.get(impl, impl)
             cpu = ""
             if "cpu_s" in d:
                 cpu = f", CPU time over all the runs {d['cpu_s']:.2f} s"
-                if impl != "ref" and after.get("ref", {}).get("cpu_s"):
+                if impl != IMPL_NAMES["ref"] and after.get("ref", {}).get("cpu_s"):
                     cpu += f" ({d['cpu_s'] / after['ref']['cpu_s']:.2f}x cuse_ref's for the same calls)"
             w(f"\nAfter the ioctl runs: {impl} RSS {d['rss_kb']:,} kB, {d['threads']} threads{cpu}.")
         w("")
@@ -277,27 +373,44 @@ def main():
 
 
 def plot(plots, png):
+    """One panel per plot, two a row; an odd last one takes the whole row (no empty panel).
+    A plot is (title, series) with series [(label, cdf_us)]: a distribution, percentile against
+    latency; or (title, series, "xy") with series [(label, [(x, y), ...])]: calls/s by clients."""
     gp = shutil.which("gnuplot")
     if not gp:
         print("report.py: gnuplot not found: no plot (apt-get install gnuplot-nox)", file=sys.stderr)
         return
     tmp = tempfile.mkdtemp(prefix="bench-plot.")
     n = len(plots)
-    cols = 2
-    rows = (n + cols - 1) // cols
+    rows = (n + 1) // 2
     script = [f"set terminal pngcairo size 1400,{420 * rows} font ',10'",
               f"set output '{png}'", "set termoption noenhanced",
-              f"set multiplot layout {rows},{cols}",
-              "set logscale x", "set grid", "set key bottom right",
-              "set xlabel 'latency (us, log scale)'", "set ylabel 'percentile'", "set yrange [0:100]"]
-    for i, (title, series) in enumerate(plots):
+              "set multiplot", "set grid", "set key bottom right"]
+    for i, p in enumerate(plots):
+        title, series = p[0], p[1]
+        xy = len(p) > 2 and p[2] == "xy"
+        row, col = divmod(i, 2)
+        wide = i == n - 1 and n % 2 == 1
+        script.append(f"set origin {0 if wide else col * 0.5},{1 - (row + 1) / rows}")
+        script.append(f"set size {1 if wide else 0.5},{1 / rows}")
         cmds = []
-        for j, (label, cdf) in enumerate(series):
+        for j, (label, pts) in enumerate(series):
             path = os.path.join(tmp, f"p{i}_{j}.dat")
             with open(path, "w") as f:
-                for p, v in enumerate(cdf):
-                    f.write(f"{max(v, 0.001)} {p}\n")
-            cmds.append(f"'{path}' using 1:2 with lines lw 2 title '{label}'")
+                if xy:
+                    for x, y in pts:
+                        f.write(f"{x} {y}\n")
+                else:
+                    for q, v in enumerate(pts):
+                        f.write(f"{max(v, 0.001)} {q}\n")
+            style = "linespoints pt 7" if xy else "lines"
+            cmds.append(f"'{path}' using 1:2 with {style} lw 2 title '{label}'")
+        if xy:
+            script += ["set logscale x 2", "set xrange [0.9:9]", "set xtics (1, 2, 4, 8)", "set xlabel 'client threads'",
+                       "set ylabel 'calls/s'", "set yrange [0:*]", "set key top left"]
+        else:
+            script += ["set logscale x", "set autoscale x", "set xtics auto", "set xlabel 'latency (us, log scale)'",
+                       "set ylabel 'percentile'", "set yrange [0:100]", "set key bottom right"]
         script.append(f"set title '{title}'")
         if cmds:
             script.append("plot " + ", ".join(cmds))

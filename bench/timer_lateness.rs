@@ -82,6 +82,7 @@ fn main() {
         eprintln!("timer_lateness: SECONDS and TIMERS must be at least 1");
         std::process::exit(2);
     }
+    let tracer = common::trace_from_env();
     deferred::kernel::start().expect("runtime start");
 
     // Room for every expiry the run can make (each timer at most once a jiffy), plus slack.
@@ -128,7 +129,8 @@ fn main() {
         .map(|a| a.load(Ordering::Relaxed))
         .collect();
     println!(
-        "{{\"bench\":\"timer_lateness\",\"timers\":{ntimers},\"max_jiffies\":{max_jiffies},\"hz\":{HZ},\"seconds\":{elapsed:.2},\"signals\":{},\"softirq_allocations\":{},{},{}}}",
+        "{{\"bench\":\"timer_lateness\",{},\"timers\":{ntimers},\"max_jiffies\":{max_jiffies},\"hz\":{HZ},\"seconds\":{elapsed:.2},\"signals\":{},\"softirq_allocations\":{},{},{}}}",
+        common::trace_finish(tracer),
         deferred::kernel::softirq::timer_interrupts(),
         deferred::kernel::alloc::softirq_allocations(),
         stats_json("", &mut v),

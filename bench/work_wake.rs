@@ -72,6 +72,7 @@ fn main() {
         eprintln!("work_wake: SECONDS and INTERVAL_US must be at least 1");
         std::process::exit(2);
     }
+    let tracer = common::trace_from_env();
     deferred::kernel::start().expect("runtime start");
     workqueue::init().expect("the events workqueue");
     let every_jiffies = (interval_us * 1000).div_ceil(NSEC_PER_JIFFY).max(1);
@@ -97,7 +98,8 @@ fn main() {
         .map(|a| a.load(Ordering::Relaxed))
         .collect();
     println!(
-        "{{\"bench\":\"work_wake\",\"interval_us\":{},\"busy_ticks\":{},\"softirq_allocations\":{},{}}}",
+        "{{\"bench\":\"work_wake\",{},\"interval_us\":{},\"busy_ticks\":{},\"softirq_allocations\":{},{}}}",
+        common::trace_finish(tracer),
         every_jiffies * NSEC_PER_JIFFY / 1000,
         bench.busy.load(Ordering::Relaxed),
         deferred::kernel::alloc::softirq_allocations(),

@@ -3,7 +3,7 @@
 //!
 //! [`main`] builds the whole daemon from a list of [`ModuleInfo`]: the command line (the module,
 //! its parameters, the device's name, number, mode, owner, the transport's threads, `--user`,
-//! `--pidfile`, `-v`), the logging, the runtime, CUSE, the stop signals and the exit status. The
+//! `--pidfile`, `--trace`, `-v`), the logging, the runtime, CUSE, the stop signals and the exit status. The
 //! shipped `deferred` binary is [`daemon_main!`](crate::daemon_main) over the lab's modules; a
 //! crate of one's own modules is the same one line:
 //!
@@ -84,6 +84,8 @@ pub struct Options {
     /// mode and group); removed on exit.
     #[arg(long)]
     pub pidfile: Option<PathBuf>,
+    #[command(flatten)]
+    pub trace: crate::tracefile::TraceArgs,
     /// More logging (-v: debug, -vv: trace); RUST_LOG overrides.
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
@@ -323,6 +325,9 @@ pub fn run(inv: &Invocation) -> Result<(), String> {
         .map_err(|e| format!("blocking SIGINT/SIGTERM: {}", e.desc()))?;
     let signals = SignalFd::with_flags(&stop, SfdFlags::SFD_CLOEXEC)
         .map_err(|e| format!("signalfd: {}", e.desc()))?;
+    // Tracing starts first (a bad event list fails before anything is set up), so the
+    // runtime's threads' creation is recorded; it stops when `_tracer` drops, after unload.
+    let _tracer = args.trace.start()?;
 
     let user = args.user.as_deref().map(resolve_user).transpose()?;
     // Open /dev/cuse before init: a missing CUSE or a second instance fails without side effects.

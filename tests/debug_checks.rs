@@ -5,7 +5,7 @@
 use std::pin::Pin;
 use std::sync::MutexGuard;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deferred::impl_has_work;
 use deferred::kernel::alloc::softirq_allocations;
@@ -26,7 +26,7 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 /// Waits (bounded) until a captured line contains `needle`; returns every line captured.
-fn wait_for(cap: &Capture, needle: &str) -> Vec<String> {
+fn wait_line(cap: &Capture, needle: &str) -> Vec<String> {
     assert!(
         runtime_common::wait_for(Duration::from_secs(10), || cap.contains(needle)),
         "no {needle:?} in {:#?}",
@@ -52,7 +52,7 @@ fn an_allocation_in_a_timer_handler_is_reported_when_it_happens_naming_the_handl
     let timer = TimerList::new(allocating_handler, Fired(AtomicBool::new(false)));
     timer.mod_timer(jiffies());
     // Reported while the timer is still alive (not at unload), naming the handler.
-    let texts = wait_for(&cap, "in timer handler debug_checks::allocating_handler");
+    let texts = wait_line(&cap, "in timer handler debug_checks::allocating_handler");
     let bug = texts
         .iter()
         .position(|t| t == "BUG: sleeping function called from invalid context at mm/slab.h:742")
@@ -77,7 +77,7 @@ fn mod_timer_on_a_timer_never_set_up_warns_and_does_not_arm() {
     let reports = bug::reports();
     assert!(!timer.mod_timer(jiffies() + 1));
     let line = line!() - 1;
-    let texts = wait_for(&cap, "ODEBUG: assert_init not available");
+    let texts = wait_line(&cap, "ODEBUG: assert_init not available");
     assert!(
         texts
             .iter()
@@ -112,7 +112,7 @@ fn del_timer_sync_from_the_timers_own_handler_warns_and_returns() {
     let cap = printk::capture();
     let timer = TimerList::new(self_deleting, Fired(AtomicBool::new(false)));
     timer.mod_timer(jiffies());
-    let texts = wait_for(&cap, "del_timer_sync() called from the timer's own handler");
+    let texts = wait_line(&cap, "del_timer_sync() called from the timer's own handler");
     let at = format!("at tests/debug_checks.rs:{SELF_DELETE_LINE} del_timer_sync()");
     assert!(
         texts
@@ -120,11 +120,13 @@ fn del_timer_sync_from_the_timers_own_handler_warns_and_returns() {
             .any(|t| t.starts_with("WARNING: CPU: 0 PID: ") && t.contains(&at)),
         "{at}: {texts:#?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !timer.data().0.load(Ordering::SeqCst) {
-        assert!(Instant::now() < deadline, "the handler did not return");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    assert!(
+        runtime_common::wait_for(Duration::from_secs(5), || timer
+            .data()
+            .0
+            .load(Ordering::SeqCst)),
+        "the handler did not return"
+    );
 }
 
 struct SelfFlush {
@@ -147,7 +149,7 @@ fn flushing_the_workqueue_from_its_own_work_is_lockdeps_recursive_locking() {
         done: AtomicBool::new(false),
     });
     schedule_work(w.as_ref());
-    let texts = wait_for(&cap, "WARNING: possible recursive locking detected");
+    let texts = wait_line(&cap, "WARNING: possible recursive locking detected");
     assert!(
         texts
             .iter()
@@ -207,7 +209,7 @@ fn an_allocation_in_a_tasklet_names_the_tasklet() {
         Fired(AtomicBool::new(false)),
     ));
     t.as_ref().schedule();
-    let texts = wait_for(&cap, "in tasklet debug_checks::allocating_tasklet");
+    let texts = wait_line(&cap, "in tasklet debug_checks::allocating_tasklet");
     assert!(
         texts
             .iter()
@@ -305,7 +307,7 @@ fn load_and_unload(params: &[&str], asleep: bool) -> (Vec<String>, i32) {
     let m = lab6::MODULE
         .load(&lab6::MODULE.parse_params(params).unwrap())
         .unwrap();
-    let texts = wait_for(&cap, "[my_thread_f] Current process id is");
+    let texts = wait_line(&cap, "[my_thread_f] Current process id is");
     let tid: i32 = texts
         .iter()
         .find_map(|t| t.strip_prefix("[my_thread_f] Current process id is "))

@@ -147,3 +147,34 @@ pub fn kill_all(pids: &[i32]) {
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
     }
 }
+
+/// `BENCH_TRACE=FILE`: record every trace event into FILE while the bench runs (what tracing
+/// costs when on; see bench/trace-overhead.sh). Call before the runtime starts.
+pub fn trace_from_env() -> Option<deferred::tracefile::Tracer> {
+    let path = std::env::var_os("BENCH_TRACE")?;
+    match deferred::tracefile::Tracer::start(path.as_ref(), deferred::kernel::trace::ALL) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            eprintln!("BENCH_TRACE={}: {e}", path.to_string_lossy());
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Stops the tracer of [`trace_from_env`]; the JSON fields saying how many events it wrote and
+/// lost (`"trace_events":0` when tracing was off).
+pub fn trace_finish(t: Option<deferred::tracefile::Tracer>) -> String {
+    match t {
+        None => "\"trace_events\":0,\"trace_lost\":0".into(),
+        Some(t) => match t.finish() {
+            Ok(written) => format!(
+                "\"trace_events\":{written},\"trace_lost\":{}",
+                deferred::kernel::trace::lost()
+            ),
+            Err(e) => {
+                eprintln!("BENCH_TRACE: writing the trace: {e}");
+                std::process::exit(1);
+            }
+        },
+    }
+}

@@ -43,6 +43,22 @@ pub const FUSE_POLL: u32 = 40;
 /// `CUSE_INIT`
 pub const CUSE_INIT: u32 = 4096;
 
+/// The name of a request's opcode, as the kernel's `fuse_opcode` names it without its prefix
+/// (`IOCTL`); `?` for one this transport does not know.
+pub fn opcode_name(opcode: u32) -> &'static str {
+    match opcode {
+        FUSE_OPEN => "OPEN",
+        FUSE_READ => "READ",
+        FUSE_WRITE => "WRITE",
+        FUSE_RELEASE => "RELEASE",
+        FUSE_INTERRUPT => "INTERRUPT",
+        FUSE_IOCTL => "IOCTL",
+        FUSE_POLL => "POLL",
+        CUSE_INIT => "CUSE_INIT",
+        _ => "?",
+    }
+}
+
 /// `cuse_init_in/out.flags`: ioctls are passed raw (`arg` is the caller's value).
 pub const CUSE_UNRESTRICTED_IOCTL: u32 = 1 << 0;
 

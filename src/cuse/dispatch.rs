@@ -10,6 +10,7 @@ use super::pool::Server;
 use super::reply::{Begin, Delivery};
 use crate::kernel::error::Error as KernelError;
 use crate::kernel::fs::File;
+use crate::kernel::trace;
 
 impl Server {
     /// Handles one request; every request but INTERRUPT is answered exactly once.
@@ -28,6 +29,7 @@ impl Server {
             }
         };
         let h = req.header;
+        trace::cuse_request(h.unique, h.opcode, abi::opcode_name(h.opcode), h.pid);
         self.note_caller(h.pid);
         if let Operation::Interrupt(arg) = req.op {
             log::debug!("request {}: INTERRUPT {}", h.unique, arg.unique);

@@ -189,6 +189,7 @@ impl Channel {
 
     /// Writes one reply with one `writev(2)`.
     fn write(&self, unique: u64, error: i32, body: &[&[u8]]) -> Delivery {
+        crate::kernel::trace::cuse_reply(unique, error);
         let len = OUT_HEADER_LEN + body.iter().map(|b| b.len()).sum::<usize>();
         let header = OutHeader {
             len: u32::try_from(len).unwrap_or(u32::MAX),

@@ -85,6 +85,7 @@ use std::thread::JoinHandle;
 
 use super::error::{Error, Result};
 use super::sched;
+use super::trace;
 use super::wait::{self, WaitQueueHead, WaitSlot, wait_event, wake_up};
 
 pub use super::sched::TASK_COMM_LEN;
@@ -212,6 +213,7 @@ where
         .map_err(Error::from)?;
     *inner.join.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
     wait_event(&inner.events, || inner.tid.load(SeqCst) != 0);
+    trace::task_newtask(inner.tid.load(SeqCst), &inner.comm);
     let task = TaskStruct { inner };
     if module.is_some() {
         let mut threads = MODULE_THREADS.lock().unwrap_or_else(|e| e.into_inner());
@@ -255,6 +257,7 @@ where
     };
 
     me.result.store(result, SeqCst);
+    trace::sched_process_exit(tid, &me.comm);
     // SAFETY: clearing the slot has no precondition.
     unsafe { wait::set_current_slot(ptr::null()) };
     CURRENT.with(|c| c.set(ptr::null()));
@@ -329,6 +332,7 @@ pub fn kthread_stop(task: &TaskStruct) -> i32 {
         crate::pr_warn!("kthread_stop: {} tried to stop itself\n", k.comm);
         return Error::EDEADLK.to_errno();
     }
+    trace::sched_kthread_stop(k.tid.load(SeqCst), &k.comm);
     k.state.fetch_or(SHOULD_STOP, SeqCst);
     wake_up(&k.events);
     k.slot.interrupt();
@@ -338,7 +342,9 @@ pub fn kthread_stop(task: &TaskStruct) -> i32 {
         // The thread has published EXITED; join so that it is really gone on return.
         let _ = handle.join();
     }
-    k.result.load(SeqCst)
+    let ret = k.result.load(SeqCst);
+    trace::sched_kthread_stop_ret(ret);
+    ret
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ pub mod spinlock;
 pub mod sync;
 pub mod tasklet;
 pub mod timer;
+pub mod trace;
 
 // The process side: threads that sleep.
 pub mod atomic;

@@ -87,7 +87,7 @@ impl Level {
 }
 
 /// The ring and its algorithm: [`crate::kernel::sync::ring`] (model-checked under loom).
-static RING: Ring<SLOTS> = Ring::new();
+static RING: Ring<ring::Record, SLOTS> = Ring::new();
 /// Rung after each publish; the console sleeps on it when idle.
 static BELL: Doorbell = Doorbell::new();
 
@@ -320,6 +320,7 @@ pub fn printk(level: Level, args: fmt::Arguments<'_>) {
     if n > 0 && line.buf[n - 1] == b'\n' {
         n -= 1;
     }
+    crate::kernel::trace::console(&line.buf[..n]);
     push(level, ts, &line.buf[..n]);
 }
 

@@ -48,6 +48,7 @@ use crate::kernel::sched::{
     self, HARDIRQ_MASK, HARDIRQ_OFFSET, NMI_MASK, SOFTIRQ_DISABLE_OFFSET, SOFTIRQ_MASK,
     SOFTIRQ_OFFSET,
 };
+use crate::kernel::trace;
 use crate::sys::futex;
 
 /// The softirq vectors, highest priority first (the kernel's enum, `include/linux/interrupt.h`).
@@ -157,6 +158,7 @@ pub fn local_softirq_pending() -> u32 {
 
 /// `raise_softirq_irqoff`: mark `nr` pending without waking anyone (interrupt context).
 pub fn raise_softirq_irqoff(nr: Softirq) {
+    trace::softirq_raise(nr as usize);
     PENDING.fetch_or(1 << nr as usize, Ordering::SeqCst);
 }
 
@@ -309,12 +311,14 @@ fn do_softirq_core() {
             if action != 0 {
                 // SAFETY: ACTIONS only ever holds 0 or a `fn()` stored by open_softirq.
                 let f: fn() = unsafe { std::mem::transmute::<usize, fn()>(action) };
+                trace::softirq_entry(nr);
                 crate::kernel::panic::softirq_call(
                     crate::kernel::panic::Kind::Softirq,
                     nr,
                     None,
                     f,
                 );
+                trace::softirq_exit(nr);
             }
         }
         if PENDING.load(Ordering::SeqCst) != 0 {
@@ -392,7 +396,9 @@ extern "C" fn timer_interrupt(_sig: i32, _info: *mut libc::siginfo_t, _ctx: *mut
     let errno = unsafe { *libc::__errno_location() };
     INTERRUPTS.fetch_add(1, Ordering::Relaxed);
     sched::preempt_count_add(HARDIRQ_OFFSET);
+    trace::irq_handler_entry();
     raise_softirq_irqoff(Softirq::Timer);
+    trace::irq_handler_exit();
     sched::preempt_count_sub(HARDIRQ_OFFSET);
     // irq_exit(): run softirqs unless the interrupted code was in interrupt context itself.
     if !in_interrupt() {

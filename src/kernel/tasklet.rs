@@ -62,6 +62,7 @@ use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 use crate::kernel::panic;
 use crate::kernel::softirq::{self, Softirq};
+use crate::kernel::trace;
 
 const SCHED: u32 = 1;
 const RUN: u32 = 2;
@@ -112,7 +113,9 @@ unsafe impl<T: Send> Send for Tasklet<T> {}
 unsafe fn call_tasklet<T>(n: *const Node) {
     // SAFETY: per the contract: live and pinned.
     let t = unsafe { Pin::new_unchecked(&*(n as *const Tasklet<T>)) };
+    trace::tasklet_entry(n, t.node.name);
     (t.func)(t);
+    trace::tasklet_exit(n, t.node.name);
 }
 
 impl<T> Tasklet<T> {

@@ -84,6 +84,7 @@ use crate::kernel::panic::{self, warn_at};
 use crate::kernel::sched;
 use crate::kernel::softirq::{self, Softirq};
 use crate::kernel::sync::spin::SpinFlag;
+use crate::kernel::trace;
 
 /// The list links and bookkeeping of one timer (first field of `Timer<T>`, `repr(C)`).
 #[repr(C)]
@@ -311,6 +312,7 @@ fn run_timer_softirq() {
                 break;
             }
             unlink(first);
+            trace::timer_cancel(first);
             link_after(*(*exp).prev.get(), first);
             (*first).pending.store(true, Ordering::Release);
         }
@@ -413,12 +415,14 @@ unsafe fn call_timer<T>(n: *const Node) {
     let name = t.name.load(Ordering::Acquire);
     // SAFETY: `name` only ever holds a `panic::Name` (set in new/timer_setup).
     let name: panic::Name = unsafe { std::mem::transmute::<usize, panic::Name>(name) };
+    trace::timer_expire_entry(n, name);
     panic::softirq_call(
         panic::Kind::Timer,
         Softirq::Timer as usize,
         Some(name),
         || f(t),
     );
+    trace::timer_expire_exit(n);
 }
 
 impl<T> Timer<T> {
@@ -452,17 +456,25 @@ impl<T> Timer<T> {
             call_handler::<T, F> as fn(&Timer<T>) as usize,
             Ordering::Release,
         );
+        trace::timer_init(self.node_ptr());
     }
 
     /// The handler's name (its path), as reports print it.
     pub fn handler_name(&self) -> &'static str {
+        self.name()()
+    }
+
+    /// The function that names the handler.
+    fn name(&self) -> panic::Name {
+        fn not_set_up() -> &'static str {
+            "(not set up)"
+        }
         let name = self.name.load(Ordering::Acquire);
         if name == 0 {
-            return "(not set up)";
+            return not_set_up;
         }
         // SAFETY: `name` only ever holds a `panic::Name` (set in new/timer_setup).
-        let name: panic::Name = unsafe { std::mem::transmute::<usize, panic::Name>(name) };
-        name()
+        unsafe { std::mem::transmute::<usize, panic::Name>(name) }
     }
 
     /// `mod_timer(timer, expires)`: arm the timer for jiffy `expires`, moving it if it was
@@ -490,6 +502,7 @@ impl<T> Timer<T> {
             unlink(n);
             enqueue(&g, n, expires);
         }
+        trace::timer_start(n, self.name(), expires);
         was_pending
     }
 
@@ -524,6 +537,9 @@ impl<T> Timer<T> {
         let g = BaseGuard::lock();
         // SAFETY: lock held; our own live node.
         let was = unsafe { unlink(self.node_ptr()) };
+        if was {
+            trace::timer_cancel(self.node_ptr());
+        }
         if was && idle(&g) {
             program_for_head(&g, None);
         }
@@ -574,6 +590,9 @@ impl<T> Timer<T> {
             }
             // SAFETY: lock held; our own live node.
             let was = unsafe { unlink(self.node_ptr()) };
+            if was {
+                trace::timer_cancel(self.node_ptr());
+            }
             if was && idle(&g) {
                 program_for_head(&g, None);
             }

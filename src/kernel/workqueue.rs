@@ -155,6 +155,7 @@ use super::kthread::{self, TaskStruct, kthread_should_stop};
 use super::panic;
 use super::sched;
 use super::timer::{Timer, TimerList};
+use super::trace;
 use super::wait::{WaitQueueHead, wait_event, wake_up};
 
 use super::sync::work::{self, CANCELING, DELAYED, LINKED, Linked, PENDING, RUNNING, WorkList};
@@ -515,11 +516,13 @@ fn process_one(wq_name: &'static str, item: &RawWork) {
         return; // cancelled while queued, or waiting for its delay timer
     }
     CURRENT_WORK.with(|c| c.set(item));
+    trace::workqueue_execute_start(item, item.name);
     panic::work_call(item.name, wq_name, || {
         // SAFETY: the item was linked from a `Pin<&T>` (see `Work::run`'s contract) and its
         // Drop waits for RUNNING to clear, which happens only below.
         unsafe { (item.run)(item) }
     });
+    trace::workqueue_execute_end(item, item.name);
     CURRENT_WORK.with(|c| c.set(ptr::null()));
     work::finish(&item.state);
 }
@@ -539,9 +542,11 @@ fn pin_to_cpu(cpu: usize) {
     }
 }
 
-/// Links `raw` on `pool` (the caller has just set `LINKED`) and wakes the worker.
+/// Links `raw` on `pool` of `wq` (the caller has just set `LINKED`) and wakes the worker.
 /// Async-signal-safe.
-fn push(pool: &Pool, raw: &RawWork) {
+fn push(wq: &WqInner, pool: &Pool, raw: &RawWork) {
+    trace::workqueue_queue_work(raw, raw.name, &wq.name, pool.cpu);
+    trace::workqueue_activate_work(raw);
     pool.pushed.fetch_add(1, SeqCst);
     pool.list.push(raw);
     wake_up(&pool.more);
@@ -560,14 +565,14 @@ fn live<R>(wq: &WqInner, f: impl FnOnce() -> R) -> Option<R> {
 
 /// Queues `raw` on `pool` unless pending or being cancelled. Async-signal-safe.
 fn queue_raw(wq: &WqInner, pool: &Pool, raw: &RawWork) -> bool {
-    live(wq, || queue_live(pool, raw)).unwrap_or(false)
+    live(wq, || queue_live(wq, pool, raw)).unwrap_or(false)
 }
 
-fn queue_live(pool: &Pool, raw: &RawWork) -> bool {
+fn queue_live(wq: &WqInner, pool: &Pool, raw: &RawWork) -> bool {
     match work::queue(&raw.state) {
         Some(link) => {
             if link {
-                push(pool, raw);
+                push(wq, pool, raw);
             }
             true
         }
@@ -1021,7 +1026,7 @@ fn link_delayed(wq: &WqInner, cpu: usize, raw: &RawWork) {
             (s & PENDING != 0).then_some((s & !DELAYED) | LINKED)
         }) && old & LINKED == 0
         {
-            push(pool_for(wq, cpu), raw);
+            push(wq, pool_for(wq, cpu), raw);
         }
     });
     if linked.is_none() {

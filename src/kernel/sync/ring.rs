@@ -1,6 +1,6 @@
-//! The printk ring (`printk.rs`): a bounded multi-producer, single-consumer queue of log records
-//! (Vyukov's), writable from any context, the timer signal's handler included, and the console's
-//! doorbell.
+//! The ring of printk (`printk.rs`) and of the trace events (`trace.rs`): a bounded
+//! multi-producer, single-consumer queue of fixed-size records (Vyukov's), writable from any
+//! context, the timer signal's handler included; and the console's doorbell.
 //!
 //! # Ground rules
 //! - Each slot has a sequence number. A producer claims position `pos` by a CAS on `tail` when
@@ -23,7 +23,14 @@ use super::{UnsafeCell, futex};
 /// Longest line kept (bytes).
 pub const LINE_MAX: usize = 240;
 
-/// One log record, as a producer writes it into its slot.
+/// What a ring holds: plain bytes (`Copy`, no pointers to own) with an empty value for the
+/// slots of a new ring.
+pub trait Entry: Copy {
+    /// The value of a slot nobody has written yet.
+    const EMPTY: Self;
+}
+
+/// One log record (printk's), as a producer writes it into its slot.
 #[derive(Clone, Copy, Debug)]
 pub struct Record {
     /// The printk level (`KERN_*` number).
@@ -36,37 +43,49 @@ pub struct Record {
     pub text: [u8; LINE_MAX],
 }
 
-impl Record {
+impl Entry for Record {
     const EMPTY: Record = Record {
         level: 0,
         ts_ns: 0,
         len: 0,
         text: [0; LINE_MAX],
     };
+}
 
+impl Record {
     /// The message's bytes.
     pub fn text(&self) -> &[u8] {
         &self.text[..(self.len as usize).min(LINE_MAX)]
     }
 }
 
-struct Slot {
+struct Slot<T> {
     /// Sequence number minus the slot's index (so that the all-zero static is the initial state).
     seq: AtomicU64,
-    rec: UnsafeCell<Record>,
+    rec: UnsafeCell<T>,
 }
 
-impl Slot {
-    super::const_fn! {
-        fn new() -> Slot {
-            Slot { seq: AtomicU64::new(0), rec: UnsafeCell::new(Record::EMPTY) }
+impl<T: Entry> Slot<T> {
+    #[cfg(not(loom))]
+    const fn new() -> Slot<T> {
+        Slot {
+            seq: AtomicU64::new(0),
+            rec: UnsafeCell::new(T::EMPTY),
+        }
+    }
+
+    #[cfg(loom)]
+    fn new() -> Slot<T> {
+        Slot {
+            seq: AtomicU64::new(0),
+            rec: UnsafeCell::new(T::EMPTY),
         }
     }
 }
 
-/// The ring of `N` slots.
-pub struct Ring<const N: usize> {
-    slots: [Slot; N],
+/// The ring of `N` slots of `T`.
+pub struct Ring<T, const N: usize> {
+    slots: [Slot<T>; N],
     /// Next position a producer claims.
     tail: AtomicU64,
     /// Next position the consumer reads (written by the consumer only).
@@ -75,9 +94,9 @@ pub struct Ring<const N: usize> {
 
 // SAFETY: slot contents are written only by the producer that claimed the slot (CAS on `tail`)
 // and read only by the consumer after the Release/Acquire publish on `seq` (Ground rules).
-unsafe impl<const N: usize> Sync for Ring<N> {}
+unsafe impl<T: Send, const N: usize> Sync for Ring<T, N> {}
 
-impl<const N: usize> Ring<N> {
+impl<T: Entry, const N: usize> Ring<T, N> {
     /// An empty ring.
     #[cfg(not(loom))]
     pub const fn new() -> Self {
@@ -100,7 +119,7 @@ impl<const N: usize> Ring<N> {
 
     /// Claims a slot, lets `fill` write the record, publishes it. Returns the position the
     /// record took, or `None` when the ring is full. Async-signal-safe, lock-free.
-    pub fn push(&self, fill: impl FnOnce(&mut Record)) -> Option<u64> {
+    pub fn push(&self, fill: impl FnOnce(&mut T)) -> Option<u64> {
         let mut pos = self.tail.load(Ordering::Relaxed);
         loop {
             let idx = (pos % N as u64) as usize;
@@ -147,7 +166,7 @@ impl<const N: usize> Ring<N> {
     ///
     /// # Safety
     /// One consumer at a time: no other `pop` on this ring runs concurrently.
-    pub unsafe fn pop<R>(&self, read: impl FnOnce(&Record) -> R) -> Option<R> {
+    pub unsafe fn pop<R>(&self, read: impl FnOnce(&T) -> R) -> Option<R> {
         let pos = self.head.load(Ordering::Relaxed);
         let idx = (pos % N as u64) as usize;
         let slot = &self.slots[idx];
@@ -172,7 +191,7 @@ impl<const N: usize> Ring<N> {
     /// Racy by design: a producer may claim and rewrite the slot while `read` runs (once the
     /// ring has gone round). The caller accepts a garbled record (plain bytes, no pointers) and
     /// does nothing else with the ring afterwards.
-    pub unsafe fn peek<R>(&self, pos: u64, read: impl FnOnce(&Record) -> R) -> Option<R> {
+    pub unsafe fn peek<R>(&self, pos: u64, read: impl FnOnce(&T) -> R) -> Option<R> {
         let idx = (pos % N as u64) as usize;
         let slot = &self.slots[idx];
         let seq = slot.seq.load(Ordering::Acquire).wrapping_add(idx as u64);
@@ -184,7 +203,7 @@ impl<const N: usize> Ring<N> {
     }
 }
 
-impl<const N: usize> Default for Ring<N> {
+impl<T: Entry, const N: usize> Default for Ring<T, N> {
     fn default() -> Self {
         Self::new()
     }
@@ -251,7 +270,7 @@ mod loom_tests {
     }
 
     /// The console's loop, as `printk.rs` runs it: read the bell, drain, sleep unless it rang.
-    fn console(ring: &Ring<2>, bell: &Doorbell, want: usize) -> Vec<Vec<u8>> {
+    fn console(ring: &Ring<Record, 2>, bell: &Doorbell, want: usize) -> Vec<Vec<u8>> {
         let mut got = Vec::new();
         loop {
             let seen = bell.seen();
@@ -272,7 +291,7 @@ mod loom_tests {
     #[test]
     fn every_line_reaches_the_console_once() {
         loom::model(|| {
-            let s = Arc::new((Ring::<2>::new(), Doorbell::new()));
+            let s = Arc::new((Ring::<Record, 2>::new(), Doorbell::new()));
             let producers: Vec<_> = [b"timer", b"ioctl"]
                 .into_iter()
                 .map(|text| {
@@ -298,7 +317,7 @@ mod loom_tests {
     #[test]
     fn a_slot_is_reused_only_once_consumed() {
         loom::model(|| {
-            let s = Arc::new((Ring::<2>::new(), Doorbell::new()));
+            let s = Arc::new((Ring::<Record, 2>::new(), Doorbell::new()));
             let producer = {
                 let s = s.clone();
                 thread::spawn(move || {
