@@ -13,8 +13,9 @@
 //!
 //! The exit status is 0 after a clean unload; 1 when the daemon could not start, lost its
 //! connection to `/dev/cuse`, or when the kernel is tainted: a BUG or WARN was reported while
-//! it ran (an allocation in softirq context, a task reference still held at unload, a WARN of
-//! the timer or workqueue code; see [`crate::kernel::bug`]); 2 for a bad command line.
+//! it ran (an allocation in softirq context, a task reference still held at unload, a kernel
+//! thread still running its module's code at unload, a WARN of the timer or workqueue code; see
+//! [`crate::kernel::bug`]); 2 for a bad command line.
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -356,12 +357,9 @@ pub fn run(inv: &Invocation) -> Result<(), String> {
             return Err(format!("module `{}`: init failed: {e:?} ({e})", info.name));
         }
     };
-    // rmmod: exit, then what it left held is a leak (the module's memory still holds it), then
-    // the module's memory goes.
-    let unload = |mut module: Box<dyn crate::module::Module>| {
-        module.exit();
-        kernel::task::check_leaks(info.name);
-        drop(module);
+    // rmmod: exit, then what it left running or held is reported, then the module's memory goes.
+    let unload = |module: Box<dyn crate::module::Module>| {
+        info.unload(module);
         kernel::stop();
     };
     let device = match (cuse, module.file_operations()) {

@@ -47,9 +47,10 @@ pub trait Module: Send {
         None
     }
     /// Unloads it (`module_exit`): called once the device, if any, is gone. It releases what the
-    /// module holds (stops its timers, flushes its work, puts its task references): the daemon
-    /// then reports what is still held, as the kernel's kmemleak would
-    /// ([`crate::kernel::task::check_leaks`]), and only then frees the module.
+    /// module holds (stops its timers, flushes its work, puts its task references, tells its
+    /// kernel threads to end and waits until they have): [`ModuleInfo::unload`] then reports
+    /// what is still held or running, as the kernel's kmemleak and page-fault Oops would, and
+    /// only then frees the module.
     fn exit(&mut self);
 }
 
@@ -112,8 +113,27 @@ impl ModuleInfo {
     }
 
     /// Loads the module: its init runs now (the runtime must be started, [`crate::kernel::start`]).
+    /// Kernel threads it creates from now on are its own (see [`ModuleInfo::unload`]). An init
+    /// that fails with a thread of its own still running is reported as an unload would.
     pub fn load(&self, params: &Params) -> Result<Box<dyn Module>> {
-        (self.init)(params)
+        crate::kernel::kthread::module_loaded(self.name);
+        let loaded = (self.init)(params);
+        if loaded.is_err() {
+            crate::kernel::kthread::unload(self.name, || {});
+        }
+        loaded
+    }
+
+    /// Unloads the module (`rmmod`): its [`Module::exit`], then what the kernel would find when
+    /// it frees the module's memory: a kernel thread of the module still running its code is
+    /// an Oops ([`crate::kernel::kthread`]'s unload: the exit must wait for its threads; those
+    /// that returned are reaped), a task reference still held a leak
+    /// ([`crate::kernel::task::check_leaks`]); then the module is freed. Reports taint the
+    /// kernel. Process context.
+    pub fn unload(&self, mut module: Box<dyn Module>) {
+        crate::kernel::kthread::unload(self.name, || module.exit());
+        crate::kernel::task::check_leaks(self.name);
+        drop(module);
     }
 
     /// `--help`'s list of its parameters, one a line: `name=TYPE  description (default: X)`.

@@ -216,3 +216,195 @@ fn an_allocation_in_a_tasklet_names_the_tasklet() {
             .any(|l| l.starts_with("BUG: sleeping function called"))
     );
 }
+
+/// Exercise 6's module, right or broken: its thread waits to be told to stop, then says it is
+/// done; its exit tells it (`TELL`) and waits for it (`WAIT`).
+mod lab6 {
+    use std::sync::Arc;
+
+    use deferred::kernel::atomic::Atomic;
+    use deferred::kernel::error::Result;
+    use deferred::kernel::kthread::kthread_should_stop;
+    use deferred::kernel::sched::current;
+    use deferred::kernel::wait::{WaitQueueHead, wait_event_interruptible, wake_up_interruptible};
+    use deferred::module::{Module, ModuleInfo, Param, Params};
+    use deferred::{kthread_run, pr_info};
+
+    pub const TELL: Param<bool> = Param::new("tell", true, "exit tells the thread to stop");
+    pub const WAIT: Param<bool> = Param::new("wait", true, "exit waits for the thread");
+
+    pub const MODULE: ModuleInfo = ModuleInfo {
+        name: "lab6",
+        description: "exercise 6, right or broken",
+        params: &[&TELL, &WAIT],
+        has_device: false,
+        init: load,
+    };
+
+    struct Sync {
+        wq_stop: WaitQueueHead,
+        wq_done: WaitQueueHead,
+        stop: Atomic,
+        done: Atomic,
+    }
+
+    fn my_thread_f(s: Arc<Sync>) -> i32 {
+        let me = current();
+        pr_info!(
+            "[my_thread_f] Current process id is {} ({})",
+            me.pid(),
+            me.comm()
+        );
+        // (kthread_should_stop: the runtime's clean-up after the report ends it.)
+        let _ =
+            wait_event_interruptible(&s.wq_stop, || s.stop.read() != 0 || kthread_should_stop());
+        s.done.set(1);
+        wake_up_interruptible(&s.wq_done);
+        pr_info!("[my_thread_f] Exiting");
+        0
+    }
+
+    struct Lab6 {
+        s: Arc<Sync>,
+        tell: bool,
+        wait: bool,
+    }
+
+    fn load(p: &Params) -> Result<Box<dyn Module>> {
+        pr_info!("[kthread_init] Init module");
+        let s = Arc::new(Sync {
+            wq_stop: WaitQueueHead::new(),
+            wq_done: WaitQueueHead::new(),
+            stop: Atomic::new(0),
+            done: Atomic::new(0),
+        });
+        kthread_run!(my_thread_f, s.clone(), "{}kthread{}", "my", 0)?;
+        Ok(Box::new(Lab6 {
+            s,
+            tell: p.get(&TELL),
+            wait: p.get(&WAIT),
+        }))
+    }
+
+    impl Module for Lab6 {
+        fn exit(&mut self) {
+            if self.tell {
+                self.s.stop.set(1);
+                wake_up_interruptible(&self.s.wq_stop);
+            }
+            if self.wait {
+                let _ = wait_event_interruptible(&self.s.wq_done, || self.s.done.read() != 0);
+            }
+            pr_info!("[kthread_exit] Exit module");
+        }
+    }
+}
+
+/// Loads lab6 with `params`, waits for its thread's first line (and, if `asleep`, until it
+/// sleeps), unloads it; returns the log and the thread's id.
+fn load_and_unload(params: &[&str], asleep: bool) -> (Vec<String>, i32) {
+    let cap = printk::capture();
+    let m = lab6::MODULE
+        .load(&lab6::MODULE.parse_params(params).unwrap())
+        .unwrap();
+    let texts = wait_line(&cap, "[my_thread_f] Current process id is");
+    let tid: i32 = texts
+        .iter()
+        .find_map(|t| t.strip_prefix("[my_thread_f] Current process id is "))
+        .and_then(|r| r.strip_suffix(" (mykthread0)"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{texts:#?}"));
+    if asleep {
+        assert!(runtime_common::wait_for(Duration::from_secs(5), || {
+            runtime_common::in_futex(tid)
+        }));
+    }
+    lab6::MODULE.unload(m);
+    // Reaped or stopped and joined: the thread is gone (its /proc entry may linger a moment).
+    assert!(
+        runtime_common::wait_for(Duration::from_secs(5), || {
+            !std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
+        }),
+        "mykthread0 outlived its module: {:#?}",
+        cap.texts()
+    );
+    (cap.texts(), tid)
+}
+
+fn position(texts: &[String], f: impl Fn(&str) -> bool) -> usize {
+    texts
+        .iter()
+        .position(|t| f(t))
+        .unwrap_or_else(|| panic!("{texts:#?}"))
+}
+
+/// How many times each case runs: the verdict must never depend on which thread ran first.
+const RUNS: usize = 40;
+
+#[test]
+fn a_kthread_not_waited_for_at_exit_is_an_oops_every_time() {
+    let _g = serial();
+    for run in 0..RUNS {
+        let reports = bug::reports();
+        // TODO/7 without its wait: the thread is told to stop, exit returns at once.
+        let (texts, tid) = load_and_unload(&["wait=0"], false);
+        let exit = position(&texts, |t| t == "[kthread_exit] Exit module");
+        let bug = position(&texts, |t| {
+            t.starts_with("BUG: unable to handle page fault for address: ")
+        });
+        let oops = position(&texts, |t| t.starts_with("Oops: 0010 [#"));
+        assert!(texts[oops].ends_with(" in mykthread0"), "{texts:#?}");
+        assert!(
+            texts.contains(&format!("CPU: 0 PID: {tid} Comm: mykthread0")),
+            "{texts:#?}"
+        );
+        assert!(texts.contains(&"Modules linked in: [last unloaded: lab6]".to_string()));
+        let why = position(&texts, |t| {
+            t.starts_with(
+                "module lab6 was unloaded while its kernel thread mykthread0 still ran its code (",
+            ) && t.ends_with("): its exit did not wait for the thread to end")
+        });
+        // The thread never ran on past its wait before the report (it had no turn), then was
+        // let go and ended.
+        let exiting = position(&texts, |t| t == "[my_thread_f] Exiting");
+        assert!(
+            exit < bug && bug < oops && oops < why && why < exiting,
+            "run {run}: {texts:#?}"
+        );
+        assert!(bug::reports() > reports, "run {run}: not tainted");
+        assert_eq!(bug::taint_string(), "W");
+    }
+}
+
+#[test]
+fn a_kthread_never_told_to_stop_is_an_oops_and_is_stopped() {
+    let _g = serial();
+    let reports = bug::reports();
+    let (texts, _) = load_and_unload(&["tell=0", "wait=0"], true);
+    let why = position(&texts, |t| {
+        t.starts_with("module lab6 was unloaded while its kernel thread mykthread0 still ran its code (in a wait of the module")
+    });
+    let exiting = position(&texts, |t| t == "[my_thread_f] Exiting");
+    assert!(why < exiting, "{texts:#?}");
+    assert!(bug::reports() > reports);
+}
+
+#[test]
+fn a_kthread_waited_for_at_exit_is_reaped_without_a_report_every_time() {
+    let _g = serial();
+    for run in 0..RUNS {
+        let reports = bug::reports();
+        let (texts, _) = load_and_unload(&[], false);
+        assert_eq!(bug::reports(), reports, "run {run}: {texts:#?}");
+        assert!(
+            !texts
+                .iter()
+                .any(|t| t.starts_with("BUG:") || t.starts_with("Oops")),
+            "run {run}: {texts:#?}"
+        );
+        // The exit and its thread take turns: the thread's last line always comes first.
+        let exiting = position(&texts, |t| t == "[my_thread_f] Exiting");
+        let exit = position(&texts, |t| t == "[kthread_exit] Exit module");
+        assert!(exiting < exit, "run {run}: {texts:#?}");
+    }
+}

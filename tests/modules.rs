@@ -450,21 +450,30 @@ fn timer_module_counts_seconds_periodically_or_once() {
 fn kthread_module_runs_mykthread0_and_waits_for_it_at_unload() {
     let _g = serial();
     let cap = printk::capture();
-    let m = kthread::KthreadModule::load().unwrap();
-    let tid = m.task().unwrap().pid();
+    let reports = deferred::kernel::bug::reports();
+    let m = kthread::MODULE.load(&kthread::MODULE.defaults()).unwrap();
     let line = wait_lines(
         &cap,
         "[my_thread_f] Current process id is",
         1,
         Duration::from_secs(5),
     );
-    assert_eq!(
-        line[0].text,
-        format!("[my_thread_f] Current process id is {tid} (mykthread0)")
-    );
+    let tid: i32 = line[0]
+        .text
+        .strip_prefix("[my_thread_f] Current process id is ")
+        .and_then(|r| r.strip_suffix(" (mykthread0)"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{:?}", line[0].text));
     let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap();
     assert_eq!(comm.trim(), "mykthread0");
-    unload(m);
+    // rmmod: the exit waits for the thread, which the runtime reaps (no kthread_stop).
+    kthread::MODULE.unload(m);
+    assert_eq!(
+        deferred::kernel::bug::reports(),
+        reports,
+        "{:#?}",
+        cap.texts()
+    );
     let texts = cap.texts();
     let exiting = texts
         .iter()

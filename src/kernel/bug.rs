@@ -8,7 +8,11 @@
 //!   `del_timer_sync` from the timer's own handler, ...; a workqueue flushed from its own work
 //!   (lockdep's recursive locking, [`crate::kernel::workqueue`]);
 //! - task references still held after a module's exit (a kmemleak-style report,
-//!   [`crate::kernel::task::check_leaks`]).
+//!   [`crate::kernel::task::check_leaks`]);
+//! - a module's kernel thread still running the module's code when its exit returns (the
+//!   kernel's page fault Oops in that thread, [`crate::kernel::kthread`]'s `unload`);
+//! - a module's exit or kernel thread running its code for 10 s while another waits for its
+//!   turn during the unload (the watchdog's soft lockup).
 //!
 //! Exercise 4's "sleeping function called from invalid context" in a timer (a blocking call in
 //! softirq context, [`crate::kernel::sched::might_sleep`]) is the lab's expected outcome and

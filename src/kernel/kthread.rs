@@ -57,6 +57,14 @@
 //! `threadfn`'s result. A thread that returned by itself earlier is handled as the kernel does:
 //! `kthread_stop` returns the stored result at once.
 //!
+//! # A module's threads
+//! A kthread created while a module is loaded ([`crate::module::ModuleInfo::load`]) is the
+//! module's. Once it has returned the runtime reaps it (joins it), as kthreadd does: the module
+//! need not `kthread_stop` it. One still running the module's code when the module's exit
+//! returns is the kernel's Oops (the module's code freed under it); while the exit runs, the
+//! exit and the module's threads take turns, so that verdict never depends on scheduling: see
+//! `unload` below for the design.
+//!
 //! # Contexts
 //! `kthread_create`, `kthread_run` and `kthread_stop` sleep: process context only
 //! (`might_sleep()` first). `wake_up_process` and `kthread_should_stop` are callable from any
@@ -68,8 +76,9 @@
 //! join handle and the name are touched in process context only.
 
 use core::fmt;
+use core::ops::ControlFlow;
 use core::ptr;
-use core::sync::atomic::{AtomicI32, AtomicU32, Ordering::SeqCst};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering::SeqCst};
 use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -90,6 +99,12 @@ const EXITED: u32 = 4;
 #[derive(Debug)]
 struct Kthread {
     comm: String,
+    /// The module that created it (while loaded, [`crate::module`]); None: the runtime's own.
+    module: Option<&'static str>,
+    /// `threadfn`'s path (`type_name`), for the reports.
+    threadfn: &'static str,
+    /// Where it is, for the unload report: one of the `AT_*` values.
+    at: AtomicU32,
     /// The thread's tid, published by the thread before `kthread_create` returns.
     tid: AtomicI32,
     /// `WOKEN | SHOULD_STOP | EXITED`.
@@ -144,11 +159,45 @@ where
     F: FnOnce(D) -> i32 + Send + 'static,
     D: Send + 'static,
 {
+    let module = *LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    create(threadfn, data, name, module)
+}
+
+/// [`kthread_create`] + [`wake_up_process`] of a thread of the runtime's own (a workqueue's
+/// worker): never a module's, whatever module is loaded.
+pub(crate) fn kthread_run_kernel<F, D>(
+    threadfn: F,
+    data: D,
+    name: fmt::Arguments<'_>,
+) -> Result<TaskStruct>
+where
+    F: FnOnce(D) -> i32 + Send + 'static,
+    D: Send + 'static,
+{
+    let task = create(threadfn, data, name, None)?;
+    wake_up_process(&task);
+    Ok(task)
+}
+
+#[track_caller]
+fn create<F, D>(
+    threadfn: F,
+    data: D,
+    name: fmt::Arguments<'_>,
+    module: Option<&'static str>,
+) -> Result<TaskStruct>
+where
+    F: FnOnce(D) -> i32 + Send + 'static,
+    D: Send + 'static,
+{
     if !sched::might_sleep() {
         return Err(Error::EWOULDBLOCK);
     }
     let comm = sched::comm_truncate(&std::fmt::format(name)).to_owned();
     let inner = Arc::new(Kthread {
+        module,
+        threadfn: std::any::type_name::<F>(),
+        at: AtomicU32::new(AT_RUNNING),
         comm: comm.clone(),
         tid: AtomicI32::new(0),
         state: AtomicU32::new(0),
@@ -165,7 +214,14 @@ where
     *inner.join.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
     wait_event(&inner.events, || inner.tid.load(SeqCst) != 0);
     trace::task_newtask(inner.tid.load(SeqCst), &inner.comm);
-    Ok(TaskStruct { inner })
+    let task = TaskStruct { inner };
+    if module.is_some() {
+        let mut threads = MODULE_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+        // kthreadd's part: the module's threads that have returned are reaped.
+        threads.retain(|t| !t.has_exited() || !reap(t));
+        threads.push(task.clone());
+    }
+    Ok(task)
 }
 
 /// The body of every kthread: publish, wait to be woken, run `threadfn`, publish the result.
@@ -207,6 +263,8 @@ where
     CURRENT.with(|c| c.set(ptr::null()));
     me.state.fetch_or(EXITED, SeqCst);
     wake_up(&me.events);
+    // Out of the module's code: during its exit, the exit may run again (see `unload`).
+    cpu_release();
 }
 
 /// `kthread_create!(threadfn, data, "fmt", args...)`: [`kthread_create`] with a `format!`-style
@@ -287,4 +345,274 @@ pub fn kthread_stop(task: &TaskStruct) -> i32 {
     let ret = k.result.load(SeqCst);
     trace::sched_kthread_stop_ret(ret);
     ret
+}
+
+// ---------------------------------------------------------------------------------------------
+// A module's kthreads at its unload
+
+/// Where a module's kthread is, as the unload report says it ([`Kthread::at`]).
+const AT_RUNNING: u32 = 0;
+const AT_ASLEEP: u32 = 1;
+const AT_WAITING_CPU: u32 = 2;
+
+/// The module loaded now (its new kthreads are its own), set by [`crate::module`].
+static LOADED: Mutex<Option<&'static str>> = Mutex::new(None);
+/// The loaded module's kthreads not yet reaped.
+static MODULE_THREADS: Mutex<Vec<TaskStruct>> = Mutex::new(Vec::new());
+
+/// A module's exit runs: its code runs on one "CPU" (see [`unload`]).
+static UNLOADING: AtomicBool = AtomicBool::new(false);
+/// After a soft lockup: the module's threads and exit run at once again (no more turns).
+static PREEMPTIVE: AtomicBool = AtomicBool::new(false);
+/// The thread (tid) running the module's code during its exit; 0: none.
+static CPU_OWNER: AtomicI32 = AtomicI32::new(0);
+/// Where the threads waiting for their turn sleep.
+static CPU_WQ: WaitQueueHead = WaitQueueHead::new();
+/// How long a thread waits for its turn before the soft-lockup report (the kernel's
+/// `watchdog_thresh`).
+const SOFT_LOCKUP_NS: u64 = 10_000_000_000;
+
+thread_local! {
+    /// This thread runs a module's exit.
+    static EXITING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Does the calling thread take turns on the module's "CPU": the thread running the module's
+/// exit, or one of the module's kthreads, while the exit runs.
+fn takes_turns() -> bool {
+    if !UNLOADING.load(SeqCst) || PREEMPTIVE.load(SeqCst) {
+        return false;
+    }
+    if EXITING.with(Cell::get) {
+        return true;
+    }
+    // SAFETY: as in `kthread_should_stop`: a non-null CURRENT is this thread's live Kthread.
+    unsafe { CURRENT.with(Cell::get).as_ref() }.is_some_and(|k| k.module.is_some())
+}
+
+fn set_at(at: u32) {
+    // SAFETY: as in `kthread_should_stop`.
+    if let Some(k) = unsafe { CURRENT.with(Cell::get).as_ref() } {
+        k.at.store(at, SeqCst);
+    }
+}
+
+/// The calling thread is about to sleep (`wait_event*`, `msleep`, ...): during a module's exit,
+/// the module's code is free to run on another of its threads.
+pub(crate) fn sched_out() {
+    set_at(AT_ASLEEP);
+    if takes_turns() {
+        cpu_release();
+    }
+}
+
+/// The calling thread leaves a sleep (its condition holds, it timed out, or it was
+/// interrupted): during a module's exit, it runs the module's code only in its turn: once the
+/// thread that has it sleeps, returns (a kthread) or the exit has returned.
+pub(crate) fn sched_in() {
+    if !takes_turns() {
+        set_at(AT_RUNNING);
+        return;
+    }
+    let me = sched::gettid();
+    if CPU_OWNER.load(SeqCst) == me {
+        set_at(AT_RUNNING);
+        return;
+    }
+    set_at(AT_WAITING_CPU);
+    let deadline = super::jiffies::monotonic_ns().saturating_add(SOFT_LOCKUP_NS);
+    let got = CPU_WQ.wait_loop(|| {
+        if !UNLOADING.load(SeqCst) || PREEMPTIVE.load(SeqCst) {
+            return ControlFlow::Break(true);
+        }
+        if CPU_OWNER.compare_exchange(0, me, SeqCst, SeqCst).is_ok() {
+            return ControlFlow::Break(true);
+        }
+        if super::jiffies::monotonic_ns() >= deadline {
+            return ControlFlow::Break(false);
+        }
+        ControlFlow::Continue(Some(deadline))
+    });
+    if !got {
+        soft_lockup(me);
+    }
+    set_at(AT_RUNNING);
+}
+
+/// Gives the module's "CPU" up, if the calling thread has it.
+fn cpu_release() {
+    let me = sched::gettid();
+    if CPU_OWNER.compare_exchange(me, 0, SeqCst, SeqCst).is_ok() {
+        CPU_WQ.wake();
+    }
+}
+
+/// The turn never came: the thread that has it ran the module's code for `SOFT_LOCKUP_NS`
+/// without sleeping (a busy wait for another of the module's threads). The kernel's watchdog
+/// report; from now on this unload's threads run at once.
+fn soft_lockup(me: i32) {
+    if PREEMPTIVE.swap(true, SeqCst) {
+        return;
+    }
+    CPU_WQ.wake();
+    super::bug::add_taint(super::bug::TAINT_WARN);
+    let owner = CPU_OWNER.load(SeqCst);
+    let comm = std::fs::read_to_string(format!("/proc/self/task/{owner}/comm"))
+        .map(|s| s.trim_end().to_owned())
+        .unwrap_or_else(|_| "?".into());
+    crate::pr_emerg!(
+        "watchdog: BUG: soft lockup - CPU#0 stuck for {}s! [{comm}:{owner}]",
+        SOFT_LOCKUP_NS / 1_000_000_000
+    );
+    crate::pr_emerg!(
+        "{comm} ran the module's code that long without sleeping while {} (pid {me}) waited to \
+         run it: during a module's exit, the exit and the module's kernel threads take turns as \
+         on one CPU; a busy wait for another of them never ends (wait_event* sleeps)",
+        sched::current().comm()
+    );
+}
+
+/// `insmod`: kthreads created from now on (outside the runtime's own) are `module`'s.
+pub(crate) fn module_loaded(module: &'static str) {
+    *LOADED.lock().unwrap_or_else(|e| e.into_inner()) = Some(module);
+}
+
+/// Joins a thread that has returned (`EXITED`): it is gone once this returns. True if it was
+/// joined now.
+fn reap(task: &TaskStruct) -> bool {
+    let handle = task
+        .inner
+        .join
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    handle.map(JoinHandle::join).is_some()
+}
+
+/// `rmmod`: runs `exit`, the module's `module_exit`, then deals with the module's kthreads as
+/// the kernel would find them when it frees the module's memory. Returns how many were still
+/// running its code (each an Oops report). Process context.
+///
+/// # A kthread still running the module's code at unload
+/// In the kernel a module's exit that returns while one of its threads still runs the module's
+/// code (asleep in a `wait_event` of the module, or woken and about to run) frees the code under
+/// the thread: the thread faults on its next instruction, an Oops in that thread. The lab's
+/// exercise 6 asks for the exit to prevent that: tell the thread to stop, then *wait* until it
+/// says it is done. Here the thread's code stays, so the runtime reports it: at the return of
+/// `exit`, every kthread of the module whose function has not returned is reported as the
+/// kernel's page fault in it, with a line saying the module was unloaded while the thread ran
+/// its code (its exit did not wait for it); the kernel is tainted (the daemon exits 1). Then the
+/// thread is stopped (`kthread_should_stop()` turns true, it is woken to re-check its condition)
+/// and joined, waiting at most a second: the daemon ends anyway. Threads that returned are reaped (joined), as kthreadd
+/// reaps them: the exit need not `kthread_stop` them.
+///
+/// # Why the verdict does not depend on scheduling: the exit and the threads take turns
+/// With threads running at once, whether the thread has returned when `exit` returns would be
+/// a race for an exit that wakes the thread and does not wait: on a fast thread it would pass,
+/// on a slow one fail. So while `exit` runs, the exit and the module's kthreads take turns as
+/// on one CPU without preemption: one of them, the owner, runs the module's code; the others
+/// wait for their turn when they leave a sleep. The exit owns the "CPU" first; a thread gives
+/// it up when it sleeps (`wait_event*`, `msleep`, `schedule_timeout`: [`sched_out`]) or when
+/// its kthread returns; a thread that leaves a sleep (its condition true, including the check
+/// before sleeping; timed out; interrupted: [`sched_in`]) waits until the owner gives it up or
+/// the exit returns. So a kthread woken by the exit runs only while the exit sleeps:
+/// - an exit that waits for the thread (`wait_event` on a condition only the thread makes
+///   true) sleeps, the thread runs, signals, returns; the exit runs again only then: at its
+///   return the thread has returned, every time (and "Exiting" comes before "Exit module");
+/// - an exit that wakes the thread and returns without sleeping never lets it run: at its
+///   return the thread is still in its `wait_event` (woken, waiting for its turn), every time.
+///
+/// The verdict is the program's, not the scheduler's. What turns do not cover: a kthread
+/// already running the module's code (not asleep) when the exit starts runs at once until it
+/// next sleeps or leaves a sleep; one still running at the exit's return is reported too.
+/// A busy wait (an exit spinning until the thread sets a flag) would wait for ever for a turn
+/// that never comes: after `SOFT_LOCKUP_NS` the kernel's soft-lockup report, and turns end.
+pub(crate) fn unload(module: &str, exit: impl FnOnce()) -> usize {
+    let me = sched::gettid();
+    PREEMPTIVE.store(false, SeqCst);
+    CPU_OWNER.store(me, SeqCst);
+    EXITING.with(|e| e.set(true));
+    UNLOADING.store(true, SeqCst);
+    exit();
+    // The verdict, while the exit still has the "CPU": a thread of the module that has not
+    // returned cannot have left a sleep since the exit last slept, so what it is doing now is
+    // the program's doing, not the scheduler's.
+    let threads = std::mem::take(&mut *MODULE_THREADS.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut running = Vec::new();
+    for t in threads {
+        if t.has_exited() {
+            reap(&t);
+        } else {
+            running.push(t);
+        }
+    }
+    for t in &running {
+        oops_unloaded(module, t);
+    }
+    // The turns end: the threads held run again, and are stopped.
+    UNLOADING.store(false, SeqCst);
+    EXITING.with(|e| e.set(false));
+    CPU_OWNER.store(0, SeqCst);
+    CPU_WQ.wake();
+    *LOADED.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    for t in &running {
+        let k = &t.inner;
+        // kthread_should_stop() turns true and it re-checks its condition (not interrupted:
+        // a loop retrying an interrupted wait would spin for ever).
+        k.state.fetch_or(SHOULD_STOP | WOKEN, SeqCst);
+        wake_up(&k.events);
+        k.slot.kick();
+        let deadline = super::jiffies::monotonic_ns().saturating_add(1_000_000_000);
+        let exited = k.events.wait_loop(|| {
+            if k.state.load(SeqCst) & EXITED != 0 {
+                ControlFlow::Break(true)
+            } else if super::jiffies::monotonic_ns() >= deadline {
+                ControlFlow::Break(false)
+            } else {
+                ControlFlow::Continue(Some(deadline))
+            }
+        });
+        if exited {
+            reap(t);
+        } else {
+            crate::pr_err!(
+                "kthread: {} (pid {}) did not stop within a second of kthread_stop: it runs \
+                 until the process ends",
+                k.comm,
+                t.pid()
+            );
+        }
+    }
+    running.len()
+}
+
+/// The Oops of a kthread whose module's code went while it still ran it.
+fn oops_unloaded(module: &str, t: &TaskStruct) {
+    let k = &t.inner;
+    super::bug::add_taint(super::bug::TAINT_WARN);
+    let die = super::panic::die();
+    let addr = Arc::as_ptr(k) as usize;
+    let state = k.state.load(SeqCst);
+    let how = if state & WOKEN == 0 {
+        "created (kthread_create) and never woken"
+    } else {
+        match k.at.load(SeqCst) {
+            AT_ASLEEP => "in a wait of the module (wait_event*, msleep, ...), woken or not",
+            AT_WAITING_CPU => "woken from a wait of the module, about to run its code",
+            _ => "running",
+        }
+    };
+    crate::pr_alert!("BUG: unable to handle page fault for address: {addr:016x}");
+    crate::pr_alert!("#PF: supervisor instruction fetch in kernel mode");
+    crate::pr_alert!("#PF: error_code(0x0010) - not-present page");
+    crate::pr_alert!("Oops: 0010 [#{die}] in {}", k.comm);
+    crate::pr_alert!("CPU: 0 PID: {} Comm: {}", t.pid(), k.comm);
+    crate::pr_alert!("RIP: 0010:{} [{module}, unloaded]", k.threadfn);
+    crate::pr_alert!("Modules linked in: [last unloaded: {module}]");
+    crate::pr_alert!(
+        "module {module} was unloaded while its kernel thread {} still ran its code ({how}): \
+         its exit did not wait for the thread to end",
+        k.comm
+    );
+    crate::pr_alert!("---[ end trace 0000000000000000 ]---");
 }

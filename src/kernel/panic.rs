@@ -120,6 +120,11 @@ thread_local! {
 
 /// Oopses so far (the kernel's `die_counter`, the `[#N]` of the report).
 static DIE_COUNTER: AtomicU32 = AtomicU32::new(0);
+/// The next Oops's number (`[#N]`).
+pub(crate) fn die() -> u32 {
+    DIE_COUNTER.fetch_add(1, Ordering::SeqCst) + 1
+}
+
 /// A panic in softirq context is being reported: a second one waits for the exit.
 static PANICKING: AtomicBool = AtomicBool::new(false);
 

@@ -333,6 +333,8 @@ pub fn sleep_until_ns(deadline_ns: u64) {
         tv_sec: (deadline_ns / 1_000_000_000) as libc::time_t,
         tv_nsec: (deadline_ns % 1_000_000_000) as libc::c_long,
     };
+    // A sleep: during a module's exit, its other threads may run the module's code meanwhile.
+    super::kthread::sched_out();
     loop {
         // SAFETY: `ts` is a valid timespec; the remaining-time pointer may be null with
         // TIMER_ABSTIME.
@@ -345,6 +347,7 @@ pub fn sleep_until_ns(deadline_ns: u64) {
             )
         };
         if rc != libc::EINTR {
+            super::kthread::sched_in();
             return;
         }
     }

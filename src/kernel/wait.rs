@@ -54,7 +54,7 @@ use core::ptr;
 use std::cell::Cell;
 
 use super::error::{Error, Result};
-use super::{jiffies, sched};
+use super::{jiffies, kthread, sched};
 
 pub use super::error::ERESTARTSYS;
 
@@ -161,27 +161,44 @@ fn wait_common(
     interruptible: bool,
     deadline: Option<u64>,
 ) -> WaitResult {
-    // Fast path: no registration when the condition already holds.
+    // Fast path: no registration when the condition already holds. During a module's exit, a
+    // thread of the module leaving a wait waits for its turn first (`kthread::unload`).
     if cond() {
+        kthread::sched_in();
         return WaitResult::Condition(deadline.map_or(0, remaining));
     }
     let slot = current_slot();
     let _registration = Registration::new(wq, slot);
     wq.wait_loop(|| {
-        if cond() {
-            return ControlFlow::Break(WaitResult::Condition(deadline.map_or(0, remaining)));
+        kthread::sched_in();
+        let r = check(&mut cond, slot, interruptible, deadline);
+        if r.is_continue() {
+            kthread::sched_out();
         }
-        if interruptible && slot.is_some_and(WaitSlot::interrupted) {
-            return ControlFlow::Break(WaitResult::Interrupted);
-        }
-        match deadline {
-            None => ControlFlow::Continue(None),
-            Some(d) if jiffies::time_after_eq(jiffies::jiffies(), d) => {
-                ControlFlow::Break(WaitResult::TimedOut)
-            }
-            Some(d) => ControlFlow::Continue(Some(jiffies::jiffies_to_monotonic_ns(d))),
-        }
+        r
     })
+}
+
+/// One check of a sleeper's condition, interruption and deadline.
+fn check(
+    mut cond: impl FnMut() -> bool,
+    slot: Option<&WaitSlot>,
+    interruptible: bool,
+    deadline: Option<u64>,
+) -> ControlFlow<WaitResult, Option<u64>> {
+    if cond() {
+        return ControlFlow::Break(WaitResult::Condition(deadline.map_or(0, remaining)));
+    }
+    if interruptible && slot.is_some_and(WaitSlot::interrupted) {
+        return ControlFlow::Break(WaitResult::Interrupted);
+    }
+    match deadline {
+        None => ControlFlow::Continue(None),
+        Some(d) if jiffies::time_after_eq(jiffies::jiffies(), d) => {
+            ControlFlow::Break(WaitResult::TimedOut)
+        }
+        Some(d) => ControlFlow::Continue(Some(jiffies::jiffies_to_monotonic_ns(d))),
+    }
 }
 
 /// Remaining jiffies before `deadline`, at least 1 (the condition held in time).

@@ -448,19 +448,16 @@ impl Workqueue {
         let wq = Workqueue { inner };
         for pool in inner.pools.iter() {
             let res = if per_cpu {
-                crate::kthread_run!(
+                kthread::kthread_run_kernel(
                     worker_thread,
                     (inner.name.as_str(), pool, true),
-                    "{}/{}",
-                    name,
-                    pool.cpu
+                    format_args!("{}/{}", name, pool.cpu),
                 )
             } else {
-                crate::kthread_run!(
+                kthread::kthread_run_kernel(
                     worker_thread,
                     (inner.name.as_str(), pool, false),
-                    "{}",
-                    name
+                    format_args!("{}", name),
                 )
             };
             match res {

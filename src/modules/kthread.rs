@@ -16,8 +16,10 @@
 //!               pr_info("[kthread_exit] Exit module")
 //! ```
 //! Where the kernel thread calls `do_exit`, the userspace thread returns from its function; the
-//! unload also joins it (`kthread_stop` on a thread that has already finished only collects its
-//! result), so no thread outlives the module.
+//! runtime reaps it, as kthreadd does (no `kthread_stop`). An exit that does not wait for the
+//! thread is the kernel's Oops: the module's code freed while its thread still runs it
+//! ([`crate::module::ModuleInfo::unload`]; the exit and the thread take turns during the unload,
+//! so the report never depends on which thread the scheduler ran first).
 //!
 //! The `TODO` comments are the lab's steps (`scripts/lab new` strips the lines after each).
 
@@ -25,7 +27,7 @@ use std::sync::Arc;
 
 use crate::kernel::atomic::Atomic;
 use crate::kernel::error::Result;
-use crate::kernel::kthread::{TaskStruct, kthread_stop};
+use crate::kernel::kthread::TaskStruct;
 use crate::kernel::sched::current;
 use crate::kernel::wait::{WaitQueueHead, wait_event_interruptible, wake_up_interruptible};
 use crate::module::{Module, ModuleInfo};
@@ -115,10 +117,6 @@ impl Module for KthreadModule {
         })
         .is_err()
         {}
-        // The thread has returned: collect it (no thread outlives the module).
-        if let Some(task) = &self.task {
-            kthread_stop(task);
-        }
         pr_info!("[kthread_exit] Exit module");
     }
 }
