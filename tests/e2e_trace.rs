@@ -341,15 +341,9 @@ fn the_kthread_module_traced_shows_its_thread_start_and_stop() {
     let exit = t.find(hello, "its exit", |e| {
         e.name == "sched_process_exit" && e.pid == kpid
     });
-    let stop = t.find(0, "kthread_stop", |e| {
-        e.name == "sched_kthread_stop" && e.fields == format!("comm=mykthread0 pid={kpid}")
-    });
-    let ret = t.find(stop, "kthread_stop's return", |e| {
-        e.name == "sched_kthread_stop_ret"
-    });
-    assert_eq!(t.evs[ret].fields, "ret=0");
-    assert!(exit < ret && stop > new, "{text}");
-    t.find(ret, "the exit line", |e| {
+    // The module's exit wakes the thread and waits for it to end (no kthread_stop: the lab's
+    // thread returns by itself), so its exit comes before the module's last line.
+    t.find(exit, "the exit line", |e| {
         e.fields == "[kthread_exit] Exit module"
     });
 }
