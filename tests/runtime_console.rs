@@ -7,6 +7,11 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use deferred::kernel::printk::{self, Level};
+use runtime_common::wait_for;
+
+/// How long a condition is waited for before the test fails (far past any scheduling delay, far
+/// short of the hour-long gathering).
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 use deferred::{pr_debug, pr_err, pr_info, pr_notice, pr_warn};
 
 /// A console that records each `write` call separately.
@@ -124,30 +129,34 @@ fn lines_drained_together_go_out_in_one_write() {
 fn a_ring_half_full_cuts_the_consoles_gathering_short() {
     let _g = runtime_common::setup();
     let con = register(Some(Level::Info));
-    // One line, then the console drains it and lets the next ones gather (20 ms).
+    // The console gathers for an hour after each drain: only the wake-up at half full (1,024 of
+    // the ring's 2,048 slots) can bring it back within the test.
+    printk::set_console_batch(Some(3_600_000_000_000));
     pr_info!("console: before the stream");
-    std::thread::sleep(std::time::Duration::from_millis(2));
-    // 4,000 lines in ~20 ms: twice the ring's 2,048 slots within one gathering. Only the wake-up
-    // at half full lets the console keep up (1,024 lines, ~5 ms of slack).
+    let before = wait_for(LIMIT, || {
+        con.messages()
+            .iter()
+            .any(|m| m == "console: before the stream")
+    });
+    // Now it has drained that line and gathers. The 1,024th line pushed fills the ring to half.
     let dropped = printk::dropped();
-    let t0 = std::time::Instant::now();
-    for i in 0..4000u32 {
-        let due = std::time::Duration::from_micros(5 * u64::from(i));
-        while t0.elapsed() < due {
-            std::hint::spin_loop();
-        }
+    for i in 0..1024u32 {
         pr_info!("console: stream {i}");
     }
+    let streamed = || {
+        con.messages()
+            .iter()
+            .filter(|m| m.starts_with("console: stream "))
+            .count()
+    };
+    let woke = wait_for(LIMIT, || streamed() == 1024);
+    let got = streamed();
+    printk::set_console_batch(None);
     printk::flush();
-    assert_eq!(
-        printk::dropped(),
-        dropped,
-        "lines dropped: the console slept on"
+    assert!(before, "the console never printed the first line");
+    assert!(
+        woke,
+        "the console slept on past half full: {got} of 1024 written"
     );
-    let streamed = con
-        .messages()
-        .iter()
-        .filter(|m| m.starts_with("console: stream "))
-        .count();
-    assert_eq!(streamed, 4000);
+    assert_eq!(printk::dropped(), dropped, "lines dropped");
 }

@@ -444,6 +444,16 @@ pub fn start_console() {
 /// system time in the TCG VM). Timestamps are taken when a line is printed, not when it is
 /// written, so the batching never shows in the log; a line reaches stderr at most 20 ms late.
 const CONSOLE_BATCH_NS: u64 = 5 * jiffies::NSEC_PER_JIFFY;
+/// The gathering time in force ([`CONSOLE_BATCH_NS`] unless a test changed it).
+static CONSOLE_BATCH: AtomicU64 = AtomicU64::new(CONSOLE_BATCH_NS);
+
+/// Sets how long the console lets lines gather (`None`: the default, 5 jiffies), from the next
+/// gathering on. For tests: a gathering longer than any test makes the half-full wake-up the
+/// only way the console can come back early.
+#[doc(hidden)]
+pub fn set_console_batch(ns: Option<u64>) {
+    CONSOLE_BATCH.store(ns.unwrap_or(CONSOLE_BATCH_NS), Ordering::SeqCst);
+}
 /// Lines in the ring that cut the console's gathering short.
 const HALF_FULL: u64 = SLOTS as u64 / 2;
 
@@ -451,14 +461,16 @@ fn console_thread() {
     crate::kernel::sched::set_comm("printk");
     loop {
         let seen = BELL.seen();
+        // Read before draining: the ring reaching half full while the drain runs must cut the
+        // gathering below short too.
+        let urgent = URGENT.load(Ordering::SeqCst);
         {
             let mut c = CONSUMER.lock().unwrap_or_else(|e| e.into_inner());
             drain(&mut c, None);
         }
         // Lines came: let the next ones gather, unannounced (no wake-ups needed), unless the
         // ring fills to half first.
-        let urgent = URGENT.load(Ordering::SeqCst);
-        let deadline = jiffies::monotonic_ns() + CONSOLE_BATCH_NS;
+        let deadline = jiffies::monotonic_ns() + CONSOLE_BATCH.load(Ordering::SeqCst);
         while URGENT.load(Ordering::SeqCst) == urgent && jiffies::monotonic_ns() < deadline {
             futex::wait(&URGENT, urgent, Some(deadline));
         }
