@@ -289,28 +289,18 @@ fn wake_signal() -> Result<i32, Error> {
     /// Empty: its only effect is that the interrupted `read` returns EINTR. Async-signal-safe.
     extern "C" fn interrupted(_: libc::c_int) {}
     let sig = *WAKE.get_or_init(|| {
-        for sig in (libc::SIGRTMIN()..=libc::SIGRTMAX()).rev() {
-            // SAFETY: a zeroed sigaction is a valid out-parameter.
-            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-            // SAFETY: querying (null new action) a valid signal number.
-            if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0
-                || old.sa_sigaction != libc::SIG_DFL
-            {
-                continue;
-            }
-            // SAFETY: a zeroed sigaction is valid; handler, flags (none: no SA_RESTART, so the
-            // read returns EINTR) and an empty mask are filled in below.
-            let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
-            sa.sa_sigaction = interrupted as extern "C" fn(libc::c_int) as usize;
-            // SAFETY: sa.sa_mask is a valid sigset_t to initialise.
-            unsafe { libc::sigemptyset(&mut sa.sa_mask) };
-            // SAFETY: installing a handler that does nothing for a signal that had none.
-            if unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } != 0 {
-                return Err(Errno::last());
-            }
-            return Ok(sig);
+        let sig = crate::sys::signal::free_rt_signal(true).ok_or(Errno::EAGAIN)?;
+        // SAFETY: a zeroed sigaction is valid; handler, flags (none: no SA_RESTART, so the
+        // read returns EINTR) and an empty mask are filled in below.
+        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+        sa.sa_sigaction = interrupted as extern "C" fn(libc::c_int) as usize;
+        // SAFETY: sa.sa_mask is a valid sigset_t to initialise.
+        unsafe { libc::sigemptyset(&mut sa.sa_mask) };
+        // SAFETY: installing a handler that does nothing for a signal that had none.
+        if unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } != 0 {
+            return Err(Errno::last());
         }
-        Err(Errno::EAGAIN)
+        Ok(sig)
     });
     sig.map_err(sys(
         "a real-time signal to stop the readers with (sigaction)",

@@ -611,20 +611,6 @@ fn interrupt_slice() {
     unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
 }
 
-/// Pick the first real-time signal nobody has a handler for.
-fn choose_signal() -> Option<i32> {
-    for sig in libc::SIGRTMIN()..=libc::SIGRTMAX() {
-        // SAFETY: a zeroed sigaction is a valid out-parameter.
-        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-        // SAFETY: querying (null new action) a valid signal number.
-        let rc = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
-        if rc == 0 && old.sa_sigaction == libc::SIG_DFL {
-            return Some(sig);
-        }
-    }
-    None
-}
-
 /// Start the interrupt: the signal handler, the POSIX timer behind it and `ksoftirqd/0`. The
 /// softirq actions are opened before ([`crate::kernel::start`] orders the boot). Idempotent.
 /// Process context.
@@ -633,7 +619,7 @@ pub fn start() -> Result {
     if *started {
         return Ok(());
     }
-    let Some(sig) = choose_signal() else {
+    let Some(sig) = crate::sys::signal::free_rt_signal(false) else {
         crate::pr_err!("softirq: no free real-time signal for the timer interrupt\n");
         return Err(Error::EBUSY);
     };

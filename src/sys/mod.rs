@@ -2,3 +2,4 @@
 //! transport ([`crate::cuse`]) use; neither calls the other's private helpers.
 
 pub mod futex;
+pub mod signal;
