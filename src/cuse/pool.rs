@@ -3,6 +3,17 @@
 //! [`Config::threads`]); spare readers park on a futex, and one reader may spin briefly for the
 //! next request of a client that asks again at once (see [`reader`]).
 //!
+//! How many readers wait for requests follows the clients, as the kernel's workqueue pools follow
+//! their work items' concurrency. With several clients active, a reader taking a request while no
+//! other is free calls one more, so that someone always waits for the next. With one client (one
+//! caller among the last requests), whose requests come one at a time, the single free reader
+//! takes the request and no other waits meanwhile: a second reader asleep in `read(2)` would be
+//! woken by the kernel for every request, only to find it taken. Another reader is called when a
+//! file operation sleeps in the runtime (the scheduler's sleep hook,
+//! [`crate::kernel::sched`]): for the other callers, and for the kernel's INTERRUPT of this call.
+//! A file operation that blocks outside the runtime (a std lock, I/O) keeps the device for itself
+//! meanwhile, as a driver blocked uninterruptibly does.
+//!
 //! Once the connection is up the fd is blocking and every reader sleeps in `read(2)`, as libfuse's
 //! workers do: the kernel queues the readers exclusively (`fuse_dev_do_read`), so a request wakes
 //! one reader, not all of them, and costs one system call to receive. Stopping does not wait for a
@@ -27,6 +38,7 @@ use super::config::Config;
 use super::error::{Error, sys};
 use super::reply::Channel;
 use crate::kernel::fs::FileOperations;
+use crate::kernel::sched::{self, SleepHook};
 use crate::sys::futex;
 
 /// How many of the last requests' callers are remembered (to count the active clients).
@@ -61,6 +73,9 @@ pub(super) struct Server {
     max_readers: usize,
     /// Readers not parked (spawned, less those in `parked`).
     pub(super) active: AtomicUsize,
+    /// Readers running a request (from the read that took it to its answer). The others of
+    /// `active` are free: in `read(2)`, spinning, or on their way back to read.
+    pub(super) busy: AtomicUsize,
     /// Parked readers, the most recently parked last; each waits on its own futex word.
     parked: Mutex<Vec<Arc<AtomicU32>>>,
     /// Every reader spawned, in order (`cuse/0`, `cuse/1`, ...).
@@ -103,6 +118,7 @@ impl Server {
             buffer_len: config.read_buffer_len(),
             max_readers: config.threads,
             active: AtomicUsize::new(0),
+            busy: AtomicUsize::new(0),
             parked: Mutex::new(Vec::new()),
             readers: Mutex::new(Vec::with_capacity(config.threads)),
         });
@@ -159,13 +175,17 @@ impl Server {
     }
 
     /// Parks the calling reader (out of `read(2)`) if it would otherwise sleep there (no request
-    /// waiting) while two other active readers are free (not busy with a request), until
-    /// [`Server::add_reader`] or stop needs it; `false` if it did not park. The decision and the
-    /// count change are one compare-and-swap, so readers finishing together cannot all park: at
-    /// least two stay active. Under load requests are queued, nobody parks, and the pool keeps
-    /// the readers the clients need.
+    /// waiting) while enough other active readers are free (not busy with a request), until
+    /// [`Server::add_reader`] or stop needs it; `false` if it did not park. Enough: one when a
+    /// single client is active (its requests come one at a time, and a second reader asleep in
+    /// `read(2)` would only be woken by the kernel for each request the spinning one takes),
+    /// two otherwise. The decision and the count change are one compare-and-swap, so readers
+    /// finishing together cannot all park. Under load requests are queued, nobody parks, and the
+    /// pool keeps the readers the clients need.
     fn park_if_spare(&self, fd: BorrowedFd<'_>, word: &Arc<AtomicU32>) -> bool {
-        if self.active.load(Ordering::Acquire) < self.chan.in_flight() + 3 || readable_now(fd) {
+        let keep = if self.active_clients() <= 1 { 2 } else { 3 };
+        let spare = |active: usize| active >= self.busy.load(Ordering::Acquire) + keep;
+        if !spare(self.active.load(Ordering::Acquire)) || readable_now(fd) {
             return false;
         }
         word.store(0, Ordering::Release);
@@ -173,7 +193,7 @@ impl Server {
             let mut parked = self.parked();
             let mut active = self.active.load(Ordering::Acquire);
             loop {
-                if active < self.chan.in_flight() + 3 {
+                if !spare(active) {
                     return false;
                 }
                 match self.active.compare_exchange(
@@ -237,7 +257,10 @@ impl Server {
 
     /// Whether a reader that has just answered should spin for the next request (see [`reader`]).
     pub(super) fn should_spin(&self) -> bool {
-        if self.spin.is_zero() || self.chan.in_flight() != 0 || self.active_clients() > self.cpus {
+        if self.spin.is_zero()
+            || self.busy.load(Ordering::Acquire) != 0
+            || self.active_clients() > self.cpus
+        {
             return false;
         }
         // Back-off after misses: pass up this chance if some are still to be passed up.
@@ -365,19 +388,29 @@ fn reader(server: &Arc<Server>) {
                 break;
             }
             Ok(n) => {
-                // Every other active reader busy with a request (answered ones are out of the
-                // in-flight table, even if their reader has not come back to read yet)?
-                if server.chan.in_flight() + 1 >= server.active.load(Ordering::Acquire)
+                let busy = server.busy.fetch_add(1, Ordering::AcqRel) + 1;
+                // Every other active reader busy too? With several clients, another reader
+                // goes to wait for their next requests now. With one, its next request cannot
+                // come before this answer: another reader is called only if the file operation
+                // sleeps (the hook below), for other callers and the INTERRUPT of this call.
+                if busy >= server.active.load(Ordering::Acquire)
+                    && server.active_clients() > 1
                     && let Err(e) = server.add_reader()
                 {
                     // The readers there are go on serving.
                     log::warn!("{e}");
                 }
-                let s = std::panic::AssertUnwindSafe(server);
-                let req = std::panic::AssertUnwindSafe(&buf[..n]);
-                if std::panic::catch_unwind(|| s.handle(&req)).is_err() {
-                    log::error!("bug: a request handler panicked; the request was answered EIO");
+                {
+                    let _hook = SleepHookGuard::install(server);
+                    let s = std::panic::AssertUnwindSafe(server);
+                    let req = std::panic::AssertUnwindSafe(&buf[..n]);
+                    if std::panic::catch_unwind(|| s.handle(&req)).is_err() {
+                        log::error!(
+                            "bug: a request handler panicked; the request was answered EIO"
+                        );
+                    }
                 }
+                server.busy.fetch_sub(1, Ordering::AcqRel);
                 answered = true;
             }
             Err(Errno::EAGAIN | Errno::EINTR | Errno::ENOENT) => continue,
@@ -393,6 +426,43 @@ fn reader(server: &Arc<Server>) {
     }
     if !server.stop.load(Ordering::Acquire) {
         let _ = server.gone.write(1); // stopped is not "gone"
+    }
+}
+
+/// The reader's [`SleepHook`] while it runs a file operation: if the operation sleeps in the
+/// runtime while every active reader is busy, one more reader is put to work (the kernel's
+/// workqueue wakes another worker when one blocks). Removed when dropped.
+struct SleepHookGuard<'a> {
+    _server: std::marker::PhantomData<&'a Arc<Server>>,
+}
+
+impl<'a> SleepHookGuard<'a> {
+    fn install(server: &'a Arc<Server>) -> Self {
+        /// The hook: `data` is the reader's `&Arc<Server>`.
+        fn reader_sleeps(data: *const ()) {
+            // SAFETY: `data` was made from a `&'a Arc<Server>` by `install`, and the guard
+            // (which lives no longer than 'a) removes the hook before it goes: the hook only
+            // runs on this thread, while the guard is alive.
+            let server = unsafe { &*data.cast::<Arc<Server>>() };
+            if server.busy.load(Ordering::Acquire) >= server.active.load(Ordering::Acquire)
+                && let Err(e) = server.add_reader()
+            {
+                log::warn!("{e}");
+            }
+        }
+        sched::set_sleep_hook(Some(SleepHook {
+            call: reader_sleeps,
+            data: (server as *const Arc<Server>).cast(),
+        }));
+        SleepHookGuard {
+            _server: std::marker::PhantomData,
+        }
+    }
+}
+
+impl Drop for SleepHookGuard<'_> {
+    fn drop(&mut self) {
+        sched::set_sleep_hook(None);
     }
 }
 

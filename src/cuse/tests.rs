@@ -3,7 +3,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -19,6 +19,7 @@ use crate::cuse::abi::{
 };
 use crate::kernel::error::Error as KernelError;
 use crate::kernel::fs::{File, FileOperations};
+use crate::kernel::wait::{WaitQueueHead, wait_event, wake_up_all};
 use std::sync::Mutex;
 use std::sync::mpsc;
 
@@ -26,17 +27,32 @@ use std::sync::mpsc;
 mod wait;
 use wait::wait_for;
 
-/// Records every call; ioctl 0x6b64 blocks while `hold` is set.
+/// Records every call; while `hold` is set, ioctl 0x6b64 sleeps in the runtime (`wait_event`,
+/// as a module's file operation sleeps) and 0x6b65 blocks outside it (a std condition variable).
 #[derive(Default)]
 struct Recorder {
     calls: Mutex<Vec<String>>,
     hold: (Mutex<bool>, std::sync::Condvar),
+    held: AtomicBool,
+    wq: WaitQueueHead,
+}
+
+/// Lets held requests go when dropped (a failing test then ends instead of waiting for them in
+/// the device's stop).
+struct Unhold(Arc<Recorder>);
+
+impl Drop for Unhold {
+    fn drop(&mut self) {
+        self.0.set_hold(false);
+    }
 }
 
 impl Recorder {
     fn set_hold(&self, on: bool) {
         *self.hold.0.lock().unwrap() = on;
+        self.held.store(on, Ordering::SeqCst);
         self.hold.1.notify_all();
+        wake_up_all(&self.wq);
     }
     fn wait_calls(&self, n: usize) {
         eventually(&format!("{n} calls"), || {
@@ -67,6 +83,9 @@ impl FileOperations for Recorder {
             .unwrap()
             .push(format!("ioctl {} {cmd:#x} {arg}", f.fh));
         if cmd == 0x6b64 {
+            wait_event(&self.wq, || !self.held.load(Ordering::SeqCst));
+        }
+        if cmd == 0x6b65 {
             let mut held = self.hold.0.lock().unwrap();
             while *held {
                 held = self.hold.1.wait(held).unwrap();
@@ -75,7 +94,7 @@ impl FileOperations for Recorder {
         match cmd {
             0x6b02 => Ok(0),
             0x6b05 => Ok(arg as i32),
-            0x6b64 => Ok(1),
+            0x6b64 | 0x6b65 => Ok(1),
             _ => Err(KernelError::ENOTTY),
         }
     }
@@ -92,7 +111,11 @@ struct Kernel {
 
 impl Kernel {
     fn send(&self, opcode: u32, unique: u64, body: &[u8]) {
-        let buf = encode_request(opcode, unique, 1234, body);
+        self.send_from(1234, opcode, unique, body);
+    }
+    /// A request from the client thread `pid`.
+    fn send_from(&self, pid: u32, opcode: u32, unique: u64, body: &[u8]) {
+        let buf = encode_request(opcode, unique, pid, body);
         nix::unistd::write(&self.fd, &buf).unwrap();
     }
     fn send_raw(&self, buf: &[u8]) {
@@ -113,6 +136,9 @@ impl Kernel {
         (h, buf[16..n].to_vec())
     }
     fn ioctl(&self, unique: u64, fh: u64, flags: u32, cmd: u32, arg: u64) {
+        self.ioctl_from(1234, unique, fh, flags, cmd, arg);
+    }
+    fn ioctl_from(&self, pid: u32, unique: u64, fh: u64, flags: u32, cmd: u32, arg: u64) {
         let body = encode_ioctl_in(&IoctlIn {
             fh,
             flags,
@@ -120,7 +146,7 @@ impl Kernel {
             arg,
             ..Default::default()
         });
-        self.send(FUSE_IOCTL, unique, &body);
+        self.send_from(pid, FUSE_IOCTL, unique, &body);
     }
 }
 
@@ -258,6 +284,7 @@ fn read_write_poll_unknown_and_malformed() {
 #[test]
 fn interrupt_answers_a_blocked_request_eintr() {
     let (dev, k, rec) = start(2);
+    let _unhold = Unhold(rec.clone());
     rec.set_hold(true);
     k.ioctl(20, 1, 0, 0x6b64, 0); // blocks in the file operation
     rec.wait_calls(1);
@@ -371,6 +398,7 @@ fn a_closed_connection_is_reported_on_gone_fd() {
 fn the_pool_grows_with_concurrent_requests_up_to_its_maximum() {
     let (dev, k, rec) = start(3);
     assert_eq!(dev.readers(), 1, "one reader to begin with");
+    let _unhold = Unhold(rec.clone());
     rec.set_hold(true);
     // Each held request keeps its reader busy: the next request finds no reader waiting.
     for (i, unique) in [50u64, 51, 52].into_iter().enumerate() {
@@ -394,14 +422,54 @@ fn the_pool_grows_with_concurrent_requests_up_to_its_maximum() {
 }
 
 #[test]
-fn requests_one_at_a_time_keep_the_pool_at_two() {
+fn a_lone_clients_requests_keep_the_pool_at_one() {
     let (dev, k, _) = start(8);
     for unique in 60..160u64 {
         k.ioctl(unique, 1, 0, 0x6b02, 0);
         assert_eq!(k.recv().0.unique, unique);
     }
-    // The first request added a second reader; after it, one always waits.
-    assert_eq!(dev.readers(), 2);
+    // One client, requests one at a time, none sleeping: the one reader takes each, and no
+    // second reader waits meanwhile (the kernel would wake it for every request).
+    assert_eq!(dev.readers(), 1);
+    dev.stop();
+}
+
+#[test]
+fn with_two_clients_one_blocked_outside_the_runtime_does_not_hold_up_the_other() {
+    let (dev, k, rec) = start(8);
+    for unique in 170..174u64 {
+        k.ioctl_from(1 + unique as u32 % 2, unique, 1, 0, 0x6b02, 0);
+        assert_eq!(k.recv().0.unique, unique);
+    }
+    // Client 2's request blocks outside the runtime: no sleep hook runs, yet client 1 is served,
+    // by the reader called when the request was taken.
+    let _unhold = Unhold(rec.clone());
+    rec.set_hold(true);
+    k.ioctl_from(2, 174, 1, 0, 0x6b65, 0);
+    rec.wait_calls(5);
+    k.ioctl_from(1, 175, 1, 0, 0x6b02, 0);
+    assert_eq!(k.recv().0.unique, 175);
+    rec.set_hold(false);
+    assert_eq!(k.recv().0.unique, 174);
+    dev.stop();
+}
+
+#[test]
+fn a_lone_client_blocked_outside_the_runtime_keeps_the_device() {
+    let (dev, k, rec) = start(8);
+    let _unhold = Unhold(rec.clone());
+    rec.set_hold(true);
+    k.ioctl(176, 1, 0, 0x6b65, 0);
+    rec.wait_calls(1);
+    // No sleep in the runtime: nothing calls a second reader (as a driver blocked
+    // uninterruptibly); the next request waits for the answer.
+    k.ioctl(177, 1, 0, 0x6b02, 0);
+    let mut fds = [PollFd::new(k.fd.as_fd(), PollFlags::POLLIN)];
+    assert_eq!(poll(&mut fds, PollTimeout::from(200u16)).unwrap(), 0);
+    assert_eq!(dev.readers(), 1);
+    rec.set_hold(false);
+    assert_eq!(k.recv().0.unique, 176);
+    assert_eq!(k.recv().0.unique, 177);
     dev.stop();
 }
 
@@ -504,6 +572,7 @@ fn readers_beyond_need_park_and_come_back_first_when_needed() {
     let (dev, k, rec) = start(4);
     let server = dev.server.clone().unwrap();
     // Three held requests: the pool grows to 4 (3 busy, 1 waiting).
+    let _unhold = Unhold(rec.clone());
     rec.set_hold(true);
     for (i, unique) in [80u64, 81, 82].into_iter().enumerate() {
         k.ioctl(unique, 1, 0, 0x6b64, 0);
@@ -514,15 +583,16 @@ fn readers_beyond_need_park_and_come_back_first_when_needed() {
     for _ in 0..3 {
         k.recv();
     }
-    // Requests one at a time: each answer lets its reader check; two stay active.
+    // One client's requests one at a time: each answer lets its reader check; one stays active.
     for unique in 83..103u64 {
         k.ioctl(unique, 1, 0, 0x6b02, 0);
         assert_eq!(k.recv().0.unique, unique);
     }
-    eventually("2 parked", || server.parked().len() == 2);
-    assert_eq!(server.active.load(Ordering::Acquire), 2);
+    eventually("3 parked", || server.parked().len() == 3);
+    assert_eq!(server.active.load(Ordering::Acquire), 1);
     assert_eq!(dev.readers(), 4, "parked, not gone");
-    // Two held requests: the second finds the other active reader busy and calls one back.
+    // Two requests that sleep in the runtime: each sleep finds every active reader busy and
+    // calls a parked one back (the scheduler's sleep hook), which takes the next request.
     rec.set_hold(true);
     k.ioctl(103, 1, 0, 0x6b64, 0);
     rec.wait_calls(23 + 1);

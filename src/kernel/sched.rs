@@ -39,6 +39,7 @@
 //! use `clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME)` and go back to sleep on EINTR (the
 //! timer signal interrupts sleeps all the time).
 
+use std::cell::Cell;
 use std::fmt;
 use std::panic::Location;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
@@ -71,6 +72,33 @@ pub const TASK_COMM_LEN: usize = 16;
 thread_local! {
     static PREEMPT_COUNT: AtomicU32 = const { AtomicU32::new(0) };
     static COMM: [AtomicU64; 2] = const { [AtomicU64::new(0), AtomicU64::new(0)] };
+    static SLEEP_HOOK: Cell<Option<SleepHook>> = const { Cell::new(None) };
+}
+
+/// What the calling thread's sleeps in the runtime tell its pool: the kernel's
+/// `wq_worker_sleeping()`, by which a worker pool learns that a worker is about to block and wakes
+/// another to keep the CPU's work going. The transport's reader threads install one while they
+/// run a file operation ([`crate::cuse`]): a file operation that sleeps (`wait_event*`, `msleep`,
+/// `flush_work`, `kthread_stop`, ... every call that starts with [`might_sleep`]) gets another
+/// reader to serve the other callers, and the kernel's INTERRUPT for this very call.
+#[derive(Clone, Copy)]
+pub(crate) struct SleepHook {
+    /// Called with `data`, in process context, on the sleeping thread.
+    pub(crate) call: fn(*const ()),
+    pub(crate) data: *const (),
+}
+
+/// Installs `hook` for the calling thread's sleeps (`None`: removes it); returns the one it
+/// replaces. The installer keeps whatever `data` points to alive until it removes the hook.
+pub(crate) fn set_sleep_hook(hook: Option<SleepHook>) -> Option<SleepHook> {
+    SLEEP_HOOK.with(|h| h.replace(hook))
+}
+
+/// The calling thread is about to sleep: runs its sleep hook, if any. Process context.
+fn going_to_sleep() {
+    if let Some(hook) = SLEEP_HOOK.with(Cell::get) {
+        (hook.call)(hook.data);
+    }
 }
 
 /// This thread's comm buffer (16 bytes, NUL-padded). Async-signal-safe.
@@ -299,6 +327,7 @@ pub fn might_sleep_at(loc: &Location<'_>) -> bool {
     // Only the preemption count decides: a blocked timer signal (our "irqs disabled") is
     // also how some threads simply keep the interrupt away, and must not count as atomic.
     if !in_atomic() {
+        going_to_sleep();
         return true;
     }
     let t = current();
