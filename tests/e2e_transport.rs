@@ -19,7 +19,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -31,6 +31,8 @@ use common::{Daemon, TIMEOUT, ctl, devnum, ioctl, open, require_cuse, wait_for};
 use deferred::cuse::{Config, Cuse, Device};
 use deferred::kernel;
 use deferred::kernel::fs::{File as DevFile, FileOperations};
+use deferred::kernel::jiffies::HZ;
+use deferred::kernel::wait::{WaitQueueHead, wait_event_timeout, wake_up_all};
 use deferred::modules::abi::*;
 
 // --- the daemon --------------------------------------------------------------------------------
@@ -594,13 +596,15 @@ fn round_trip_of_20000_cancel_ioctls() {
 
 // --- the transport in-process ------------------------------------------------------------------
 
-/// File operations that record each call; ioctl `BLOCK` waits until the gate opens.
+/// File operations that record each call; ioctl `BLOCK` sleeps until the gate opens, in the
+/// runtime's `wait_event_timeout` as a module's file operation sleeps (the transport then calls
+/// another reader, which takes the kernel's INTERRUPT for it).
 #[derive(Default)]
 struct Probe {
     calls: Mutex<Vec<String>>,
     blocked: AtomicUsize,
-    gate: Mutex<bool>,
-    cv: Condvar,
+    gate: AtomicBool,
+    wq: WaitQueueHead,
     finished: AtomicBool,
 }
 
@@ -608,8 +612,8 @@ const BLOCK: u32 = 0x6b63;
 
 impl Probe {
     fn open_gate(&self) {
-        *self.gate.lock().unwrap() = true;
-        self.cv.notify_all();
+        self.gate.store(true, Ordering::SeqCst);
+        wake_up_all(&self.wq);
     }
     fn calls(&self) -> Vec<String> {
         self.calls.lock().unwrap().clone()
@@ -634,11 +638,8 @@ impl FileOperations for Probe {
             .push(format!("ioctl {} {cmd:#010x} {arg:#x}", f.fh));
         if cmd == BLOCK {
             self.blocked.fetch_add(1, Ordering::SeqCst);
-            let g = self.gate.lock().unwrap();
-            let _g = self
-                .cv
-                .wait_timeout_while(g, TIMEOUT, |open| !*open)
-                .unwrap();
+            let timeout = TIMEOUT.as_millis() as u64 * HZ / 1000;
+            wait_event_timeout(&self.wq, || self.gate.load(Ordering::SeqCst), timeout);
             self.finished.store(true, Ordering::SeqCst);
             return Ok(7);
         }
