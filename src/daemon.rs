@@ -75,8 +75,8 @@ pub struct Options {
     #[arg(long, default_value_t = 8)]
     pub threads: usize,
     /// After answering the only request in flight, one reader polls for the next this many
-    /// microseconds before it sleeps, backing off when none comes (0: never; saves a sleep and
-    /// a wake-up per round trip for a client that asks again at once).
+    /// microseconds before it sleeps, backing off when none comes (0: never; never on one CPU;
+    /// saves a sleep and a wake-up per round trip for a client that asks again at once).
     #[arg(long, default_value_t = 200, value_name = "US",
           value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub spin_us: u64,

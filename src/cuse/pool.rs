@@ -60,8 +60,8 @@ pub(super) struct Server {
     /// The callers (thread ids) of the last requests, a ring: how many clients are active.
     recent_callers: [AtomicU32; RECENT_CALLERS],
     recent_next: AtomicUsize,
-    /// CPUs this process may run on.
-    pub(super) cpus: usize,
+    /// CPUs this process may run on (a test may change it).
+    pub(super) cpus: AtomicUsize,
     /// Set by [`Device::stop`](super::Device::stop): readers leave when they see it.
     stop: AtomicBool,
     /// Written when the connection ends (not when stopped).
@@ -111,7 +111,7 @@ impl Server {
             spin_skip: AtomicU32::new(0),
             recent_callers: [const { AtomicU32::new(0) }; RECENT_CALLERS],
             recent_next: AtomicUsize::new(0),
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpus: AtomicUsize::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
             stop: AtomicBool::new(false),
             gone,
             wake,
@@ -126,11 +126,11 @@ impl Server {
         Ok(server)
     }
 
-    /// Adds a reader to the pool, unless it is full or stopping. As libfuse's multi-threaded
-    /// loop does: the pool starts with one reader and grows by one each time a reader takes a
-    /// request while no other is waiting, up to [`Config::threads`]; readers never retire (a
-    /// reader asleep in `read(2)` costs no CPU). So the pool follows the clients' concurrency:
-    /// more readers than requests in flight would only take turns being woken.
+    /// Adds a reader to the pool, unless it is full or stopping. The pool starts with one reader
+    /// and grows by one each time a reader is needed while no other is free (see the module's
+    /// documentation), up to [`Config::threads`]; readers never retire (they park instead). So
+    /// the pool follows the clients' concurrency: more readers than requests in flight would
+    /// only take turns being woken.
     fn spawn_reader(self: &Arc<Server>) -> Result<(), Error> {
         let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
         if self.stop.load(Ordering::Acquire) || readers.len() >= self.max_readers {
@@ -257,9 +257,13 @@ impl Server {
 
     /// Whether a reader that has just answered should spin for the next request (see [`reader`]).
     pub(super) fn should_spin(&self) -> bool {
+        // On one CPU a spinning reader only keeps the CPU from the client that would send the
+        // next request (until the scheduler preempts it, or the window ends).
+        let cpus = self.cpus.load(Ordering::Relaxed);
         if self.spin.is_zero()
+            || cpus < 2
             || self.busy.load(Ordering::Acquire) != 0
-            || self.active_clients() > self.cpus
+            || self.active_clients() > cpus
         {
             return false;
         }
@@ -355,10 +359,10 @@ fn unblock(sig: i32) -> Result<(), Errno> {
 /// (without sleeping) for up to [`Config::spin`] before it goes to sleep in `read(2)`, one
 /// reader at a time. A client that asks again right away is served without a sleep and a
 /// wake-up on either side of the round trip (on an idle CPU, waking a sleeper is most of it).
-/// It is not tried while other requests are in flight (other readers are running and the next
-/// request is likely queued already), nor while more clients are active (distinct callers among
-/// the last 8 requests) than there are CPUs: then the CPUs are busy, and a spinning reader would
-/// only take one from a client. Spins that run out make the
+/// It is not tried while other readers are busy with requests (the next request is likely
+/// queued already), nor while more clients are active (distinct callers among the last 8
+/// requests) than there are CPUs, nor on one CPU: then a spinning reader would only take the
+/// CPU from a client. Spins that run out make the
 /// readers pass up the next chances (1, 2, 4, ... up to 64 in a row), so a client that asks
 /// rarely costs no more than a sleeping reader; a quiet device costs nothing.
 /// The same trade as the kernel's `net.core.busy_read`.
