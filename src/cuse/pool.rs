@@ -284,6 +284,14 @@ impl Server {
 
     /// Distinct callers among the last requests.
     pub(super) fn active_clients(&self) -> usize {
+        // The common case first, in one pass: every recent request from the same caller.
+        let first = self.recent_callers[0].load(Ordering::Relaxed);
+        if self.recent_callers[1..]
+            .iter()
+            .all(|c| c.load(Ordering::Relaxed) == first)
+        {
+            return usize::from(first != 0);
+        }
         let mut seen = [0u32; RECENT_CALLERS];
         let mut n = 0;
         for c in &self.recent_callers {
