@@ -4,8 +4,12 @@
 //! methods; a module implements them. In-process tests call them directly, without CUSE.
 //!
 //! All methods run in process context, on a transport thread, and must answer promptly: the
-//! calling program sleeps uninterruptibly in the kernel until the reply is written. Anything slow
-//! belongs on a workqueue.
+//! calling program sleeps in the kernel until the reply is written. Anything slow belongs on a
+//! workqueue. A method that must wait does it through the runtime (`wait_event*`, `msleep`,
+//! `flush_work`, ...): the transport then puts another thread to work for the other callers and
+//! for a signal to the waiting one (which returns `EINTR` at once). Blocking outside the runtime
+//! (a std lock, I/O) is waiting uninterruptibly: while one program uses the device, its other
+//! requests and its signals wait for the answer.
 
 use super::error::{Error, Result};
 
