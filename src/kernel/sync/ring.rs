@@ -66,19 +66,9 @@ struct Slot<T> {
 }
 
 impl<T: Entry> Slot<T> {
-    #[cfg(not(loom))]
-    const fn new() -> Slot<T> {
-        Slot {
-            seq: AtomicU64::new(0),
-            rec: UnsafeCell::new(T::EMPTY),
-        }
-    }
-
-    #[cfg(loom)]
-    fn new() -> Slot<T> {
-        Slot {
-            seq: AtomicU64::new(0),
-            rec: UnsafeCell::new(T::EMPTY),
+    super::const_fn! {
+        fn new() -> Slot<T> {
+            Slot { seq: AtomicU64::new(0), rec: UnsafeCell::new(T::EMPTY) }
         }
     }
 }
