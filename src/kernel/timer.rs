@@ -412,9 +412,7 @@ unsafe fn call_timer<T>(n: *const Node) {
     }
     // SAFETY: a non-zero `func` only ever holds a `fn(&Timer<T>)` (set in new/timer_setup).
     let f: fn(&Timer<T>) = unsafe { std::mem::transmute::<usize, fn(&Timer<T>)>(f) };
-    let name = t.name.load(Ordering::Acquire);
-    // SAFETY: `name` only ever holds a `panic::Name` (set in new/timer_setup).
-    let name: panic::Name = unsafe { std::mem::transmute::<usize, panic::Name>(name) };
+    let name = t.name();
     trace::timer_expire_entry(n, name);
     panic::softirq_call(
         panic::Kind::Timer,
