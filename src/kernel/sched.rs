@@ -184,6 +184,12 @@ pub struct Comm {
 }
 
 impl Comm {
+    /// No name (all zeros).
+    pub(crate) const EMPTY: Comm = Comm {
+        bytes: [0; TASK_COMM_LEN],
+        len: 0,
+    };
+
     fn from_bytes(b: &[u8]) -> Comm {
         let mut bytes = [0; TASK_COMM_LEN];
         let n = b

@@ -8,8 +8,8 @@
 //!
 //! Each trace point is one call at its site (`trace::timer_start(...)`), an `#[inline]` function
 //! whose only cost while its event is off is one relaxed atomic load of [`ENABLED`]. When on,
-//! the event's fields, the time, the thread (`current`: in softirq context the interrupted one)
-//! and its context (the preemption count) go into a preallocated lock-free ring; a reader in
+//! the event's fields, the time, the thread (`current`: in the timer interrupt the idle task
+//! `swapper/0`) and its context (the preemption count) go into a preallocated lock-free ring; a reader in
 //! process context drains it ([`drain`]) and formats each record ([`Record::write_line`]).
 //! `deferred --trace FILE` runs such a reader (see `crate::tracefile`).
 //!
@@ -181,7 +181,7 @@ pub struct Record {
     pub preempt_count: u32,
     /// The thread (`current`'s pid: in a timer interrupt, the idle task's, 0).
     pub pid: i32,
-    comm: [u8; sched::TASK_COMM_LEN],
+    comm: sched::Comm,
     /// Nanoseconds since the runtime started (as printk's timestamps).
     pub ts_ns: u64,
     /// The event's numeric fields (see [`Record::write_line`] for each event's).
@@ -196,7 +196,7 @@ impl Entry for Record {
         event: Event::TimerInit,
         preempt_count: 0,
         pid: 0,
-        comm: [0; sched::TASK_COMM_LEN],
+        comm: sched::Comm::EMPTY,
         ts_ns: 0,
         args: [0; 4],
         text_len: 0,
@@ -207,12 +207,7 @@ impl Entry for Record {
 impl Record {
     /// The thread's name.
     pub fn comm(&self) -> &str {
-        let n = self
-            .comm
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(self.comm.len());
-        std::str::from_utf8(&self.comm[..n]).unwrap_or("?")
+        self.comm.as_str()
     }
 
     /// The event's text field (a printk line, a workqueue or thread name, an opcode).
@@ -349,10 +344,7 @@ fn record(event: Event, args: [u64; 4], text: &[&[u8]]) {
         r.event = event;
         r.preempt_count = preempt_count;
         r.pid = task.pid();
-        let comm = task.comm();
-        let name = comm.as_str().as_bytes();
-        r.comm = [0; sched::TASK_COMM_LEN];
-        r.comm[..name.len()].copy_from_slice(name);
+        r.comm = task.comm();
         r.ts_ns = ts_ns;
         r.args = args;
         // The pieces, NUL-separated, cut at TEXT_MAX.
