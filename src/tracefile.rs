@@ -109,8 +109,9 @@ impl Tracer {
     /// mask).
     pub fn start(path: &std::path::Path, events: u64) -> std::io::Result<Tracer> {
         let mut out = BufWriter::new(File::create(path)?);
-        out.write_all(b"# tracer: nop\n#\n")?;
-        let entries_at = 16;
+        const PREAMBLE: &[u8] = b"# tracer: nop\n#\n";
+        out.write_all(PREAMBLE)?;
+        let entries_at = PREAMBLE.len() as u64;
         out.write_all(entries_line(0, 0).as_bytes())?;
         out.write_all(HEADER.as_bytes())?;
         let mut sink = Sink {
