@@ -3,7 +3,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -33,7 +33,6 @@ use wait::wait_for;
 struct Recorder {
     calls: Mutex<Vec<String>>,
     hold: (Mutex<bool>, std::sync::Condvar),
-    held: AtomicBool,
     wq: WaitQueueHead,
 }
 
@@ -48,9 +47,13 @@ impl Drop for Unhold {
 }
 
 impl Recorder {
+    /// Sets `hold` until the returned guard drops (or `set_hold(false)`).
+    fn hold(rec: &Arc<Recorder>) -> Unhold {
+        rec.set_hold(true);
+        Unhold(rec.clone())
+    }
     fn set_hold(&self, on: bool) {
         *self.hold.0.lock().unwrap() = on;
-        self.held.store(on, Ordering::SeqCst);
         self.hold.1.notify_all();
         wake_up_all(&self.wq);
     }
@@ -83,7 +86,7 @@ impl FileOperations for Recorder {
             .unwrap()
             .push(format!("ioctl {} {cmd:#x} {arg}", f.fh));
         if cmd == 0x6b64 {
-            wait_event(&self.wq, || !self.held.load(Ordering::SeqCst));
+            wait_event(&self.wq, || !*self.hold.0.lock().unwrap());
         }
         if cmd == 0x6b65 {
             let mut held = self.hold.0.lock().unwrap();
@@ -284,8 +287,7 @@ fn read_write_poll_unknown_and_malformed() {
 #[test]
 fn interrupt_answers_a_blocked_request_eintr() {
     let (dev, k, rec) = start(2);
-    let _unhold = Unhold(rec.clone());
-    rec.set_hold(true);
+    let _held = Recorder::hold(&rec);
     k.ioctl(20, 1, 0, 0x6b64, 0); // blocks in the file operation
     rec.wait_calls(1);
     assert_eq!(dev.in_flight(), 1);
@@ -398,8 +400,7 @@ fn a_closed_connection_is_reported_on_gone_fd() {
 fn the_pool_grows_with_concurrent_requests_up_to_its_maximum() {
     let (dev, k, rec) = start(3);
     assert_eq!(dev.readers(), 1, "one reader to begin with");
-    let _unhold = Unhold(rec.clone());
-    rec.set_hold(true);
+    let _held = Recorder::hold(&rec);
     // Each held request keeps its reader busy: the next request finds no reader waiting.
     for (i, unique) in [50u64, 51, 52].into_iter().enumerate() {
         k.ioctl(unique, 1, 0, 0x6b64, 0);
@@ -443,8 +444,7 @@ fn with_two_clients_one_blocked_outside_the_runtime_does_not_hold_up_the_other()
     }
     // Client 2's request blocks outside the runtime: no sleep hook runs, yet client 1 is served,
     // by the reader called when the request was taken.
-    let _unhold = Unhold(rec.clone());
-    rec.set_hold(true);
+    let _held = Recorder::hold(&rec);
     k.ioctl_from(2, 174, 1, 0, 0x6b65, 0);
     rec.wait_calls(5);
     k.ioctl_from(1, 175, 1, 0, 0x6b02, 0);
@@ -457,8 +457,7 @@ fn with_two_clients_one_blocked_outside_the_runtime_does_not_hold_up_the_other()
 #[test]
 fn a_lone_client_blocked_outside_the_runtime_keeps_the_device() {
     let (dev, k, rec) = start(8);
-    let _unhold = Unhold(rec.clone());
-    rec.set_hold(true);
+    let _held = Recorder::hold(&rec);
     k.ioctl(176, 1, 0, 0x6b65, 0);
     rec.wait_calls(1);
     // No sleep in the runtime: nothing calls a second reader (as a driver blocked
@@ -579,8 +578,7 @@ fn readers_beyond_need_park_and_come_back_first_when_needed() {
     let (dev, k, rec) = start(4);
     let server = dev.server.clone().unwrap();
     // Three held requests: the pool grows to 4 (3 busy, 1 waiting).
-    let _unhold = Unhold(rec.clone());
-    rec.set_hold(true);
+    let _held = Recorder::hold(&rec);
     for (i, unique) in [80u64, 81, 82].into_iter().enumerate() {
         k.ioctl(unique, 1, 0, 0x6b64, 0);
         rec.wait_calls(i + 1);
