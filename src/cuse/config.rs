@@ -32,7 +32,8 @@ pub struct Config {
     /// How long to wait for the kernel's answer and the node.
     pub timeout: Duration,
     /// After answering a request, how long one reader polls for the next before it sleeps in
-    /// `read(2)` (zero: never). See the reader pool (`pool.rs`).
+    /// `read(2)` (zero: never), while spinning is seen to pay. Long enough to span a time
+    /// slice of a busy host's scheduler. See the reader pool (`pool.rs`, `spin.rs`).
     pub spin: Duration,
 }
 
@@ -48,7 +49,7 @@ impl Default for Config {
             mode: None,
             gid: None,
             timeout: Duration::from_secs(5),
-            spin: Duration::from_micros(200),
+            spin: Duration::from_millis(20),
         }
     }
 }

@@ -32,7 +32,8 @@
 //! - `config`: [`Config`]; `error`: [`Error`], one line for the command line.
 //! - `init`: the CUSE_INIT handshake and its confirmation; `node`: waiting for `/dev/<name>`, its
 //!   group and mode.
-//! - `pool`: the reader threads (growth, parking, spinning); `dispatch`: a request to the
+//! - `pool`: the reader threads (growth, parking, spinning); `spin`: whether spinning pays,
+//!   learnt from the requests' pace; `dispatch`: a request to the
 //!   [`FileOperations`](crate::kernel::fs::FileOperations) and its answer.
 //! - `device`: [`Cuse`] and [`Device`], the connection's life from open to stop.
 //!
@@ -56,6 +57,7 @@ mod init;
 mod node;
 mod pool;
 pub mod reply;
+mod spin;
 #[cfg(test)]
 mod tests;
 

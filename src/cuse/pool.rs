@@ -1,7 +1,8 @@
 //! The reader pool: threads `cuse/N` that each read one request, dispatch it and go back to
 //! read. The pool starts with one reader and grows while every reader is busy (up to
-//! [`Config::threads`]); spare readers park on a futex, and one reader may spin briefly for the
-//! next request of a client that asks again at once (see [`reader`]).
+//! [`Config::threads`]); spare readers park on a futex, and one reader may spin for the next
+//! request of a client that asks again at once, while spinning is seen to pay (see [`reader`]
+//! and [`super::spin`]).
 //!
 //! How many readers wait for requests follows the clients, as the kernel's workqueue pools follow
 //! their work items' concurrency. With several clients active, a reader taking a request while no
@@ -37,6 +38,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use super::config::Config;
 use super::error::{Error, sys};
 use super::reply::Channel;
+use super::spin::SpinPolicy;
 use crate::kernel::fs::FileOperations;
 use crate::kernel::sched::{self, SleepHook};
 use crate::sys::futex;
@@ -50,7 +52,10 @@ pub(super) struct Server {
     pub(super) fops: Arc<dyn FileOperations>,
     pub(super) next_fh: AtomicU64,
     pub(super) max_read: u32,
+    /// The spin window ([`Config::spin`]; zero: never spin).
     pub(super) spin: Duration,
+    /// Whether spinning pays, learnt from the pace of a lone client's requests.
+    pub(super) policy: SpinPolicy,
     /// One reader at a time spins (see [`reader`]).
     spinning: AtomicBool,
     /// Spins in a row that ran out without a request.
@@ -106,6 +111,7 @@ impl Server {
             next_fh: AtomicU64::new(1),
             max_read: config.max_read,
             spin: config.spin,
+            policy: SpinPolicy::new(),
             spinning: AtomicBool::new(false),
             spin_misses: AtomicU32::new(0),
             spin_skip: AtomicU32::new(0),
@@ -255,15 +261,26 @@ impl Server {
         }
     }
 
+    /// Whether spinning may be tried at all: a window, and a CPU besides the client's (on one
+    /// CPU a spinning reader only keeps the CPU from the client that would send the next
+    /// request, until the scheduler preempts it or the window ends).
+    fn can_spin(&self) -> bool {
+        !self.spin.is_zero() && self.cpus.load(Ordering::Relaxed) >= 2
+    }
+
+    /// A request was answered: counted by the spin policy when its caller is a lone client.
+    fn answered(&self) {
+        if self.can_spin() && self.active_clients() <= 1 {
+            self.policy.answered();
+        }
+    }
+
     /// Whether a reader that has just answered should spin for the next request (see [`reader`]).
     pub(super) fn should_spin(&self) -> bool {
-        // On one CPU a spinning reader only keeps the CPU from the client that would send the
-        // next request (until the scheduler preempts it, or the window ends).
-        let cpus = self.cpus.load(Ordering::Relaxed);
-        if self.spin.is_zero()
-            || cpus < 2
+        if !self.can_spin()
+            || !self.policy.spin()
             || self.busy.load(Ordering::Acquire) != 0
-            || self.active_clients() > cpus
+            || self.active_clients() > self.cpus.load(Ordering::Relaxed)
         {
             return false;
         }
@@ -365,14 +382,15 @@ fn unblock(sig: i32) -> Result<(), Errno> {
 ///
 /// Spin, then sleep: a reader that has just answered the only request in flight polls the fd
 /// (without sleeping) for up to [`Config::spin`] before it goes to sleep in `read(2)`, one
-/// reader at a time. A client that asks again right away is served without a sleep and a
+/// reader at a time, while spinning is seen to serve a lone client faster than sleeping
+/// ([`super::spin`]: the spin policy tries both and keeps the faster). A client that asks again right away is served without a sleep and a
 /// wake-up on either side of the round trip (on an idle CPU, waking a sleeper is most of it).
 /// It is not tried while other readers are busy with requests (the next request is likely
 /// queued already), nor while more clients are active (distinct callers among the last 8
 /// requests) than there are CPUs, nor on one CPU: then a spinning reader would only take the
-/// CPU from a client. Spins that run out make the
-/// readers pass up the next chances (1, 2, 4, ... up to 64 in a row), so a client that asks
-/// rarely costs no more than a sleeping reader; a quiet device costs nothing.
+/// CPU from a client. Spins that run out make the readers pass up the next chances (1, 2, 4,
+/// ... up to 64 in a row), so a client that asks rarely costs no more than a sleeping reader;
+/// a quiet device costs nothing.
 /// The same trade as the kernel's `net.core.busy_read`.
 fn reader(server: &Arc<Server>) {
     // Whoever spawned us may block signals; the stop signal must get through.
@@ -423,6 +441,7 @@ fn reader(server: &Arc<Server>) {
                     }
                 }
                 server.busy.fetch_sub(1, Ordering::AcqRel);
+                server.answered();
                 answered = true;
             }
             Err(Errno::EAGAIN | Errno::EINTR | Errno::ENOENT) => continue,
@@ -489,14 +508,15 @@ fn readable_now(fd: BorrowedFd<'_>) -> bool {
 fn spin_for_request(fd: BorrowedFd<'_>, window: Duration) -> bool {
     let start = Instant::now();
     loop {
-        // The clock is read every few polls: in a VM it can cost more than a poll.
+        // The clock is read every few polls: in a VM it can cost more than a poll. No `pause`
+        // between polls: the system call paces the loop already (and under emulation a pause
+        // sends the virtual CPU back to its monitor, slowing the other one).
         for _ in 0..4 {
             let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
             match poll(&mut fds, PollTimeout::ZERO) {
                 Ok(0) | Err(Errno::EINTR) => {}
                 _ => return true, // readable, hung up, or an error the read will report
             }
-            std::hint::spin_loop();
         }
         if start.elapsed() >= window {
             return false;

@@ -477,11 +477,7 @@ fn spins_that_find_no_request_back_off() {
     let (dev, k, _) = start(2);
     let server = dev.server.clone().unwrap();
     server.cpus.store(2, Ordering::Relaxed); // a CPU to spin on, whatever this machine has
-    assert_eq!(
-        server.spin,
-        Duration::from_micros(200),
-        "the default window"
-    );
+    assert_eq!(server.spin, Duration::from_millis(20), "the default window");
     let misses = || {
         (
             server.spin_misses.load(Ordering::Relaxed),
@@ -532,6 +528,12 @@ fn no_spinning_while_more_clients_than_cpus_are_active() {
     }
     assert_eq!(server.active_clients(), 1);
     assert!(server.should_spin(), "one client, nothing in flight: spin");
+    server.policy.set_spin(false);
+    assert!(
+        !server.should_spin(),
+        "the spin policy found sleeping serves as fast"
+    );
+    server.policy.set_spin(true);
     server.cpus.store(1, Ordering::Relaxed);
     assert!(
         !server.should_spin(),
