@@ -54,8 +54,9 @@ pub(super) struct Server {
     pub(super) max_read: u32,
     /// The spin window ([`Config::spin`]; zero: never spin).
     pub(super) spin: Duration,
-    /// Whether spinning pays, learnt from the pace of a lone client's requests.
-    pub(super) policy: SpinPolicy,
+    /// Whether spinning pays, learnt from the pace of the requests: for a lone client, and for
+    /// several (no more than the CPUs), apart ([`Server::policy`]).
+    pub(super) policies: [SpinPolicy; 2],
     /// One reader at a time spins (see [`reader`]).
     spinning: AtomicBool,
     /// Spins in a row that ran out without a request.
@@ -111,7 +112,7 @@ impl Server {
             next_fh: AtomicU64::new(1),
             max_read: config.max_read,
             spin: config.spin,
-            policy: SpinPolicy::new(),
+            policies: [const { SpinPolicy::new() }; 2],
             spinning: AtomicBool::new(false),
             spin_misses: AtomicU32::new(0),
             spin_skip: AtomicU32::new(0),
@@ -268,20 +269,32 @@ impl Server {
         !self.spin.is_zero() && self.cpus.load(Ordering::Relaxed) >= 2
     }
 
-    /// A request was answered: counted by the spin policy when its caller is a lone client.
+    /// The spin policy for `clients` active clients: a lone client's pace and that of several
+    /// differ (with several, a spinning reader also takes a CPU their calls could use), so
+    /// whether spinning pays is learnt for each apart.
+    pub(super) fn policy(&self, clients: usize) -> &SpinPolicy {
+        &self.policies[usize::from(clients > 1)]
+    }
+
+    /// A request was answered: counted by the spin policy of the clients active, when a reader
+    /// may spin for them.
     fn answered(&self) {
-        if self.can_spin() && self.active_clients() <= 1 {
-            self.policy.answered();
+        if !self.can_spin() {
+            return;
+        }
+        let clients = self.active_clients();
+        if clients <= self.cpus.load(Ordering::Relaxed) {
+            self.policy(clients).answered();
         }
     }
 
     /// Whether a reader that has just answered should spin for the next request (see [`reader`]).
     pub(super) fn should_spin(&self) -> bool {
-        if !self.can_spin()
-            || !self.policy.spin()
-            || self.busy.load(Ordering::Acquire) != 0
-            || self.active_clients() > self.cpus.load(Ordering::Relaxed)
-        {
+        if !self.can_spin() || self.busy.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        let clients = self.active_clients();
+        if clients > self.cpus.load(Ordering::Relaxed) || !self.policy(clients).spin() {
             return false;
         }
         // Back-off after misses: pass up this chance if some are still to be passed up.
@@ -382,9 +395,10 @@ fn unblock(sig: i32) -> Result<(), Errno> {
 ///
 /// Spin, then sleep: a reader that has just answered the only request in flight polls the fd
 /// (without sleeping) for up to [`Config::spin`] before it goes to sleep in `read(2)`, one
-/// reader at a time, while spinning is seen to serve a lone client faster than sleeping
-/// ([`super::spin`]: the spin policy tries both and keeps the faster). A client that asks again right away is served without a sleep and a
-/// wake-up on either side of the round trip (on an idle CPU, waking a sleeper is most of it).
+/// reader at a time, while spinning is seen to serve the clients faster than sleeping
+/// ([`super::spin`]: the spin policy tries both and keeps the faster). A client that asks
+/// again right away is served without a sleep and a wake-up on either side of the round trip
+/// (on an idle CPU, waking a sleeper is most of it).
 /// It is not tried while other readers are busy with requests (the next request is likely
 /// queued already), nor while more clients are active (distinct callers among the last 8
 /// requests) than there are CPUs, nor on one CPU: then a spinning reader would only take the

@@ -17,8 +17,9 @@
 //! batches apart), so a change in the machine or the client is seen. A batch slower than
 //! [`IDLE_NS`] per answer (a client that mostly thinks) teaches nothing and is dropped.
 //!
-//! Only answers to a lone client on a machine with a CPU to spare are counted (the caller
-//! decides, [`SpinPolicy::answered`]): with more clients the readers are busy anyway.
+//! The pool keeps one policy for a lone client and one for several (no more than the CPUs):
+//! their paces differ, and with several clients a spinning reader also takes a CPU their calls
+//! could use. With more clients than CPUs nobody spins.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
