@@ -54,9 +54,8 @@ pub(super) struct Server {
     pub(super) max_read: u32,
     /// The spin window ([`Config::spin`]; zero: never spin).
     pub(super) spin: Duration,
-    /// Whether spinning pays, learnt from the pace of the requests: for a lone client, and for
-    /// several (no more than the CPUs), apart ([`Server::policy`]).
-    pub(super) policies: [SpinPolicy; 2],
+    /// Whether spinning pays a lone client, learnt from the pace of its requests.
+    pub(super) policy: SpinPolicy,
     /// One reader at a time spins (see [`reader`]).
     spinning: AtomicBool,
     /// Spins in a row that ran out without a request.
@@ -112,7 +111,7 @@ impl Server {
             next_fh: AtomicU64::new(1),
             max_read: config.max_read,
             spin: config.spin,
-            policies: [const { SpinPolicy::new() }; 2],
+            policy: SpinPolicy::new(),
             spinning: AtomicBool::new(false),
             spin_misses: AtomicU32::new(0),
             spin_skip: AtomicU32::new(0),
@@ -269,22 +268,12 @@ impl Server {
         !self.spin.is_zero() && self.cpus.load(Ordering::Relaxed) >= 2
     }
 
-    /// The spin policy for `clients` active clients: a lone client's pace and that of several
-    /// differ (with several, a spinning reader also takes a CPU their calls could use), so
-    /// whether spinning pays is learnt for each apart.
-    pub(super) fn policy(&self, clients: usize) -> &SpinPolicy {
-        &self.policies[usize::from(clients > 1)]
-    }
-
-    /// A request was answered: counted by the spin policy of the clients active, when a reader
-    /// may spin for them.
+    /// A request was answered: counted by the spin policy when its caller is a lone client.
+    /// (With several, the paces of spinning and sleeping batches vary more between batches
+    /// than between the modes: nothing to learn from; they are spun for.)
     fn answered(&self) {
-        if !self.can_spin() {
-            return;
-        }
-        let clients = self.active_clients();
-        if clients <= self.cpus.load(Ordering::Relaxed) {
-            self.policy(clients).answered();
+        if self.can_spin() && self.active_clients() <= 1 {
+            self.policy.answered();
         }
     }
 
@@ -294,7 +283,7 @@ impl Server {
             return false;
         }
         let clients = self.active_clients();
-        if clients > self.cpus.load(Ordering::Relaxed) || !self.policy(clients).spin() {
+        if clients > self.cpus.load(Ordering::Relaxed) || (clients <= 1 && !self.policy.spin()) {
             return false;
         }
         // Back-off after misses: pass up this chance if some are still to be passed up.
@@ -395,7 +384,7 @@ fn unblock(sig: i32) -> Result<(), Errno> {
 ///
 /// Spin, then sleep: a reader that has just answered the only request in flight polls the fd
 /// (without sleeping) for up to [`Config::spin`] before it goes to sleep in `read(2)`, one
-/// reader at a time, while spinning is seen to serve the clients faster than sleeping
+/// reader at a time; for a lone client, while spinning is seen to serve it faster than sleeping
 /// ([`super::spin`]: the spin policy tries both and keeps the faster). A client that asks
 /// again right away is served without a sleep and a wake-up on either side of the round trip
 /// (on an idle CPU, waking a sleeper is most of it).
