@@ -74,10 +74,11 @@ pub struct Options {
     /// Most reader threads on /dev/cuse (the pool starts with one and grows while all are busy).
     #[arg(long, default_value_t = 8)]
     pub threads: usize,
-    /// After answering the only request in flight, one reader polls for the next up to this
-    /// many microseconds before it sleeps, while that is seen to serve a lone client faster
-    /// than sleeping, backing off when none comes (0: never; never on one CPU; saves a sleep
-    /// and a wake-up per round trip for a client that asks again at once).
+    /// After answering the only request in flight, one reader polls for the next before it
+    /// sleeps: for a lone client this many microseconds, while that is seen to serve it faster
+    /// than sleeping; for several, 4x the mean interval between their requests (at most this);
+    /// backing off when none comes (0: never; never on one CPU; saves a sleep and a wake-up per
+    /// round trip for a client that asks again at once).
     #[arg(long, default_value_t = 20_000, value_name = "US",
           value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub spin_us: u64,

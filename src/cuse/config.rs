@@ -31,9 +31,10 @@ pub struct Config {
     pub gid: Option<u32>,
     /// How long to wait for the kernel's answer and the node.
     pub timeout: Duration,
-    /// After answering a request, how long one reader polls for the next before it sleeps in
-    /// `read(2)` (zero: never), while spinning is seen to pay. Long enough to span a time
-    /// slice of a busy host's scheduler. See the reader pool (`pool.rs`, `spin.rs`).
+    /// After answering a lone client, how long one reader polls for its next request before it
+    /// sleeps in `read(2)` (zero: never), while spinning is seen to pay: long enough to span a
+    /// time slice of a busy host's scheduler. For several clients, the most it polls (their
+    /// window follows their pace). See the reader pool (`pool.rs`, `spin.rs`).
     pub spin: Duration,
 }
 

@@ -38,7 +38,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use super::config::Config;
 use super::error::{Error, sys};
 use super::reply::Channel;
-use super::spin::SpinPolicy;
+use super::spin::{Pace, SpinPolicy};
 use crate::kernel::fs::FileOperations;
 use crate::kernel::sched::{self, SleepHook};
 use crate::sys::futex;
@@ -56,6 +56,8 @@ pub(super) struct Server {
     pub(super) spin: Duration,
     /// Whether spinning pays a lone client, learnt from the pace of its requests.
     pub(super) policy: SpinPolicy,
+    /// The pace of several clients' requests, which gives their spin window.
+    pub(super) pace: Pace,
     /// One reader at a time spins (see [`reader`]).
     spinning: AtomicBool,
     /// Spins in a row that ran out without a request.
@@ -112,6 +114,7 @@ impl Server {
             max_read: config.max_read,
             spin: config.spin,
             policy: SpinPolicy::new(),
+            pace: Pace::new(config.spin.as_nanos().min(u128::from(u64::MAX)) as u64),
             spinning: AtomicBool::new(false),
             spin_misses: AtomicU32::new(0),
             spin_skip: AtomicU32::new(0),
@@ -268,12 +271,28 @@ impl Server {
         !self.spin.is_zero() && self.cpus.load(Ordering::Relaxed) >= 2
     }
 
-    /// A request was answered: counted by the spin policy when its caller is a lone client.
-    /// (With several, the paces of spinning and sleeping batches vary more between batches
-    /// than between the modes: nothing to learn from; they are spun for.)
+    /// A request was answered: counted by the spin policy when its caller is a lone client,
+    /// by the pace of several clients (no more than the CPUs) otherwise ([`super::spin`]).
     fn answered(&self) {
-        if self.can_spin() && self.active_clients() <= 1 {
+        if !self.can_spin() {
+            return;
+        }
+        let clients = self.active_clients();
+        if clients <= 1 {
             self.policy.answered();
+        } else if clients <= self.cpus.load(Ordering::Relaxed) {
+            self.pace.answered();
+        }
+    }
+
+    /// How long a reader spins for the next request: [`Config::spin`] for a lone client (a
+    /// window that outlasts a busy host's time slice), a few times their mean interval for
+    /// several.
+    pub(super) fn spin_window(&self) -> Duration {
+        if self.active_clients() <= 1 {
+            self.spin
+        } else {
+            Duration::from_nanos(self.pace.window_ns())
         }
     }
 
@@ -385,7 +404,8 @@ fn unblock(sig: i32) -> Result<(), Errno> {
 /// Spin, then sleep: a reader that has just answered the only request in flight polls the fd
 /// (without sleeping) for up to [`Config::spin`] before it goes to sleep in `read(2)`, one
 /// reader at a time; for a lone client, while spinning is seen to serve it faster than sleeping
-/// ([`super::spin`]: the spin policy tries both and keeps the faster). A client that asks
+/// ([`super::spin`]: the spin policy tries both and keeps the faster). For several clients the
+/// window is a few times the mean interval between their requests. A client that asks
 /// again right away is served without a sleep and a wake-up on either side of the round trip
 /// (on an idle CPU, waking a sleeper is most of it).
 /// It is not tried while other readers are busy with requests (the next request is likely
@@ -410,7 +430,7 @@ fn reader(server: &Arc<Server>) {
             continue;
         }
         if answered && server.should_spin() && !server.spinning.swap(true, Ordering::Acquire) {
-            let hit = spin_for_request(fd.as_fd(), server.spin);
+            let hit = spin_for_request(fd.as_fd(), server.spin_window());
             server.spun(hit);
             server.spinning.store(false, Ordering::Release);
         }
