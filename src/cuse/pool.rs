@@ -347,6 +347,7 @@ impl Server {
         if hit {
             self.spin_misses.store(0, Ordering::Relaxed);
         } else {
+            self.policy.missed();
             let misses = self.spin_misses.fetch_add(1, Ordering::Relaxed) + 1;
             self.spin_skip
                 .store(1 << (misses - 1).min(6), Ordering::Relaxed);

@@ -102,15 +102,16 @@ impl Learner {
         }
     }
 
-    /// A batch of `answers` ended at `now_ns`: learn its pace and choose the next batch's mode.
-    pub(super) fn batch_done(&mut self, now_ns: u64, answers: u64) -> Mode {
+    /// A batch of `answers` ended at `now_ns`: learn its pace (unless `paused`: the client
+    /// stopped for a while within it) and choose the next batch's mode.
+    pub(super) fn batch_done(&mut self, now_ns: u64, answers: u64, paused: bool) -> Mode {
         let Some(start) = self.start_ns.replace(now_ns) else {
             return self.mode; // the first batch starts now
         };
         let tried = self.mode;
         let before = self.best();
         let interval = now_ns.saturating_sub(start) / answers.max(1);
-        if interval <= IDLE_NS {
+        if interval <= IDLE_NS && !paused {
             let p = &mut self.pace[tried as usize];
             // The chosen mode's pace is smoothed over its batches; a try of the other replaces
             // what is known of it (from long ago). A try that flips the choice by bad luck is
@@ -121,14 +122,14 @@ impl Learner {
             });
         }
         let best = self.best();
-        if tried != before {
-            // That batch tried the other mode: if the choice stands, try again later than last
-            // time; if it changed, soon.
-            self.explore_every = if best == before {
-                (self.explore_every * 2).min(EXPLORE_MAX)
-            } else {
-                EXPLORE_MIN
-            };
+        if best != before {
+            // The choice changed: try the other mode again soon, whichever batch changed it.
+            self.explore_every = EXPLORE_MIN;
+            self.since_explore = 0;
+        } else if tried != before {
+            // That batch tried the other mode and the choice stands: try again later than last
+            // time.
+            self.explore_every = (self.explore_every * 2).min(EXPLORE_MAX);
         }
         self.since_explore += 1;
         self.mode = if self.pace(best.other()).is_none() || self.since_explore >= self.explore_every
@@ -145,6 +146,9 @@ impl Learner {
 /// The policy shared by the readers: a counter per answer, the learner once per batch.
 pub(super) struct SpinPolicy {
     answers: AtomicU64,
+    /// A spin ran out in the current batch: the client paused (for a whole window at least),
+    /// and the batch's pace says nothing of either mode.
+    paused: AtomicBool,
     spin: AtomicBool,
     learner: Mutex<Learner>,
 }
@@ -153,6 +157,7 @@ impl SpinPolicy {
     pub(super) const fn new() -> SpinPolicy {
         SpinPolicy {
             answers: AtomicU64::new(0),
+            paused: AtomicBool::new(false),
             spin: AtomicBool::new(true),
             learner: Mutex::new(Learner::new()),
         }
@@ -162,6 +167,11 @@ impl SpinPolicy {
     #[cfg(test)]
     pub(super) fn set_spin(&self, spin: bool) {
         self.spin.store(spin, Ordering::Relaxed);
+    }
+
+    /// A spin ran out without a request: the current batch is not learnt from.
+    pub(super) fn missed(&self) {
+        self.paused.store(true, Ordering::Relaxed);
     }
 
     /// Whether the current batch spins.
@@ -179,7 +189,8 @@ impl SpinPolicy {
         let now = crate::kernel::jiffies::monotonic_ns();
         let mut learner = self.learner.lock().unwrap_or_else(|e| e.into_inner());
         let before = learner.best();
-        let mode = learner.batch_done(now, BATCH);
+        let paused = self.paused.swap(false, Ordering::Relaxed);
+        let mode = learner.batch_done(now, BATCH, paused);
         self.spin.store(mode == Mode::Spin, Ordering::Relaxed);
         let best = learner.best();
         if best != before {
@@ -281,7 +292,7 @@ mod tests {
                 Mode::Sleep => sleep_us,
             };
             *t += per * 1000 * BATCH;
-            learner.batch_done(*t, BATCH);
+            learner.batch_done(*t, BATCH, false);
         }
         modes
     }
@@ -292,7 +303,7 @@ mod tests {
 
     fn started() -> (Learner, u64) {
         let mut l = Learner::new();
-        l.batch_done(1_000, BATCH); // the first batch starts
+        l.batch_done(1_000, BATCH, false); // the first batch starts
         (l, 1_000)
     }
 
@@ -357,7 +368,7 @@ mod tests {
         // A minute without a request lands in one batch: its pace is not learnt.
         t += 60_000_000_000;
         let mode = l.mode();
-        l.batch_done(t, BATCH);
+        l.batch_done(t, BATCH, false);
         assert_eq!(
             (l.pace(Mode::Spin), l.pace(Mode::Sleep)),
             before,
@@ -393,6 +404,41 @@ mod tests {
         );
         pace.batch_done(1_000_000 + BATCH * 100_000);
         assert_eq!(pace.window_ns(), 400_000);
+    }
+
+    #[test]
+    fn a_pause_within_a_batch_teaches_nothing() {
+        let (mut l, mut t) = started();
+        run(&mut l, &mut t, 300, 46, 85);
+        assert_eq!(l.best(), Mode::Spin);
+        let before = (l.pace(Mode::Spin), l.pace(Mode::Sleep));
+        // The client stops for 0.3 s (a mean of 4.7 ms an answer: under IDLE_NS) and a spin
+        // ran out meanwhile.
+        while l.mode() != Mode::Spin {
+            run(&mut l, &mut t, 1, 46, 85);
+        }
+        t += 300_000_000;
+        l.batch_done(t, BATCH, true);
+        assert_eq!((l.pace(Mode::Spin), l.pace(Mode::Sleep)), before);
+        assert_eq!(l.best(), Mode::Spin);
+    }
+
+    #[test]
+    fn a_changed_choice_is_tried_again_soon() {
+        let (mut l, mut t) = started();
+        run(&mut l, &mut t, 400, 46, 85);
+        assert_eq!(l.explore_every, EXPLORE_MAX, "long confirmed");
+        while l.mode() != Mode::Spin {
+            run(&mut l, &mut t, 1, 46, 85);
+        }
+        // One unlucky spinning batch (not a try) flips the choice to sleeping ...
+        t += 4_000 * 1000 * BATCH;
+        l.batch_done(t, BATCH, false);
+        assert_eq!(l.best(), Mode::Sleep);
+        // ... and spinning is tried again within EXPLORE_MIN batches, and chosen back.
+        let modes = run(&mut l, &mut t, EXPLORE_MIN as usize + 1, 46, 85);
+        assert!(modes.contains(&Mode::Spin), "{modes:?}");
+        assert_eq!(l.best(), Mode::Spin);
     }
 
     #[test]
