@@ -10,7 +10,9 @@
 #         be woken and scheduled)
 #   poll  the answer came while the idle CPU was still in the idle loop's polling phase, before
 #         it halted: no interrupt, the idle task itself switches to the client
-# Prints "WAKE <server> {json}" lines: untraced p50/p99 and the count of each kind.
+# Prints "WAKE <server> {json}" lines: the untraced run's p50/p99, the traced run's p50 (the mode
+# can change from one run to the next: the counts belong to the traced run) and the count of each
+# kind of wake-up.
 # bench/wake_modes.py (on the host) turns a log of these runs into a table.
 CALLS=${1:-5000}
 T=/sys/kernel/tracing
@@ -27,13 +29,13 @@ measure() {
 	echo >$T/trace
 	for e in sched/sched_switch sched/sched_wakeup irq_vectors; do echo 1 >$T/events/$e/enable; done
 	echo 1 >$T/tracing_on
-	ioctl_bench "$2" 0x6b02 "$CALLS" 1 >/dev/null
+	traced=$(ioctl_bench "$2" 0x6b02 "$CALLS" 1)
 	echo 0 >$T/tracing_on
 	for e in sched/sched_switch sched/sched_wakeup irq_vectors; do echo 0 >$T/events/$e/enable; done
 	# The wake-ups of the client (comm ioctl_bench): the flags column has an h in hard-irq context.
 	counts=$(grep 'sched_wakeup: comm=ioctl_bench' $T/trace | awk '{ if (index($3, "h")) i++; else p++ } END { printf "%d %d", i, p }')
 	set -- $counts
-	echo "WAKE $name {\"p50_us\":$(echo "$lat" | field p50_us),\"p99_us\":$(echo "$lat" | field p99_us),\"ipi\":$1,\"poll\":$2}"
+	echo "WAKE $name {\"p50_us\":$(echo "$lat" | field p50_us),\"p99_us\":$(echo "$lat" | field p99_us),\"traced_p50_us\":$(echo "$traced" | field p50_us),\"ipi\":$1,\"poll\":$2}"
 }
 
 deferred >/tmp/deferred.log 2>&1 &

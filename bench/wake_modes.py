@@ -12,8 +12,9 @@ Each LOG is the output of one VM boot running bench/vm-wake-trace.sh, e.g.
     done
     bench/wake_modes.py /tmp/wake*.log
 
-Prints a Markdown table: per boot and server, the untraced p50/p99 and the share of the client's
-wake-ups that came while its CPU was still polling in the idle loop (no interrupt, no halt).
+Prints a Markdown table: per boot and server, the untraced run's p50/p99, the traced run's p50,
+and the share of the traced run's client wake-ups that came while its CPU was still polling in
+the idle loop (no interrupt, no halt).
 """
 import json
 import sys
@@ -22,8 +23,8 @@ import sys
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    print("| boot | server | p50 (us) | p99 (us) | wake-ups by interrupt | while idle polling | polling share |")
-    print("|---|---|---|---|---|---|---|")
+    print("| boot | server | p50 (us) | p99 (us) | traced run's p50 (us) | wake-ups by interrupt | while idle polling | polling share |")
+    print("|---|---|---|---|---|---|---|---|")
     for boot, path in enumerate(sys.argv[1:], 1):
         with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -35,7 +36,8 @@ def main():
                 d = json.loads(data)
                 total = d["ipi"] + d["poll"]
                 share = 100.0 * d["poll"] / total if total else 0.0
-                print(f"| {boot} | {server} | {d['p50_us']} | {d['p99_us']} | {d['ipi']} | {d['poll']} | {share:.0f}% |")
+                traced = d.get("traced_p50_us", "-")
+                print(f"| {boot} | {server} | {d['p50_us']} | {d['p99_us']} | {traced} | {d['ipi']} | {d['poll']} | {share:.0f}% |")
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@
 //! learns from the completions it sees: answers are counted in batches of [`BATCH`], one clock
 //! read per batch; each batch runs in one mode, spinning or sleeping, and its mean interval
 //! between answers (the client's pace) is remembered per mode (smoothed over the chosen mode's
-//! batches; the latest try of the other). The next batches spin while
-//! spinning's pace beats sleeping's by [`GAIN`] at least; now and then a batch tries the other
-//! mode, less often each time it confirms the choice ([`EXPLORE_MIN`] to [`EXPLORE_MAX`]
-//! batches apart), so a change in the machine or the client is seen. A batch slower than
-//! [`IDLE_NS`] per answer (a client that mostly thinks) teaches nothing and is dropped.
+//! batches; the latest try of the other). The next batches spin while spinning's pace beats
+//! sleeping's by [`GAIN`] at least; now and then a batch tries the other mode, less often each
+//! time it confirms the choice ([`EXPLORE_MIN`] to [`EXPLORE_MAX`] batches apart) and soon again
+//! when the choice changes, so a change in the machine or the client is seen. A batch slower
+//! than [`IDLE_NS`] per answer (a client that mostly thinks), or one in which a spin ran out
+//! ([`SpinPolicy::missed`]: the client paused), teaches nothing and is dropped.
 //!
 //! Only a lone client's answers are counted, on a machine with a CPU to spare (the pool
 //! decides): with several clients, the paces of batches vary more from batch to batch than
