@@ -114,7 +114,7 @@ impl Server {
             max_read: config.max_read,
             spin: config.spin,
             policy: SpinPolicy::new(),
-            pace: Pace::new(config.spin.as_nanos().min(u128::from(u64::MAX)) as u64),
+            pace: Pace::new(u64::try_from(config.spin.as_nanos()).unwrap_or(u64::MAX)),
             spinning: AtomicBool::new(false),
             spin_misses: AtomicU32::new(0),
             spin_skip: AtomicU32::new(0),
@@ -285,33 +285,28 @@ impl Server {
         }
     }
 
-    /// How long a reader spins for the next request: [`Config::spin`] for a lone client (a
-    /// window that outlasts a busy host's time slice), a few times their mean interval for
-    /// several.
-    pub(super) fn spin_window(&self) -> Duration {
-        if self.active_clients() <= 1 {
-            self.spin
-        } else {
-            Duration::from_nanos(self.pace.window_ns())
-        }
-    }
-
-    /// Whether a reader that has just answered should spin for the next request (see [`reader`]).
-    pub(super) fn should_spin(&self) -> bool {
+    /// Whether a reader that has just answered should spin for the next request (see
+    /// [`reader`]), and for how long: [`Config::spin`] for a lone client (a window that
+    /// outlasts a busy host's time slice), a few times their mean interval for several.
+    pub(super) fn spin_window(&self) -> Option<Duration> {
         if !self.can_spin() || self.busy.load(Ordering::Acquire) != 0 {
-            return false;
+            return None;
         }
         let clients = self.active_clients();
         if clients > self.cpus.load(Ordering::Relaxed) || (clients <= 1 && !self.policy.spin()) {
-            return false;
+            return None;
         }
         // Back-off after misses: pass up this chance if some are still to be passed up.
         let skip = self.spin_skip.load(Ordering::Relaxed);
         if skip > 0 {
             self.spin_skip.store(skip - 1, Ordering::Relaxed);
-            return false;
+            return None;
         }
-        true
+        Some(if clients <= 1 {
+            self.spin
+        } else {
+            Duration::from_nanos(self.pace.window_ns())
+        })
     }
 
     /// Remembers the caller of a request.
@@ -430,8 +425,10 @@ fn reader(server: &Arc<Server>) {
             answered = false;
             continue;
         }
-        if answered && server.should_spin() && !server.spinning.swap(true, Ordering::Acquire) {
-            let hit = spin_for_request(fd.as_fd(), server.spin_window());
+        if let Some(window) = answered.then(|| server.spin_window()).flatten()
+            && !server.spinning.swap(true, Ordering::Acquire)
+        {
+            let hit = spin_for_request(fd.as_fd(), window);
             server.spun(hit);
             server.spinning.store(false, Ordering::Release);
         }

@@ -144,6 +144,14 @@ impl Learner {
     }
 }
 
+/// Counts an answer in `answers`; for the one that ends a batch of [`BATCH`] (exactly one
+/// caller sees each end), the clock now.
+fn batch_ended(answers: &AtomicU64) -> Option<u64> {
+    let n = answers.fetch_add(1, Ordering::Relaxed) + 1;
+    n.is_multiple_of(BATCH)
+        .then(crate::kernel::jiffies::monotonic_ns)
+}
+
 /// The policy shared by the readers: a counter per answer, the learner once per batch.
 pub(super) struct SpinPolicy {
     answers: AtomicU64,
@@ -183,11 +191,9 @@ impl SpinPolicy {
     /// Counts an answer to a lone client; the answer that ends a batch reads the clock and lets
     /// the learner choose the next batch's mode.
     pub(super) fn answered(&self) {
-        let n = self.answers.fetch_add(1, Ordering::Relaxed) + 1;
-        if !n.is_multiple_of(BATCH) {
+        let Some(now) = batch_ended(&self.answers) else {
             return;
-        }
-        let now = crate::kernel::jiffies::monotonic_ns();
+        };
         let mut learner = self.learner.lock().unwrap_or_else(|e| e.into_inner());
         let before = learner.best();
         let paused = self.paused.swap(false, Ordering::Relaxed);
@@ -256,9 +262,8 @@ impl Pace {
 
     /// Counts an answer; the one that ends a batch sets the window from the batch's pace.
     pub(super) fn answered(&self) {
-        let n = self.answers.fetch_add(1, Ordering::Relaxed) + 1;
-        if n.is_multiple_of(BATCH) {
-            self.batch_done(crate::kernel::jiffies::monotonic_ns());
+        if let Some(now) = batch_ended(&self.answers) {
+            self.batch_done(now);
         }
     }
 

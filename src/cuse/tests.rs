@@ -522,22 +522,28 @@ fn no_spinning_while_more_clients_than_cpus_are_active() {
         server.note_caller(tid);
     }
     assert_eq!(server.active_clients(), 3);
-    assert!(!server.should_spin(), "more clients than CPUs: no spin");
+    assert!(
+        server.spin_window().is_none(),
+        "more clients than CPUs: no spin"
+    );
     for _ in 0..RECENT_CALLERS {
         server.note_caller(7);
     }
     assert_eq!(server.active_clients(), 1);
-    assert!(server.should_spin(), "one client, nothing in flight: spin");
+    assert!(
+        server.spin_window().is_some(),
+        "one client, nothing in flight: spin"
+    );
     server.policy.set_spin(false);
     assert!(
-        !server.should_spin(),
+        server.spin_window().is_none(),
         "the spin policy found sleeping serves a lone client as fast"
     );
     // Two clients: spun for, whatever was learnt of a lone client.
     server.note_caller(8);
     assert_eq!(server.active_clients(), 2);
     assert!(
-        server.should_spin(),
+        server.spin_window().is_some(),
         "what was learnt of a lone client does not decide for two"
     );
     server.policy.set_spin(true);
@@ -546,7 +552,7 @@ fn no_spinning_while_more_clients_than_cpus_are_active() {
     }
     server.cpus.store(1, Ordering::Relaxed);
     assert!(
-        !server.should_spin(),
+        server.spin_window().is_none(),
         "one CPU: a spinning reader would only keep it from the client"
     );
     drop(server);
