@@ -28,7 +28,7 @@ use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -40,6 +40,7 @@ use super::error::{Error, sys};
 use super::reply::Channel;
 use super::spin::{Pace, SpinPolicy};
 use crate::kernel::fs::FileOperations;
+use crate::kernel::jiffies;
 use crate::kernel::sched::{self, SleepHook};
 use crate::sys::futex;
 
@@ -58,8 +59,13 @@ pub(super) struct Server {
     pub(super) policy: SpinPolicy,
     /// The pace of several clients' requests, which gives their spin window.
     pub(super) pace: Pace,
-    /// One reader at a time spins (see [`reader`]).
+    /// One reader at a time spins (see [`reader`]); while it does, the fd is non-blocking.
     spinning: AtomicBool,
+    /// The fd's file status flags while every reader sleeps in `read(2)` (blocking); the
+    /// spinning reader adds `O_NONBLOCK` for as long as it spins.
+    blocking_flags: OFlag,
+    /// Whether the fd is non-blocking now (a reader spins on it).
+    nonblocking: AtomicBool,
     /// Spins in a row that ran out without a request.
     pub(super) spin_misses: AtomicU32,
     /// Chances to spin still to pass up after misses (a back-off).
@@ -100,8 +106,8 @@ impl Server {
         let wake = wake_signal()?;
         let flags = nix::fcntl::fcntl(chan.fd(), nix::fcntl::FcntlArg::F_GETFL)
             .map_err(sys("fcntl F_GETFL /dev/cuse"))?;
-        let flags = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(chan.fd(), nix::fcntl::FcntlArg::F_SETFL(flags))
+        let blocking_flags = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(chan.fd(), nix::fcntl::FcntlArg::F_SETFL(blocking_flags))
             .map_err(sys("fcntl F_SETFL /dev/cuse"))?;
         let gone = Arc::new(
             EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
@@ -116,6 +122,8 @@ impl Server {
             policy: SpinPolicy::new(),
             pace: Pace::new(u64::try_from(config.spin.as_nanos()).unwrap_or(u64::MAX)),
             spinning: AtomicBool::new(false),
+            blocking_flags,
+            nonblocking: AtomicBool::new(false),
             spin_misses: AtomicU32::new(0),
             spin_skip: AtomicU32::new(0),
             recent_callers: [const { AtomicU32::new(0) }; RECENT_CALLERS],
@@ -192,7 +200,7 @@ impl Server {
     /// finishing together cannot all park. Under load requests are queued, nobody parks, and the
     /// pool keeps the readers the clients need.
     fn park_if_spare(&self, fd: BorrowedFd<'_>, word: &Arc<AtomicU32>) -> bool {
-        let keep = if self.active_clients() <= 1 { 2 } else { 3 };
+        let keep = self.readers_to_keep();
         let spare = |active: usize| active >= self.busy.load(Ordering::Acquire) + keep;
         if !spare(self.active.load(Ordering::Acquire)) || readable_now(fd) {
             return false;
@@ -222,6 +230,50 @@ impl Server {
             futex::wait(word, 0, None);
         }
         true
+    }
+
+    /// Active readers to keep besides the busy ones, plus one: see [`Server::park_if_spare`].
+    fn readers_to_keep(&self) -> usize {
+        if self.active_clients() <= 1 { 2 } else { 3 }
+    }
+
+    /// Whether a free reader is spare now, so that [`Server::park_if_spare`] may park it (it
+    /// checks again, atomically).
+    fn spare_now(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+            >= self.busy.load(Ordering::Acquire) + self.readers_to_keep()
+    }
+
+    /// The calling reader becomes the one that spins, if none does: the fd is made
+    /// non-blocking, so that it reads the next request the moment it is queued. `false` if
+    /// another reader spins (or the fd's flags cannot be changed: then nobody spins).
+    fn begin_spin(&self, fd: BorrowedFd<'_>) -> bool {
+        if self.spinning.swap(true, Ordering::Acquire) {
+            return false;
+        }
+        let flags = self.blocking_flags | OFlag::O_NONBLOCK;
+        if let Err(e) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags)) {
+            log::warn!(
+                "fcntl F_SETFL O_NONBLOCK /dev/cuse: {}: not spinning",
+                e.desc()
+            );
+            self.spinning.store(false, Ordering::Release);
+            return false;
+        }
+        self.nonblocking.store(true, Ordering::Release);
+        true
+    }
+
+    /// The spinning reader stops spinning: the fd is blocking again (the readers sleep in
+    /// `read(2)`), and another reader may spin.
+    fn end_spin(&self, fd: BorrowedFd<'_>) {
+        self.nonblocking.store(false, Ordering::Release);
+        if let Err(e) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(self.blocking_flags)) {
+            // The readers still serve: one whose read finds nothing waits in poll(2).
+            log::warn!("fcntl F_SETFL /dev/cuse (blocking again): {}", e.desc());
+            self.nonblocking.store(true, Ordering::Release);
+        }
+        self.spinning.store(false, Ordering::Release);
     }
 
     /// Stops the pool: raises `stop`, wakes the parked readers and interrupts each reader's
@@ -271,18 +323,20 @@ impl Server {
         !self.spin.is_zero() && self.cpus.load(Ordering::Relaxed) >= 2
     }
 
-    /// A request was answered: counted by the spin policy when its caller is a lone client,
-    /// by the pace of several clients (no more than the CPUs) otherwise ([`super::spin`]).
-    fn answered(&self) {
+    /// A request was answered: timed by the spin policy when its caller is a lone client,
+    /// counted by the pace of several clients (no more than the CPUs) otherwise
+    /// ([`super::spin`]). Returns the time of the answer if the clock was read.
+    fn answered(&self) -> Option<u64> {
         if !self.can_spin() {
-            return;
+            return None;
         }
         let clients = self.active_clients();
         if clients <= 1 {
-            self.policy.answered();
+            return Some(self.policy.answered());
         } else if clients <= self.cpus.load(Ordering::Relaxed) {
             self.pace.answered();
         }
+        None
     }
 
     /// Whether a reader that has just answered should spin for the next request (see
@@ -397,14 +451,20 @@ fn unblock(sig: i32) -> Result<(), Errno> {
 
 /// One reader thread: one read = one request, until stopped or the connection is gone.
 ///
-/// Spin, then sleep: a reader that has just answered the only request in flight polls the fd
-/// (without sleeping) for up to [`Config::spin`] before it goes to sleep in `read(2)`, one
-/// reader at a time; for a lone client, while spinning is seen to serve it faster than sleeping
-/// ([`super::spin`]: the spin policy tries both and keeps the faster). For several clients the
-/// window is a few times the mean interval between their requests. A client that asks
-/// again right away is served without a sleep and a wake-up on either side of the round trip
-/// (on an idle CPU, waking a sleeper is most of it).
-/// It is not tried while other readers are busy with requests (the next request is likely
+/// Spin, then sleep: a reader that has just answered the only request in flight reads the fd
+/// non-blocking in a loop (without sleeping) for up to [`Config::spin`] before it goes to sleep
+/// in `read(2)`, one reader at a time; for a lone client, while spinning is seen to serve it
+/// faster than sleeping ([`super::spin`]: the spin policy tries both and keeps the faster). For
+/// several clients the window is a few times the mean interval between their requests. A client
+/// that asks again right away is served without a sleep and a wake-up on either side of the
+/// round trip (on an idle CPU, waking a sleeper is most of it), and its request is taken by the
+/// read that finds it: one system call, as the floor of a spinning server.
+///
+/// The fd is non-blocking while a reader spins ([`Server::begin_spin`]), blocking again when it
+/// stops ([`Server::end_spin`]): one `fcntl` each way, not one per request while the client
+/// keeps asking. Another reader that finds nothing meanwhile waits in `poll(2)` and reads again.
+///
+/// Spinning is not tried while other readers are busy with requests (the next request is likely
 /// queued already), nor while more clients are active (distinct callers among the last 8
 /// requests) than there are CPUs, nor on one CPU: then a spinning reader would only take the
 /// CPU from a client. Spins that run out make the readers pass up the next chances (1, 2, 4,
@@ -417,53 +477,53 @@ fn reader(server: &Arc<Server>) {
     let mut buf = vec![0u8; server.buffer_len];
     let fd = server.chan.fd();
     let mut answered = false;
+    // When this reader's last answer was given, if the clock was read then.
+    let mut answered_ns = None;
+    // This reader spins (holds `spinning`; the fd is non-blocking).
+    let mut spinner = false;
     let park = Arc::new(AtomicU32::new(0));
     while !server.stop.load(Ordering::Acquire) {
         // Nothing to read and two other readers free already: this one parks. With the kernel
         // waking waiting readers in turn (FIFO), fewer of them means warmer ones.
-        if answered && server.park_if_spare(fd.as_fd(), &park) {
-            answered = false;
-            continue;
+        if answered && server.spare_now() {
+            if spinner {
+                server.end_spin(fd.as_fd());
+                spinner = false;
+            }
+            if server.park_if_spare(fd.as_fd(), &park) {
+                answered = false;
+                continue;
+            }
         }
-        if let Some(window) = answered.then(|| server.spin_window()).flatten()
-            && !server.spinning.swap(true, Ordering::Acquire)
+        let mut spun = None;
+        if answered
+            && let Some(window) = server.spin_window()
+            && (spinner || server.begin_spin(fd.as_fd()))
         {
-            let hit = spin_for_request(fd.as_fd(), window);
-            server.spun(hit);
-            server.spinning.store(false, Ordering::Release);
+            spinner = true;
+            spun = spin_read(fd.as_fd(), &mut buf, answered_ns, window, &server.stop);
+            server.spun(spun.is_some());
+        }
+        if spun.is_none() && spinner {
+            server.end_spin(fd.as_fd());
+            spinner = false;
         }
         answered = false;
-        match nix::unistd::read(fd, &mut buf) {
+        if server.stop.load(Ordering::Acquire) {
+            break;
+        }
+        match spun.unwrap_or_else(|| nix::unistd::read(fd, &mut buf)) {
             Ok(0) => {
                 log::debug!("connection closed");
                 break;
             }
             Ok(n) => {
-                let busy = server.busy.fetch_add(1, Ordering::AcqRel) + 1;
-                // Every other active reader busy too? With several clients, another reader
-                // goes to wait for their next requests now. With one, its next request cannot
-                // come before this answer: another reader is called only if the file operation
-                // sleeps (the hook below), for other callers and the INTERRUPT of this call.
-                if busy >= server.active.load(Ordering::Acquire)
-                    && server.active_clients() > 1
-                    && let Err(e) = server.add_reader()
-                {
-                    // The readers there are go on serving.
-                    log::warn!("{e}");
-                }
-                {
-                    let _hook = SleepHookGuard::install(server);
-                    let s = std::panic::AssertUnwindSafe(server);
-                    let req = std::panic::AssertUnwindSafe(&buf[..n]);
-                    if std::panic::catch_unwind(|| s.handle(&req)).is_err() {
-                        log::error!(
-                            "bug: a request handler panicked; the request was answered EIO"
-                        );
-                    }
-                }
-                server.busy.fetch_sub(1, Ordering::AcqRel);
-                server.answered();
+                answered_ns = server.serve(&buf[..n]);
                 answered = true;
+            }
+            // The fd is non-blocking because another reader spins: wait for a request.
+            Err(Errno::EAGAIN) if server.nonblocking.load(Ordering::Acquire) => {
+                wait_readable(fd.as_fd());
             }
             Err(Errno::EAGAIN | Errno::EINTR | Errno::ENOENT) => continue,
             Err(Errno::ENODEV | Errno::ECONNABORTED) => {
@@ -476,8 +536,40 @@ fn reader(server: &Arc<Server>) {
             }
         }
     }
+    if spinner {
+        server.end_spin(fd.as_fd());
+    }
     if !server.stop.load(Ordering::Acquire) {
         let _ = server.gone.write(1); // stopped is not "gone"
+    }
+}
+
+impl Server {
+    /// Runs one request read by a reader, to its answer; returns the time of the answer if
+    /// the clock was read ([`Server::answered`]).
+    fn serve(self: &Arc<Server>, req: &[u8]) -> Option<u64> {
+        let busy = self.busy.fetch_add(1, Ordering::AcqRel) + 1;
+        // Every other active reader busy too? With several clients, another reader goes to
+        // wait for their next requests now. With one, its next request cannot come before this
+        // answer: another reader is called only if the file operation sleeps (the hook below),
+        // for other callers and the INTERRUPT of this call.
+        if busy >= self.active.load(Ordering::Acquire)
+            && self.active_clients() > 1
+            && let Err(e) = self.add_reader()
+        {
+            // The readers there are go on serving.
+            log::warn!("{e}");
+        }
+        {
+            let _hook = SleepHookGuard::install(self);
+            let s = std::panic::AssertUnwindSafe(self);
+            let req = std::panic::AssertUnwindSafe(req);
+            if std::panic::catch_unwind(|| s.handle(&req)).is_err() {
+                log::error!("bug: a request handler panicked; the request was answered EIO");
+            }
+        }
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+        self.answered()
     }
 }
 
@@ -524,23 +616,36 @@ fn readable_now(fd: BorrowedFd<'_>) -> bool {
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
-/// Polls `fd` without sleeping until it is readable (or hung up: `true`) or `window` has passed
-/// (`false`).
-fn spin_for_request(fd: BorrowedFd<'_>, window: Duration) -> bool {
-    let start = Instant::now();
+/// Reads a request from the non-blocking `fd` in a loop, without sleeping, until one comes
+/// (or the read fails otherwise: the caller handles the result as a blocking read's), `window`
+/// has passed since `start_ns` (`CLOCK_MONOTONIC`; `None`: now) or the pool stops (`None`).
+fn spin_read(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    start_ns: Option<u64>,
+    window: Duration,
+    stop: &AtomicBool,
+) -> Option<nix::Result<usize>> {
+    let start = start_ns.unwrap_or_else(jiffies::monotonic_ns);
+    let deadline = start.saturating_add(u64::try_from(window.as_nanos()).unwrap_or(u64::MAX));
     loop {
-        // The clock is read every few polls: in a VM it can cost more than a poll. No `pause`
-        // between polls: the system call paces the loop already (and under emulation a pause
+        // The clock is read every few reads: in a VM it can cost as much as a read. No `pause`
+        // between reads: the system call paces the loop already (and under emulation a pause
         // sends the virtual CPU back to its monitor, slowing the other one).
-        for _ in 0..4 {
-            let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::ZERO) {
-                Ok(0) | Err(Errno::EINTR) => {}
-                _ => return true, // readable, hung up, or an error the read will report
+        for _ in 0..8 {
+            match nix::unistd::read(fd, buf) {
+                Err(Errno::EAGAIN | Errno::EINTR | Errno::ENOENT) => {}
+                r => return Some(r),
             }
         }
-        if start.elapsed() >= window {
-            return false;
+        if stop.load(Ordering::Acquire) || jiffies::monotonic_ns() >= deadline {
+            return None;
         }
     }
+}
+
+/// Waits until `fd` is readable (or hung up, or a signal came).
+fn wait_readable(fd: BorrowedFd<'_>) {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    let _ = poll(&mut fds, PollTimeout::NONE);
 }

@@ -154,6 +154,13 @@ impl Kernel {
 }
 
 fn start(threads: usize) -> (Device, Kernel, Arc<Recorder>) {
+    start_with(Config {
+        threads,
+        ..Config::default()
+    })
+}
+
+fn start_with(config: Config) -> (Device, Kernel, Arc<Recorder>) {
     let (a, b) = crate::cuse::reply::tests::seqpacket_pair(0);
     nix::fcntl::fcntl(&a, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
     let kernel = Kernel { fd: b };
@@ -162,10 +169,6 @@ fn start(threads: usize) -> (Device, Kernel, Arc<Recorder>) {
         init.extend_from_slice(&v.to_le_bytes());
     }
     kernel.send(CUSE_INIT, 2, &init);
-    let config = Config {
-        threads,
-        ..Config::default()
-    };
     let rec = Arc::new(Recorder::default());
     let dev = Cuse::from_fd(a, config)
         .unwrap()
@@ -509,6 +512,54 @@ fn spins_that_find_no_request_back_off() {
         0,
         "a spin that finds a request resets the back-off"
     );
+    drop(server);
+    dev.stop();
+}
+
+/// The fd's `O_NONBLOCK` as the readers see it.
+fn nonblocking(server: &super::pool::Server) -> bool {
+    let flags = nix::fcntl::fcntl(server.chan.fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
+    OFlag::from_bits_truncate(flags).contains(OFlag::O_NONBLOCK)
+}
+
+#[test]
+fn the_fd_is_non_blocking_only_while_a_reader_spins() {
+    let (dev, k, rec) = start_with(Config {
+        threads: 4,
+        spin: Duration::from_millis(300),
+        ..Config::default()
+    });
+    let server = dev.server.clone().unwrap();
+    server.cpus.store(2, Ordering::Relaxed); // a CPU to spin on, whatever this machine has
+    assert!(!nonblocking(&server), "no reader spins before a request");
+    k.ioctl(80, 1, 0, 0x6b02, 0);
+    assert_eq!(k.recv().0.unique, 80);
+    // The answering reader spins for the next request, reading the fd non-blocking ...
+    eventually("the reader spins", || nonblocking(&server));
+    // ... and takes it, one request after another, spinning on.
+    for unique in 81..90u64 {
+        k.ioctl(unique, 1, 0, 0x6b02, 0);
+        assert_eq!(k.recv().0.unique, unique);
+    }
+    assert!(nonblocking(&server));
+    // A request that sleeps in the runtime calls a second reader, which finds the fd
+    // non-blocking and nothing to read: it waits in poll(2), and takes the next request.
+    let held = Recorder::hold(&rec);
+    k.ioctl(90, 1, 0, 0x6b64, 0);
+    rec.wait_calls(11);
+    k.ioctl(91, 1, 0, 0x6b02, 0);
+    assert_eq!(k.recv().0.unique, 91);
+    assert_eq!(dev.readers(), 2);
+    drop(held);
+    assert_eq!(k.recv().0.unique, 90);
+    // The spinning reader stops (here it parks: two readers are free, one is enough for a
+    // lone client; else its window would run out): the fd is blocking again.
+    eventually("the spin ended: blocking again", || !nonblocking(&server));
+    // The readers sleep in read(2) or poll(2), and each request is still answered once.
+    for unique in 92..96u64 {
+        k.ioctl(unique, 1, 0, 0x6b02, 0);
+        assert_eq!(k.recv().0.unique, unique);
+    }
     drop(server);
     dev.stop();
 }
