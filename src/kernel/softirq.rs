@@ -51,7 +51,8 @@
 //!   of bh-disabled threads. `RUNNING` is only taken with the count at 0, and clears
 //!   `DEFERRED`; `DEFERRED` is only set while the count is above 0, so the thread that brings
 //!   it to 0 sees it. Whoever drops `RUNNING` or the count to 0 re-checks `PENDING` after it
-//!   (SeqCst), so no raise is lost; dropping `RUNNING` wakes the waiters.
+//!   (SeqCst), so no raise is lost; dropping `RUNNING` wakes the waiters. The word's algorithm
+//!   lives in [`crate::kernel::sync::bh`], whose loom models check it with this use of it.
 //! - The signal is thread-directed at `swapper/0`, which only waits for it: the handler never
 //!   interrupts a thread in the middle of the runtime's own code. A stray process-directed copy
 //!   (someone's `kill`) taken by another thread is forwarded to `swapper/0`.
@@ -67,6 +68,7 @@ use crate::kernel::sched::{
     self, HARDIRQ_MASK, HARDIRQ_OFFSET, NMI_MASK, SOFTIRQ_DISABLE_OFFSET, SOFTIRQ_MASK,
     SOFTIRQ_OFFSET,
 };
+use crate::kernel::sync::bh::BhWord;
 use crate::kernel::trace;
 use crate::sys::futex;
 
@@ -110,13 +112,9 @@ pub const MAX_SOFTIRQ_TIME_NS: u64 = 2_000_000;
 pub const MAX_SOFTIRQ_RESTART: u32 = 10;
 
 static PENDING: AtomicU32 = AtomicU32::new(0);
-/// The CPU's softirq state: `RUNNING`, `WAITERS`, `DEFERRED`, the bh-disabled thread count.
-static BH: AtomicU32 = AtomicU32::new(0);
-const RUNNING: u32 = 1 << 31;
-const WAITERS: u32 = 1 << 30;
-/// Softirqs were deferred by a bh-disabled section: no new section starts until they ran.
-const DEFERRED: u32 = 1 << 29;
-const BH_COUNT: u32 = DEFERRED - 1;
+/// The CPU's softirq state: `RUNNING`, `WAITERS`, `DEFERRED`, the bh-disabled thread count
+/// ([`BhWord`], model-checked there).
+static BH: BhWord = BhWord::new();
 /// The thread id of `swapper/0`, the thread the timer signal is directed at (0 before start).
 static CPU_TID: AtomicI32 = AtomicI32::new(0);
 static ACTIONS: [AtomicUsize; NR_SOFTIRQS] = [const { AtomicUsize::new(0) }; NR_SOFTIRQS];
@@ -302,46 +300,14 @@ pub fn irqs_disabled() -> bool {
     in_hardirq() || IRQ_DISABLE_DEPTH.with(|d| d.load(Ordering::Relaxed)) != 0
 }
 
-/// Take `RUNNING` if nobody runs softirqs and bottom halves are enabled everywhere (clearing
-/// `DEFERRED`). When bottom halves are disabled, mark the softirqs `DEFERRED` (only while a
-/// section is still open: its last `local_bh_enable` then sees the mark) and fail.
-fn softirq_enter() -> bool {
-    let mut cur = BH.load(Ordering::SeqCst);
-    loop {
-        let next = if cur & RUNNING != 0 {
-            return false;
-        } else if cur & BH_COUNT != 0 {
-            if cur & DEFERRED != 0 {
-                return false;
-            }
-            cur | DEFERRED
-        } else {
-            // A waiter's flag alone does not stop us: it waits for us to finish.
-            (cur | RUNNING) & !DEFERRED
-        };
-        match BH.compare_exchange(cur, next, Ordering::SeqCst, Ordering::SeqCst) {
-            Ok(_) => return next & RUNNING != 0,
-            Err(now) => cur = now,
-        }
-    }
-}
-
-/// Drop `RUNNING`; wake the `local_bh_disable` callers that wait for it.
-fn softirq_exit() {
-    let prev = BH.fetch_and(!(RUNNING | WAITERS), Ordering::SeqCst);
-    if prev & WAITERS != 0 {
-        futex::wake(&BH, i32::MAX);
-    }
-}
-
 /// `__do_softirq()`: run pending softirqs, within the budget, unless another thread runs them
 /// or bottom halves are disabled (then whoever holds them runs these later). Never re-entered
 /// on a thread: the signal only interrupts `swapper/0`, which runs nothing else.
 fn do_softirq_core() {
-    if PENDING.load(Ordering::SeqCst) == 0 && BH.load(Ordering::SeqCst) & DEFERRED == 0 {
+    if PENDING.load(Ordering::SeqCst) == 0 && !BH.deferred() {
         return;
     }
-    if !softirq_enter() {
+    if !BH.try_run() {
         // Another thread is serving softirqs (it re-checks PENDING before it stops), or a
         // thread has bottom halves disabled (its last local_bh_enable runs them).
         return;
@@ -379,7 +345,7 @@ fn do_softirq_core() {
         break;
     }
     sched::preempt_count_sub(SOFTIRQ_OFFSET);
-    softirq_exit();
+    BH.end_run();
     // A raise that lost the race for RUNNING after our last look leaves its bit to us.
     if PENDING.load(Ordering::SeqCst) != 0 {
         wakeup_softirqd();
@@ -397,7 +363,7 @@ pub fn do_softirq() {
 
 /// Threads inside a bottom-half-disabled section right now (the CPU's bh-disable count).
 pub fn bh_disabled_threads() -> u32 {
-    BH.load(Ordering::SeqCst) & BH_COUNT
+    BH.count()
 }
 
 /// `local_bh_disable()`: disable softirqs (nests). The first level on a thread disables them
@@ -407,25 +373,7 @@ pub fn bh_disabled_threads() -> u32 {
 /// `local_bh_enable()`. Any context (nesting inside a softirq is allowed).
 pub fn local_bh_disable() {
     if sched::softirq_count() == 0 {
-        let mut cur = BH.load(Ordering::SeqCst);
-        loop {
-            if cur & (RUNNING | DEFERRED) == 0 {
-                match BH.compare_exchange(cur, cur + 1, Ordering::SeqCst, Ordering::SeqCst) {
-                    Ok(_) => break,
-                    Err(now) => cur = now,
-                }
-                continue;
-            }
-            // Sleep until softirq_exit clears RUNNING (this thread runs none: its softirq
-            // count is 0).
-            match BH.compare_exchange(cur, cur | WAITERS, Ordering::SeqCst, Ordering::SeqCst) {
-                Ok(_) => {
-                    futex::wait(&BH, cur | WAITERS, None);
-                    cur = BH.load(Ordering::SeqCst);
-                }
-                Err(now) => cur = now,
-            }
-        }
+        BH.disable();
     }
     sched::preempt_count_add(SOFTIRQ_DISABLE_OFFSET);
 }
@@ -454,8 +402,7 @@ pub fn local_bh_enable() {
     if cnt == SOFTIRQ_DISABLE_OFFSET {
         // This thread's last level (its first one counted it in: softirq field 0 then). The
         // last section of the CPU runs what the others deferred.
-        let left = (BH.fetch_sub(1, Ordering::SeqCst) - 1) & BH_COUNT;
-        if left == 0 {
+        if BH.enable() {
             if in_interrupt() {
                 // Not here (a hard interrupt): ksoftirqd/0 runs what was deferred.
                 wakeup_softirqd();

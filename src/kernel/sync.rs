@@ -2,7 +2,7 @@
 //!
 //! Each structure shared with signal context keeps its algorithm here, in a small type the
 //! runtime uses as is: the ring of printk and of the trace events and the console's doorbell
-//! ([`ring`]), the timer base's lock ([`spin`]), the wait queues and the threads' wake-up slots ([`waitq`]), and the work
+//! ([`ring`]), the CPU's bottom-half word ([`bh`]), the timer base's lock ([`spin`]), the wait queues and the threads' wake-up slots ([`waitq`]), and the work
 //! items' state word and the workers' lists ([`work`]). They take their atomics, cells, spin hint and blocking primitive from this
 //! module, which names the standard ones (and the `futex(2)` system calls) in a normal build
 //! and loom's under `RUSTFLAGS="--cfg loom"`. That build compiles only this module (see
@@ -11,6 +11,7 @@
 //!
 //! [loom]: https://docs.rs/loom
 
+pub mod bh;
 pub mod ring;
 pub mod spin;
 pub mod waitq;
