@@ -3,7 +3,7 @@
 //! The debug checks of the runtime report in the kernel's words and taint the kernel; the daemon
 //! exits 1 when it is tainted ([`crate::daemon`]). What taints:
 //! - an allocation in softirq context (the kernel's `might_sleep()` in `kmalloc(GFP_KERNEL)`),
-//!   reported when it happens, naming the handler that runs ([`softirq_allocation`]);
+//!   reported when it happens, naming the handler that runs (`softirq_allocation`);
 //! - a WARNING ([`crate::kernel::panic::warn_at`]): `mod_timer` on a timer never set up,
 //!   `del_timer_sync` from the timer's own handler, ...; a workqueue flushed from its own work
 //!   (lockdep's recursive locking, [`crate::kernel::workqueue`]);

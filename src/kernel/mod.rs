@@ -34,7 +34,7 @@ pub mod ioctl;
 pub mod task;
 
 /// Start the runtime (the "boot"), in the kernel's order: the panic hook (a handler's panic is
-/// an Oops, see [`panic`]), the printk console thread, the clock
+/// an Oops, see [`panic`](mod@panic)), the printk console thread, the clock
 /// (`jiffies`), the softirq actions (the timer's and the tasklets', as `init_timers` and
 /// `softirq_init` open them), the interrupt (the timer signal's handler, the POSIX timer
 /// behind it, `ksoftirqd/0`), then whatever was raised or armed before it, and the system
