@@ -15,13 +15,14 @@
 //! of the host's scheduler now and then (milliseconds), whatever the mode, often enough that
 //! most batches hold one; a mean follows those waits, and flipped the choice back and forth
 //! (58-92 times in 80,000 calls under a host CPU hog, each flip served sleeping for a while).
-//! The next batches spin while spinning's pace beats sleeping's by [`GAIN`] at least; now and then a batch tries the other mode, less often each
-//! time it confirms the choice ([`EXPLORE_MIN`] to [`EXPLORE_MAX`] batches apart) and soon again
-//! when the choice changes, so a change in the machine or the client is seen. A batch slower
-//! than [`IDLE_NS`] per answer (a client that mostly thinks), or one in which a spin ran out
-//! ([`SpinPolicy::missed`]: the client paused), teaches nothing and is dropped. Timing answers
-//! costs a clock read each (a system call where the clocksource has no vDSO, as in a TCG VM:
-//! ~0.7 us there, against round trips of 40 us and more).
+//! The next batches spin while spinning's pace beats sleeping's by [`GAIN`] at least; now and
+//! then a batch tries the other mode, less often each time it confirms the choice
+//! ([`EXPLORE_MIN`] to [`EXPLORE_MAX`] batches apart) and soon again when the choice changes,
+//! so a change in the machine or the client is seen. A batch slower than [`IDLE_NS`] per answer
+//! (a client that mostly thinks), or one in which a spin ran out ([`SpinPolicy::missed`]: the
+//! client paused), teaches nothing and is dropped. The choices are logged at debug level.
+//! Timing answers costs a clock read each (a system call where the clocksource has no vDSO, as
+//! in a TCG VM: ~0.7 us there, against round trips of 40 us and more).
 //!
 //! Only a lone client's answers are counted, on a machine with a CPU to spare (the pool
 //! decides): with several clients, the paces of batches vary more from batch to batch than
@@ -36,8 +37,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Answers per batch: per measurement of the pace.
 pub(super) const BATCH: u64 = 64;
-/// Spinning must serve this much faster than sleeping to be chosen (its mean interval at most
-/// 9/10 of sleeping's): a CPU spent for less is not worth it.
+/// Spinning must serve this much faster than sleeping to be chosen (its pace at most 9/10 of
+/// sleeping's): a CPU spent for less is not worth it.
 pub(super) const GAIN: (u64, u64) = (9, 10);
 /// Batches between tries of the mode not chosen: at first, and after the choice changed.
 pub(super) const EXPLORE_MIN: u32 = 2;
@@ -105,7 +106,7 @@ pub(super) struct Learner {
     counted: usize,
     /// The mode of the current batch.
     mode: Mode,
-    /// Mean interval between answers (ns) of the last batches, per mode.
+    /// The paces (median interval between answers, ns) of the last batches, per mode.
     paces: [Samples; 2],
     /// Batches between tries of the other mode, and batches since the last try.
     explore_every: u32,
@@ -135,7 +136,8 @@ impl Learner {
         self.mode
     }
 
-    /// The mean interval (ns) learnt for `mode`, if any.
+    /// The pace (ns per answer: the median of its last batches' median intervals) learnt for
+    /// `mode`, if any.
     pub(super) fn pace(&self, mode: Mode) -> Option<u64> {
         self.paces[mode as usize].estimate()
     }
@@ -176,6 +178,11 @@ impl Learner {
         }
         let best = self.best();
         if best != before {
+            log::debug!(
+                "spin policy: {best:?} from now on (ns per answer: spinning {:?}, sleeping {:?})",
+                self.pace(Mode::Spin),
+                self.pace(Mode::Sleep)
+            );
             // The choice changed: try the other mode again soon, whichever batch changed it.
             self.explore_every = EXPLORE_MIN;
             self.since_explore = 0;
@@ -235,17 +242,8 @@ impl SpinPolicy {
     pub(super) fn answered(&self) -> u64 {
         let now = crate::kernel::jiffies::monotonic_ns();
         let mut learner = self.learner.lock().unwrap_or_else(|e| e.into_inner());
-        let before = learner.best();
         let mode = learner.answered(now, || self.paused.swap(false, Ordering::Relaxed));
         self.spin.store(mode == Mode::Spin, Ordering::Relaxed);
-        let best = learner.best();
-        if best != before {
-            log::debug!(
-                "spin policy: {best:?} from now on (ns per answer: spinning {:?}, sleeping {:?})",
-                learner.pace(Mode::Spin),
-                learner.pace(Mode::Sleep)
-            );
-        }
         now
     }
 
