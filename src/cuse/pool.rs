@@ -232,16 +232,21 @@ impl Server {
         true
     }
 
-    /// Active readers to keep besides the busy ones, plus one: see [`Server::park_if_spare`].
+    /// Active readers to keep besides the busy ones, plus one (2 or 3): see
+    /// [`Server::park_if_spare`].
     fn readers_to_keep(&self) -> usize {
         if self.active_clients() <= 1 { 2 } else { 3 }
     }
 
     /// Whether a free reader is spare now, so that [`Server::park_if_spare`] may park it (it
-    /// checks again, atomically).
+    /// checks again, atomically). Called after every answer: the clients are counted only when
+    /// the readers are enough for either count (a lone client's single reader is never spare).
     fn spare_now(&self) -> bool {
-        self.active.load(Ordering::Acquire)
-            >= self.busy.load(Ordering::Acquire) + self.readers_to_keep()
+        let (active, busy) = (
+            self.active.load(Ordering::Acquire),
+            self.busy.load(Ordering::Acquire),
+        );
+        active >= busy + 2 && active >= busy + self.readers_to_keep()
     }
 
     /// The calling reader becomes the one that spins, if none does: the fd is made
