@@ -214,16 +214,19 @@ mod loom_tests {
         }
     }
 
+    /// Runs `f` on `cpu` in a thread of its own.
+    fn on_thread(cpu: &Arc<Cpu>, f: fn(&Cpu)) -> thread::JoinHandle<()> {
+        let cpu = cpu.clone();
+        thread::spawn(move || f(&cpu))
+    }
+
     /// An interrupt on one thread, a section on another: they never overlap, and the softirq
     /// the interrupt raised runs (in the interrupt, or at the section's end).
     #[test]
     fn a_section_defers_the_interrupts_softirq_and_runs_it() {
         loom::model(|| {
             let cpu = Arc::new(Cpu::new());
-            let irq = {
-                let cpu = cpu.clone();
-                thread::spawn(move || cpu.interrupt())
-            };
+            let irq = on_thread(&cpu, Cpu::interrupt);
             cpu.section();
             irq.join().unwrap();
             cpu.nothing_lost();
@@ -239,14 +242,8 @@ mod loom_tests {
     fn overlapping_sections_and_an_interrupt() {
         loom::model(|| {
             let cpu = Arc::new(Cpu::new());
-            let irq = {
-                let cpu = cpu.clone();
-                thread::spawn(move || cpu.interrupt())
-            };
-            let other = {
-                let cpu = cpu.clone();
-                thread::spawn(move || cpu.section())
-            };
+            let irq = on_thread(&cpu, Cpu::interrupt);
+            let other = on_thread(&cpu, Cpu::section);
             cpu.section();
             irq.join().unwrap();
             other.join().unwrap();
@@ -261,10 +258,7 @@ mod loom_tests {
         loom::model(|| {
             let cpu = Arc::new(Cpu::new());
             cpu.pending.store(1, SeqCst);
-            let runner = {
-                let cpu = cpu.clone();
-                thread::spawn(move || cpu.do_softirq())
-            };
+            let runner = on_thread(&cpu, Cpu::do_softirq);
             cpu.section();
             runner.join().unwrap();
             cpu.nothing_lost();
