@@ -82,6 +82,13 @@ pub struct Options {
     #[arg(long, default_value_t = 20_000, value_name = "US",
           value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub spin_us: u64,
+    /// The nice value of a reader serving a lone client, relative to the daemon's (-5: woken
+    /// by a request, it preempts the caller before the caller sleeps waiting for the answer,
+    /// where the scheduler weighs wake-ups by nice value; 0: the daemon's). Lowering it needs
+    /// CAP_SYS_NICE; without it, the readers keep the daemon's.
+    #[arg(long, default_value_t = -5, value_name = "N", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-39..=39))]
+    pub reader_nice: i32,
     /// Write the daemon's pid to this file once the device is ready (node present, with its
     /// mode and group); removed on exit.
     #[arg(long)]
@@ -340,6 +347,7 @@ pub fn run(inv: &Invocation) -> Result<(), String> {
             minor: args.minor,
             threads: args.threads,
             spin: std::time::Duration::from_micros(args.spin_us),
+            reader_nice: args.reader_nice,
             mode: args.mode,
             gid: args.group.as_deref().map(resolve_group).transpose()?,
             ..Config::default()

@@ -269,3 +269,42 @@ fn a_woken_thread_stopped_at_once_still_runs_threadfn() {
         assert_eq!(kthread_stop(&task), i, "round {i}");
     }
 }
+
+/// The calling thread's nice value (Linux: per thread).
+fn thread_nice() -> i32 {
+    // SAFETY: getpriority reads the calling thread's nice value; no pointers are passed.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+}
+
+/// Sets the calling thread's nice value; false if refused (lowering needs CAP_SYS_NICE).
+fn set_thread_nice(nice: i32) -> bool {
+    // SAFETY: setpriority changes the calling thread's nice value; no pointers are passed.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) == 0 }
+}
+
+#[test]
+fn a_kthread_starts_with_the_runtimes_nice_value_not_its_creators() {
+    watchdog();
+    deferred::kernel::start().unwrap();
+    // Every test thread has the nice value of the one that started the runtime.
+    let base = thread_nice();
+    let raised = (base + 4).min(19);
+    thread::spawn(move || {
+        assert!(
+            set_thread_nice(raised),
+            "raising a nice value needs no privilege"
+        );
+        // Whether a thread at `raised` may go back to `base` (root, CAP_SYS_NICE, RLIMIT_NICE):
+        // a kthread does then; otherwise it keeps its creator's.
+        let may_lower = thread::spawn(move || set_thread_nice(base)).join().unwrap();
+        fn threadfn(_: ()) -> i32 {
+            thread_nice()
+        }
+        let task = kthread_run!(threadfn, (), "nice_kthread").unwrap();
+        let want = if may_lower { base } else { raised };
+        assert_eq!(kthread_stop(&task), want, "may_lower {may_lower}");
+        assert_eq!(thread_nice(), raised, "the creator keeps its own");
+    })
+    .join()
+    .unwrap();
+}

@@ -36,6 +36,15 @@ pub struct Config {
     /// time slice of a busy host's scheduler. For several clients, the most it polls (their
     /// window follows their pace). See the reader pool (`pool.rs`, `spin.rs`).
     pub spin: Duration,
+    /// The nice value of a reader serving a lone client, relative to the daemon's (negative:
+    /// more weight; 0: the daemon's). Woken by a request, such a reader then preempts its
+    /// caller before the caller sleeps in its wait for the answer, where the scheduler does
+    /// wake-up preemption by weight (CFS, before Linux 6.6), so the answer finds the caller
+    /// awake instead of waking it, as a driver's ioctl runs in its caller's context, without a
+    /// wake-up. With several clients the readers keep the daemon's value (their requests
+    /// gather while a reader works). Lowering a nice value needs `CAP_SYS_NICE` (or
+    /// `RLIMIT_NICE`); without it the readers keep the daemon's.
+    pub reader_nice: i32,
 }
 
 impl Default for Config {
@@ -51,6 +60,7 @@ impl Default for Config {
             gid: None,
             timeout: Duration::from_secs(5),
             spin: Duration::from_millis(20),
+            reader_nice: -5,
         }
     }
 }
@@ -87,6 +97,12 @@ impl Config {
             return Err(Error::Config(format!(
                 "--threads {} is out of range (1..=64)",
                 self.threads
+            )));
+        }
+        if !(-39..=39).contains(&self.reader_nice) {
+            return Err(Error::Config(format!(
+                "--reader-nice {} is out of range (-39..=39; nice values run from -20 to 19)",
+                self.reader_nice
             )));
         }
         if self.minor >= 1 << 20 || self.major >= 1 << 12 {

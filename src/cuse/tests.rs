@@ -96,6 +96,8 @@ impl FileOperations for Recorder {
         }
         match cmd {
             0x6b02 => Ok(0),
+            // The nice value of the reader running the call, plus 100.
+            0x6b66 => Ok(crate::sys::prio::thread_nice().unwrap() + 100),
             0x6b05 => Ok(arg as i32),
             0x6b64 | 0x6b65 => Ok(1),
             _ => Err(KernelError::ENOTTY),
@@ -425,6 +427,70 @@ fn the_pool_grows_with_concurrent_requests_up_to_its_maximum() {
     dev.stop();
 }
 
+/// The nice value of the reader running the call of `pid` (it changes after an answer).
+fn reader_nice_in_call(k: &Kernel, pid: u32, unique: u64) -> i32 {
+    k.ioctl_from(pid, unique, 1, 0, 0x6b66, 0);
+    let (h, body) = k.recv();
+    assert_eq!((h.unique, h.error), (unique, 0));
+    i32::from_le_bytes(body[..4].try_into().unwrap()) - 100
+}
+
+#[test]
+fn a_lone_clients_reader_runs_at_the_configured_nice_value() {
+    // Raised (no privilege needed); the daemon's default lowers it (-5) when it may.
+    let base = crate::sys::prio::thread_nice().unwrap();
+    let lone = (base + 3).clamp(-20, 19);
+    // One reader, so that every call below meets the same one.
+    let (dev, k, _) = start_with(Config {
+        reader_nice: 3,
+        threads: 1,
+        ..Config::default()
+    });
+    let nice = |pid, unique| reader_nice_in_call(&k, pid, unique);
+    assert_eq!(nice(1234, 70), base, "a new reader: the daemon's");
+    assert_eq!(nice(1234, 71), lone, "serving a lone client");
+    assert_eq!(nice(1234, 72), lone);
+    // A second client: back to the daemon's value, and there while both ask.
+    assert_eq!(nice(1235, 73), lone, "changed after the answer");
+    for unique in 74..80 {
+        assert_eq!(
+            nice(1234 + (unique as u32 % 2), unique),
+            base,
+            "two clients"
+        );
+    }
+    // One client again, once the other has left the recent callers.
+    for unique in 80..80 + RECENT_CALLERS as u64 {
+        nice(1234, unique);
+    }
+    assert_eq!(nice(1234, 90), lone, "a lone client again");
+    assert_eq!(
+        crate::sys::prio::thread_nice().unwrap(),
+        base,
+        "other threads keep theirs"
+    );
+    dev.stop();
+}
+
+#[test]
+fn a_reader_spawned_by_a_lone_clients_reader_starts_at_the_daemons_nice_value() {
+    let base = crate::sys::prio::thread_nice().unwrap();
+    let (dev, k, rec) = start_with(Config {
+        reader_nice: 3,
+        ..Config::default()
+    });
+    reader_nice_in_call(&k, 1234, 70);
+    assert_eq!(reader_nice_in_call(&k, 1234, 71), (base + 3).clamp(-20, 19));
+    // A request that sleeps in the runtime calls a second reader, which answers the next.
+    let _held = Recorder::hold(&rec);
+    k.ioctl(72, 1, 0, 0x6b64, 0);
+    eventually("a second reader", || dev.readers() == 2);
+    assert_eq!(reader_nice_in_call(&k, 1234, 73), base);
+    rec.set_hold(false);
+    assert_eq!(k.recv().0.unique, 72);
+    dev.stop();
+}
+
 #[test]
 fn a_lone_clients_requests_keep_the_pool_at_one() {
     let (dev, k, _) = start(8);
@@ -751,6 +817,13 @@ fn bad_configs_are_refused() {
         .check()
         .is_err()
     );
+    for reader_nice in [-40, 40] {
+        let c = Config {
+            reader_nice,
+            ..Config::default()
+        };
+        assert!(matches!(c.check(), Err(Error::Config(m)) if m.contains("--reader-nice")));
+    }
     assert!(Config::default().check().is_ok());
     assert!(Config::default().read_buffer_len() >= 8192);
     let big = Config {

@@ -80,7 +80,7 @@ use core::ops::ControlFlow;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering::SeqCst};
 use std::cell::Cell;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use super::error::{Error, Result};
@@ -225,10 +225,30 @@ where
 }
 
 /// The body of every kthread: publish, wait to be woken, run `threadfn`, publish the result.
+/// The nice value kthreads start with, as the kernel's start with kthreadd's: the runtime's
+/// when it started ([`note_kthreadd_nice`]), whichever thread creates them (a CUSE reader may
+/// run at another, [`crate::cuse::Config::reader_nice`]).
+static KTHREADD_NICE: OnceLock<i32> = OnceLock::new();
+
+/// Records the calling thread's nice value as the one kthreads start with. Called once, by
+/// [`super::start`].
+pub(super) fn note_kthreadd_nice() {
+    if let Ok(n) = crate::sys::prio::thread_nice() {
+        let _ = KTHREADD_NICE.set(n);
+    }
+}
+
 fn kthread_main<F, D>(me: Arc<Kthread>, threadfn: F, data: D)
 where
     F: FnOnce(D) -> i32,
 {
+    if let Some(&nice) = KTHREADD_NICE.get()
+        && crate::sys::prio::thread_nice() != Ok(nice)
+    {
+        // Raising a nice value needs no privilege; lowering it back may be refused, and the
+        // thread then keeps its creator's.
+        let _ = crate::sys::prio::set_thread_nice(nice);
+    }
     super::sched::set_comm(&me.comm);
     CURRENT.with(|c| c.set(Arc::as_ptr(&me)));
     // SAFETY: `me` keeps the slot alive until after `set_current_slot(null)` below.

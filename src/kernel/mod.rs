@@ -45,6 +45,7 @@ pub fn start() -> error::Result {
     let mut booted = BOOTED.lock().unwrap_or_else(|e| e.into_inner());
     if !*booted {
         panic::install_hook();
+        kthread::note_kthreadd_nice();
         printk::start_console();
         jiffies::start_ns();
         timer::init();

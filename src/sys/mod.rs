@@ -2,4 +2,5 @@
 //! transport ([`crate::cuse`]) use; neither calls the other's private helpers.
 
 pub mod futex;
+pub mod prio;
 pub mod signal;
