@@ -82,6 +82,9 @@ pub(super) struct Server {
     /// The callers (thread ids) of the last requests, a ring: how many clients are active.
     recent_callers: [AtomicU32; RECENT_CALLERS],
     recent_next: AtomicUsize,
+    /// Distinct callers among them, counted when a caller is noted: read several times a
+    /// request, counted once.
+    clients: AtomicUsize,
     /// CPUs this process may run on (a test may change it).
     pub(super) cpus: AtomicUsize,
     /// Set by [`Device::stop`](super::Device::stop): readers leave when they see it.
@@ -158,6 +161,7 @@ impl Server {
             spin_skip: AtomicU32::new(0),
             recent_callers: [const { AtomicU32::new(0) }; RECENT_CALLERS],
             recent_next: AtomicUsize::new(0),
+            clients: AtomicUsize::new(0),
             cpus: AtomicUsize::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
             stop: AtomicBool::new(false),
             gone,
@@ -426,14 +430,20 @@ impl Server {
         })
     }
 
-    /// Remembers the caller of a request.
+    /// Remembers the caller of a request, and counts the active clients again.
     pub(super) fn note_caller(&self, tid: u32) {
         let i = self.recent_next.fetch_add(1, Ordering::Relaxed) % RECENT_CALLERS;
         self.recent_callers[i].store(tid, Ordering::Relaxed);
+        self.clients.store(self.count_clients(), Ordering::Relaxed);
     }
 
-    /// Distinct callers among the last requests.
+    /// Distinct callers among the last requests (as counted at the last request).
     pub(super) fn active_clients(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+
+    /// Distinct callers among the last requests, counted now.
+    fn count_clients(&self) -> usize {
         // The common case first, in one pass: every recent request from the same caller.
         let first = self.recent_callers[0].load(Ordering::Relaxed);
         if self.recent_callers[1..]
