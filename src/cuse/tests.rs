@@ -88,6 +88,10 @@ impl FileOperations for Recorder {
         if cmd == 0x6b64 {
             wait_event(&self.wq, || !*self.hold.0.lock().unwrap());
         }
+        if cmd == 0x6b67 {
+            // Might sleep, and does not: the condition holds already.
+            wait_event(&self.wq, || true);
+        }
         if cmd == 0x6b65 {
             let mut held = self.hold.0.lock().unwrap();
             while *held {
@@ -99,7 +103,7 @@ impl FileOperations for Recorder {
             // The nice value of the reader running the call, plus 100.
             0x6b66 => Ok(crate::sys::prio::thread_nice().unwrap() + 100),
             0x6b05 => Ok(arg as i32),
-            0x6b64 | 0x6b65 => Ok(1),
+            0x6b64 | 0x6b65 | 0x6b67 => Ok(1),
             _ => Err(KernelError::ENOTTY),
         }
     }
@@ -488,6 +492,27 @@ fn a_reader_spawned_by_a_lone_clients_reader_starts_at_the_daemons_nice_value() 
     assert_eq!(reader_nice_in_call(&k, 1234, 73), base);
     rec.set_hold(false);
     assert_eq!(k.recv().0.unique, 72);
+    dev.stop();
+}
+
+#[test]
+fn a_file_operation_that_might_sleep_and_does_not_calls_no_other_reader() {
+    let (dev, k, rec) = start(8);
+    for unique in 60..70u64 {
+        k.ioctl(unique, 1, 0, 0x6b67, 0);
+        assert_eq!(k.recv().0.unique, unique);
+    }
+    assert_eq!(
+        dev.readers(),
+        1,
+        "wait_event with its condition true does not sleep"
+    );
+    // One that sleeps does.
+    let _held = Recorder::hold(&rec);
+    k.ioctl(70, 1, 0, 0x6b64, 0);
+    eventually("a second reader", || dev.readers() == 2);
+    rec.set_hold(false);
+    assert_eq!(k.recv().0.unique, 70);
     dev.stop();
 }
 

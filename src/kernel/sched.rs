@@ -76,11 +76,14 @@ thread_local! {
 }
 
 /// What the calling thread's sleeps in the runtime tell its pool: the kernel's
-/// `wq_worker_sleeping()`, by which a worker pool learns that a worker is about to block and wakes
-/// another to keep the CPU's work going. The transport's reader threads install one while they
-/// run a file operation ([`crate::cuse`]): a file operation that sleeps (`wait_event*`, `msleep`,
-/// `flush_work`, `kthread_stop`, ... every call that starts with [`might_sleep`]) gets another
-/// reader to serve the other callers, and the kernel's INTERRUPT for this very call.
+/// `wq_worker_sleeping()`, called from `schedule()`, by which a worker pool learns that a worker
+/// is about to block and wakes another to keep the CPU's work going. The transport's reader
+/// threads install one while they run a file operation ([`crate::cuse`]): a file operation that
+/// sleeps (a `wait_event*` whose condition does not hold yet, `msleep`, a `flush_work` or
+/// `cancel_work_sync` of a running work, a `del_timer_sync` of a running handler past its first
+/// yields, `kthread_stop`) gets another reader to serve the other callers, and the kernel's
+/// INTERRUPT for this very call. A call that might sleep and does not ([`might_sleep`] alone)
+/// calls nobody.
 #[derive(Clone, Copy)]
 pub(crate) struct SleepHook {
     /// Called with `data`, in process context, on the sleeping thread.
@@ -94,8 +97,10 @@ pub(crate) fn set_sleep_hook(hook: Option<SleepHook>) -> Option<SleepHook> {
     SLEEP_HOOK.with(|h| h.replace(hook))
 }
 
-/// The calling thread is about to sleep: runs its sleep hook, if any. Process context.
-fn going_to_sleep() {
+/// The calling thread is about to sleep (block until woken or a deadline): runs its sleep
+/// hook, if any. Called at each of the runtime's sleeps, as the kernel's `schedule()` calls
+/// `wq_worker_sleeping()`. Process context.
+pub(crate) fn going_to_sleep() {
     if let Some(hook) = SLEEP_HOOK.with(Cell::get) {
         (hook.call)(hook.data);
     }
@@ -333,7 +338,6 @@ pub fn might_sleep_at(loc: &Location<'_>) -> bool {
     // Only the preemption count decides: a blocked timer signal (our "irqs disabled") is
     // also how some threads simply keep the interrupt away, and must not count as atomic.
     if !in_atomic() {
-        going_to_sleep();
         return true;
     }
     let t = current();
@@ -369,6 +373,7 @@ pub fn sleep_until_ns(deadline_ns: u64) {
         tv_nsec: (deadline_ns % 1_000_000_000) as libc::c_long,
     };
     // A sleep: during a module's exit, its other threads may run the module's code meanwhile.
+    going_to_sleep();
     super::kthread::sched_out();
     loop {
         // SAFETY: `ts` is a valid timespec; the remaining-time pointer may be null with

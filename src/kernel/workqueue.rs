@@ -345,6 +345,9 @@ fn update(raw: &RawWork, f: impl FnMut(u32) -> Option<u32>) -> Result<u32, u32> 
 
 /// Sleeps until none of `mask` is set in the state. Process context.
 fn wait_state_clear(raw: &RawWork, mask: u32) {
+    if raw.state.load(SeqCst) & mask != 0 {
+        sched::going_to_sleep();
+    }
     work::wait_until(&raw.state, |s| s & mask == 0);
 }
 
