@@ -5,12 +5,14 @@
 # each server NAME is started with COMMAND (which must serve /dev/NAME), then ROUNDS rounds of
 # CALLS CANCEL ioctls each, the servers alternating their order every round. The name `spin`
 # (no command) is the spinning floor (bench/cuse_floor spin), started for its own runs only: it
-# burns a CPU. Prints one "LAT NAME {json}" line per run (ioctl_bench's JSON); e.g.
+# burns a CPU. Prints one "LAT NAME {json}" line per run (ioctl_bench's JSON), then "CTXT NAME N":
+# the VM's context switches during the run, per 100 calls (200: every call sleeps once); e.g.
 #   scripts/vm --add bench/build/cuse_floor:/usr/local/bin/cuse_floor \
 #     --add bench/build/ioctl_bench:/usr/local/bin/ioctl_bench --add bench/vm-lone.sh:/root/vm-lone.sh \
 #     --env 'SERVERS=ours:deferred --name ours --major 0;quiet:RUST_LOG=warn deferred --name quiet --major 0;spin:' \
 #     -- sh /root/vm-lone.sh 10000 6
 CALLS=${1:-10000} ROUNDS=${2:-6}
+ctxt() { awk '/^ctxt/ { print $2 }' /proc/stat; }
 wait_node() { i=0; while [ ! -e "/dev/$1" ]; do i=$((i+1)); [ $i -gt 200 ] && return 1; sleep 0.1; done; }
 NAMES=
 IFS=';'
@@ -28,7 +30,9 @@ while [ $r -lt $ROUNDS ]; do
 	L=$NAMES; [ $((r % 2)) = 1 ] && L=$(echo $NAMES | awk '{for (i = NF; i > 0; i--) printf "%s ", $i}')
 	for n in $L; do
 		if [ $n = spin ]; then cuse_floor spin spin >/dev/null 2>&1 & SP=$!; wait_node spin; fi
+		c0=$(ctxt)
 		echo "LAT $n $(ioctl_bench /dev/$n 0x6b02 $CALLS ${THREADS:-1} | sed 's/,"cdf_us.*//')}"
+		echo "CTXT $n $(( ($(ctxt) - c0) * 100 / CALLS ))"
 		if [ $n = spin ]; then kill $SP; wait $SP 2>/dev/null; while [ -e /dev/spin ]; do sleep 0.05; done; fi
 	done
 	r=$((r+1))
