@@ -485,47 +485,43 @@ fn a_reader_spawned_by_a_lone_clients_reader_starts_at_the_daemons_nice_value() 
     });
     reader_nice_in_call(&k, 1234, 70);
     assert_eq!(reader_nice_in_call(&k, 1234, 71), (base + 3).clamp(-20, 19));
-    // A request that sleeps in the runtime calls a second reader, which answers the next.
-    let _held = Recorder::hold(&rec);
-    k.ioctl(72, 1, 0, 0x6b64, 0);
-    eventually("a second reader", || dev.readers() == 2);
-    assert_eq!(reader_nice_in_call(&k, 1234, 73), base);
-    rec.set_hold(false);
-    assert_eq!(k.recv().0.unique, 72);
+    while_a_request_sleeps(&dev, &k, &rec, 72, || {
+        assert_eq!(reader_nice_in_call(&k, 1234, 73), base);
+    });
     dev.stop();
 }
 
+/// Runs `f` while request `unique` (ioctl 0x6b64) sleeps in the runtime, after it has called a
+/// second reader (the pool had one); then lets it go and checks its answer.
+fn while_a_request_sleeps(
+    dev: &Device,
+    k: &Kernel,
+    rec: &Arc<Recorder>,
+    unique: u64,
+    f: impl FnOnce(),
+) {
+    let held = Recorder::hold(rec);
+    k.ioctl(unique, 1, 0, 0x6b64, 0);
+    eventually("a second reader", || dev.readers() == 2);
+    f();
+    drop(held);
+    assert_eq!(k.recv().0.unique, unique);
+}
+
 #[test]
-fn a_file_operation_that_might_sleep_and_does_not_calls_no_other_reader() {
+fn a_lone_clients_requests_keep_the_pool_at_one_until_one_sleeps() {
     let (dev, k, rec) = start(8);
-    for unique in 60..70u64 {
-        k.ioctl(unique, 1, 0, 0x6b67, 0);
-        assert_eq!(k.recv().0.unique, unique);
-    }
-    assert_eq!(
-        dev.readers(),
-        1,
-        "wait_event with its condition true does not sleep"
-    );
-    // One that sleeps does.
-    let _held = Recorder::hold(&rec);
-    k.ioctl(70, 1, 0, 0x6b64, 0);
-    eventually("a second reader", || dev.readers() == 2);
-    rec.set_hold(false);
-    assert_eq!(k.recv().0.unique, 70);
-    dev.stop();
-}
-
-#[test]
-fn a_lone_clients_requests_keep_the_pool_at_one() {
-    let (dev, k, _) = start(8);
     for unique in 60..160u64 {
-        k.ioctl(unique, 1, 0, 0x6b02, 0);
+        // Every other call might sleep and does not (a wait_event whose condition holds).
+        let cmd = if unique % 2 == 0 { 0x6b02 } else { 0x6b67 };
+        k.ioctl(unique, 1, 0, cmd, 0);
         assert_eq!(k.recv().0.unique, unique);
     }
     // One client, requests one at a time, none sleeping: the one reader takes each, and no
     // second reader waits meanwhile (the kernel would wake it for every request).
     assert_eq!(dev.readers(), 1);
+    // One that sleeps calls another.
+    while_a_request_sleeps(&dev, &k, &rec, 160, || {});
     dev.stop();
 }
 
