@@ -62,11 +62,10 @@ pub(super) struct Server {
     pub(super) fops: Arc<dyn FileOperations>,
     pub(super) next_fh: AtomicU64,
     pub(super) max_read: u32,
-    /// The spin window ([`Config::spin`]; zero: never spin).
-    pub(super) spin: Duration,
     /// Whether spinning pays a lone client, learnt from the pace of its requests.
     pub(super) policy: SpinPolicy,
-    /// The pace of several clients' requests, which gives their spin window.
+    /// The pace of several clients' requests, which gives their spin window; its longest
+    /// window is a lone client's ([`Config::spin`]; zero: never spin).
     pub(super) pace: Pace,
     /// One reader at a time spins (see [`reader`]); while it does, the fd is non-blocking.
     spinning: AtomicBool,
@@ -151,7 +150,6 @@ impl Server {
             fops,
             next_fh: AtomicU64::new(1),
             max_read: config.max_read,
-            spin: config.spin,
             policy: SpinPolicy::new(),
             pace: Pace::new(u64::try_from(config.spin.as_nanos()).unwrap_or(u64::MAX)),
             spinning: AtomicBool::new(false),
@@ -387,7 +385,7 @@ impl Server {
     /// CPU a spinning reader only keeps the CPU from the client that would send the next
     /// request, until the scheduler preempts it or the window ends).
     fn can_spin(&self) -> bool {
-        !self.spin.is_zero() && self.cpus.load(Ordering::Relaxed) >= 2
+        !self.pace.max().is_zero() && self.cpus.load(Ordering::Relaxed) >= 2
     }
 
     /// A request was answered: timed by the spin policy when its caller is a lone client,
@@ -424,7 +422,7 @@ impl Server {
             return None;
         }
         Some(if clients <= 1 {
-            self.spin
+            self.pace.max()
         } else {
             Duration::from_nanos(self.pace.window_ns())
         })

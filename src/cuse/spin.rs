@@ -34,6 +34,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Answers per batch: per measurement of the pace.
 pub(super) const BATCH: u64 = 64;
@@ -291,6 +292,11 @@ impl Pace {
             window_ns: AtomicU64::new(window_ns(None, max_ns)),
             max_ns,
         }
+    }
+
+    /// The longest window ([`Config::spin`](super::Config::spin): also a lone client's).
+    pub(super) fn max(&self) -> Duration {
+        Duration::from_nanos(self.max_ns)
     }
 
     /// The window in force (ns).
