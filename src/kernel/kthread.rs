@@ -224,7 +224,6 @@ where
     Ok(task)
 }
 
-/// The body of every kthread: publish, wait to be woken, run `threadfn`, publish the result.
 /// The nice value kthreads start with, as the kernel's start with kthreadd's: the runtime's
 /// when it started ([`note_kthreadd_nice`]), whichever thread creates them (a CUSE reader may
 /// run at another, [`crate::cuse::Config::reader_nice`]).
@@ -238,6 +237,7 @@ pub(super) fn note_kthreadd_nice() {
     }
 }
 
+/// The body of every kthread: publish, wait to be woken, run `threadfn`, publish the result.
 fn kthread_main<F, D>(me: Arc<Kthread>, threadfn: F, data: D)
 where
     F: FnOnce(D) -> i32,
@@ -417,9 +417,11 @@ fn set_at(at: u32) {
     }
 }
 
-/// The calling thread is about to sleep (`wait_event*`, `msleep`, ...): during a module's exit,
-/// the module's code is free to run on another of its threads.
+/// The calling thread is about to sleep (`wait_event*`, `msleep`, ...): its sleep hook runs
+/// ([`sched::going_to_sleep`]), and during a module's exit the module's code is free to run on
+/// another of its threads.
 pub(crate) fn sched_out() {
+    sched::going_to_sleep();
     set_at(AT_ASLEEP);
     if takes_turns() {
         cpu_release();

@@ -98,8 +98,9 @@ pub(crate) fn set_sleep_hook(hook: Option<SleepHook>) -> Option<SleepHook> {
 }
 
 /// The calling thread is about to sleep (block until woken or a deadline): runs its sleep
-/// hook, if any. Called at each of the runtime's sleeps, as the kernel's `schedule()` calls
-/// `wq_worker_sleeping()`. Process context.
+/// hook, if any. Called at each of the runtime's sleeps (by `kthread::sched_out`, and where a
+/// work item is waited for), as the kernel's `schedule()` calls `wq_worker_sleeping()`.
+/// Process context.
 pub(crate) fn going_to_sleep() {
     if let Some(hook) = SLEEP_HOOK.with(Cell::get) {
         (hook.call)(hook.data);
@@ -373,7 +374,6 @@ pub fn sleep_until_ns(deadline_ns: u64) {
         tv_nsec: (deadline_ns % 1_000_000_000) as libc::c_long,
     };
     // A sleep: during a module's exit, its other threads may run the module's code meanwhile.
-    going_to_sleep();
     super::kthread::sched_out();
     loop {
         // SAFETY: `ts` is a valid timespec; the remaining-time pointer may be null with

@@ -173,7 +173,6 @@ fn wait_common(
         kthread::sched_in();
         let r = check(&mut cond, slot, interruptible, deadline);
         if r.is_continue() {
-            sched::going_to_sleep();
             kthread::sched_out();
         }
         r
