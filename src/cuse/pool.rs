@@ -205,7 +205,7 @@ impl Server {
     /// the daemon's; returns whether it has the lone client's now. A new reader starts with
     /// its creator's nice value: it calls this with `lone` false, `was` true. Refused the
     /// privilege to lower it, says so once, and no reader tries again.
-    fn reader_nice(&self, lone: bool, was: bool) -> bool {
+    fn take_nice(&self, lone: bool, was: bool) -> bool {
         let Some(n) = self.reader_nice else {
             return false;
         };
@@ -299,14 +299,11 @@ impl Server {
     }
 
     /// Whether a free reader is spare now, so that [`Server::park_if_spare`] may park it (it
-    /// checks again, atomically). Called after every answer: the clients are counted only when
-    /// the readers are enough for either count (a lone client's single reader is never spare).
+    /// checks again, atomically). Called after every answer (a lone client's single reader is
+    /// never spare).
     fn spare_now(&self) -> bool {
-        let (active, busy) = (
-            self.active.load(Ordering::Acquire),
-            self.busy.load(Ordering::Acquire),
-        );
-        active >= busy + 2 && active >= busy + self.readers_to_keep()
+        self.active.load(Ordering::Acquire)
+            >= self.busy.load(Ordering::Acquire) + self.readers_to_keep()
     }
 
     /// The calling reader becomes the one that spins, if none does: the fd is made
@@ -554,7 +551,7 @@ fn reader(server: &Arc<Server>) {
     // Whoever spawned us may block signals; the stop signal must get through.
     let _ = unblock(server.wake);
     // At the daemon's nice value until it serves a lone client.
-    let mut lone_nice = server.reader_nice(false, true);
+    let mut lone_nice = server.take_nice(false, true);
     let mut buf = vec![0u8; server.buffer_len];
     let fd = server.chan.fd();
     let mut answered = false;
@@ -601,9 +598,7 @@ fn reader(server: &Arc<Server>) {
             Ok(n) => {
                 answered_ns = server.serve(&buf[..n]);
                 answered = true;
-                if server.reader_nice.is_some() {
-                    lone_nice = server.reader_nice(server.active_clients() <= 1, lone_nice);
-                }
+                lone_nice = server.take_nice(server.active_clients() <= 1, lone_nice);
             }
             // The fd is non-blocking because another reader spins: wait for a request.
             Err(Errno::EAGAIN) if server.nonblocking.load(Ordering::Acquire) => {
