@@ -42,7 +42,7 @@ use super::spin::{Pace, SpinPolicy};
 use crate::kernel::fs::FileOperations;
 use crate::kernel::jiffies;
 use crate::kernel::sched::{self, SleepHook};
-use crate::sys::{futex, prio};
+use crate::sys::{futex, io, prio};
 
 /// The two nice values of a reader ([`Server::reader_nice`]).
 #[derive(Debug, Clone, Copy)]
@@ -590,7 +590,7 @@ fn reader(server: &Arc<Server>) {
         if server.stop.load(Ordering::Acquire) {
             break;
         }
-        match spun.unwrap_or_else(|| nix::unistd::read(fd, &mut buf)) {
+        match spun.unwrap_or_else(|| io::read(fd.as_fd(), &mut buf)) {
             Ok(0) => {
                 log::debug!("connection closed");
                 break;
@@ -712,7 +712,7 @@ fn spin_read(
         // between reads: the system call paces the loop already (and under emulation a pause
         // sends the virtual CPU back to its monitor, slowing the other one).
         for _ in 0..8 {
-            match nix::unistd::read(fd, buf) {
+            match io::read(fd, buf) {
                 Err(Errno::EAGAIN | Errno::EINTR | Errno::ENOENT) => {}
                 r => return Some(r),
             }

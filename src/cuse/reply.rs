@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -210,7 +210,7 @@ impl Channel {
         }
         let iov = &iov[..1 + body.len()];
         loop {
-            match writev(self.fd.as_fd(), iov) {
+            match crate::sys::io::writev(self.fd.as_fd(), iov) {
                 Ok(n) if n == len => return Delivery::Sent,
                 Ok(n) => {
                     log::error!("reply to request {unique}: {n} of {len} bytes written");
@@ -236,15 +236,6 @@ impl Channel {
             }
         }
     }
-}
-
-/// `writev(2)`: one reply, one system call.
-fn writev(fd: BorrowedFd<'_>, iov: &[IoSlice<'_>]) -> Result<usize, Errno> {
-    let cnt = libc::c_int::try_from(iov.len()).map_err(|_| Errno::EINVAL)?;
-    // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` (std guarantees it on Unix), `iov`
-    // points to `cnt` of them, each valid for reads for the call's duration; `fd` is open.
-    let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr().cast::<libc::iovec>(), cnt) };
-    usize::try_from(n).map_err(|_| Errno::last())
 }
 
 /// The answer to one request. Consumed by the method that answers; dropped unanswered, it

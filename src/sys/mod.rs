@@ -2,5 +2,6 @@
 //! transport ([`crate::cuse`]) use; neither calls the other's private helpers.
 
 pub mod futex;
+pub mod io;
 pub mod prio;
 pub mod signal;
