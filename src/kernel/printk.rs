@@ -212,40 +212,46 @@ struct Stamp(u64);
 
 impl Stamp {
     /// The stamp's bytes, as `format!("[{s:5}.{us:06}]")` writes them, without `core::fmt`
-    /// (the console writes one per line: this is most of its work per line).
+    /// (the console writes one per line: this is most of its work per line). Written left to
+    /// right into place, two digits at a time where the width is known.
     fn bytes(&self) -> ([u8; 32], usize) {
-        let (mut s, mut us) = (self.0 / 1_000_000_000, (self.0 % 1_000_000_000) / 1000);
-        let mut b = [b' '; 32];
-        // Right to left: "]", six digits of microseconds, ".", then the seconds (at least 5
-        // wide, space-padded on the left, wider if need be).
-        let mut i = b.len() - 1;
-        b[i] = b']';
-        for _ in 0..6 {
-            i -= 1;
-            b[i] = b'0' + (us % 10) as u8;
-            us /= 10;
+        /// "00" to "99".
+        const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+            2021222324252627282930313233343536373839\
+            4041424344454647484950515253545556575859\
+            6061626364656667686970717273747576777879\
+            8081828384858687888990919293949596979899";
+        fn pair(b: &mut [u8], at: usize, v: u32) {
+            let v = v as usize * 2;
+            b[at..at + 2].copy_from_slice(&PAIRS[v..v + 2]);
         }
-        i -= 1;
-        b[i] = b'.';
-        let mut width = 0;
+        let s = self.0 / 1_000_000_000;
+        let us = ((self.0 % 1_000_000_000) / 1000) as u32;
+        // The seconds' width: at least 5 (space-padded on the left), wider if need be.
+        let mut width = 5;
+        let mut rest = s / 100_000;
+        while rest > 0 {
+            width += 1;
+            rest /= 10;
+        }
+        let mut b = [b' '; 32];
+        b[0] = b'[';
+        // The seconds, right-aligned in b[1..=width].
+        let (mut i, mut s) = (width + 1, s);
         loop {
             i -= 1;
             b[i] = b'0' + (s % 10) as u8;
             s /= 10;
-            width += 1;
             if s == 0 {
                 break;
             }
         }
-        while width < 5 {
-            i -= 1; // already a space
-            width += 1;
-        }
-        i -= 1;
-        b[i] = b'[';
-        let n = b.len() - i;
-        b.copy_within(i.., 0);
-        (b, n)
+        b[width + 1] = b'.';
+        pair(&mut b, width + 2, us / 10_000);
+        pair(&mut b, width + 4, us / 100 % 100);
+        pair(&mut b, width + 6, us % 100);
+        b[width + 8] = b']';
+        (b, width + 9)
     }
 }
 
@@ -604,7 +610,14 @@ mod tests {
             100_000_000_000_000,
             123_456_789_012_345_678,
             u64::MAX,
-        ] {
+        ]
+        .into_iter()
+        // Every width of the seconds, and every digit position of the microseconds, at its
+        // edges (10^k - 1 and 10^k ns) and in between.
+        .chain((0..20).flat_map(|k| {
+            let p = 10u64.pow(k);
+            [p - 1, p, p.saturating_mul(7).saturating_add(p / 3)]
+        })) {
             let (s, us) = (ns / 1_000_000_000, (ns % 1_000_000_000) / 1000);
             assert_eq!(Stamp(ns).to_string(), format!("[{s:5}.{us:06}]"), "{ns} ns");
         }
