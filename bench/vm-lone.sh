@@ -5,35 +5,38 @@
 # each server NAME is started with COMMAND (which must serve /dev/NAME), then ROUNDS rounds of
 # CALLS CANCEL ioctls each, the servers alternating their order every round. The name `spin`
 # (no command) is the spinning floor (bench/cuse_floor spin), started for its own runs only: it
-# burns a CPU. Prints one "LAT NAME {json}" line per run (ioctl_bench's JSON), then "CTXT NAME N":
+# burns a CPU; `spinN` (N a number) is the spinning floor answering after N ns of busy work. Prints one "LAT NAME {json}" line per run (ioctl_bench's JSON), then "CTXT NAME N":
 # the VM's context switches during the run, per 100 calls (200: every call sleeps once); e.g.
 #   scripts/vm --add bench/build/cuse_floor:/usr/local/bin/cuse_floor \
 #     --add bench/build/ioctl_bench:/usr/local/bin/ioctl_bench --add bench/vm-lone.sh:/root/vm-lone.sh \
 #     --env 'SERVERS=ours:deferred --name ours --major 0;quiet:RUST_LOG=warn deferred --name quiet --major 0;spin:' \
 #     -- sh /root/vm-lone.sh 10000 6
 CALLS=${1:-10000} ROUNDS=${2:-6}
+# The spinning floors' names: spin, or spinN.
+floor_work() { case $1 in spin) echo 0 ;; spin*[!0-9]*) ;; spin?*) echo "${1#spin}" ;; esac; }
 ctxt() { awk '/^ctxt/ { print $2 }' /proc/stat; }
 wait_node() { i=0; while [ ! -e "/dev/$1" ]; do i=$((i+1)); [ $i -gt 200 ] && return 1; sleep 0.1; done; }
 NAMES=
 IFS=';'
 for s in $SERVERS; do
 	n=${s%%:*}; c=${s#*:}
-	[ "$n" = spin ] && { NAMES="$NAMES spin"; continue; }
+	[ -n "$(floor_work "$n")" ] && { NAMES="$NAMES $n"; continue; }
 	sh -c "$c" >/tmp/$n.log 2>&1 &
 	wait_node $n || echo "FAIL $n did not start"
 	NAMES="$NAMES $n"
 done
 unset IFS
-for n in $NAMES; do [ $n = spin ] || ioctl_bench /dev/$n 0x6b02 1000 1 >/dev/null; done
+for n in $NAMES; do [ -n "$(floor_work $n)" ] || ioctl_bench /dev/$n 0x6b02 1000 1 >/dev/null; done
 r=0
 while [ $r -lt $ROUNDS ]; do
 	L=$NAMES; [ $((r % 2)) = 1 ] && L=$(echo $NAMES | awk '{for (i = NF; i > 0; i--) printf "%s ", $i}')
 	for n in $L; do
-		if [ $n = spin ]; then cuse_floor spin spin >/dev/null 2>&1 & SP=$!; wait_node spin; fi
+		W=$(floor_work $n)
+		if [ -n "$W" ]; then cuse_floor spin $n $W >/dev/null 2>&1 & SP=$!; wait_node $n; fi
 		c0=$(ctxt)
 		echo "LAT $n $(ioctl_bench /dev/$n 0x6b02 $CALLS ${THREADS:-1} | sed 's/,"cdf_us.*//')}"
 		echo "CTXT $n $(( ($(ctxt) - c0) * 100 / CALLS ))"
-		if [ $n = spin ]; then kill $SP; wait $SP 2>/dev/null; while [ -e /dev/spin ]; do sleep 0.05; done; fi
+		if [ -n "$W" ]; then kill $SP; wait $SP 2>/dev/null; while [ -e /dev/$n ]; do sleep 0.05; done; fi
 	done
 	r=$((r+1))
 done
