@@ -10,6 +10,9 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use nix::errno::Errno;
 
+// `syscall(2)` is variadic: each argument is passed as a whole `long` (an `int` would leave the
+// upper half of its register undefined, and the kernel reads `writev`'s count as a long).
+
 /// A system call's return value: the count, or the error `errno` holds.
 fn result(rc: libc::c_long) -> Result<usize, Errno> {
     usize::try_from(rc).map_err(|_| Errno::last())
@@ -17,20 +20,22 @@ fn result(rc: libc::c_long) -> Result<usize, Errno> {
 
 /// `read(2)` into `buf`.
 pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
+    let fd = libc::c_long::from(fd.as_raw_fd());
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call's duration; `fd` is
     // open (borrowed).
-    result(unsafe { libc::syscall(libc::SYS_read, fd.as_raw_fd(), buf.as_mut_ptr(), buf.len()) })
+    result(unsafe { libc::syscall(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len()) })
 }
 
 /// `writev(2)` of `iov`.
 pub fn writev(fd: BorrowedFd<'_>, iov: &[IoSlice<'_>]) -> Result<usize, Errno> {
-    let cnt = libc::c_int::try_from(iov.len()).map_err(|_| Errno::EINVAL)?;
+    let cnt = libc::c_long::try_from(iov.len()).map_err(|_| Errno::EINVAL)?;
+    let fd = libc::c_long::from(fd.as_raw_fd());
     // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` (std guarantees it on Unix), `iov`
     // points to `cnt` of them, each valid for reads for the call's duration; `fd` is open.
     result(unsafe {
         libc::syscall(
             libc::SYS_writev,
-            fd.as_raw_fd(),
+            fd,
             iov.as_ptr().cast::<libc::iovec>(),
             cnt,
         )
