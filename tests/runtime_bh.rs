@@ -434,12 +434,15 @@ fn local_bh_enable_inside_local_irq_save_keeps_interrupts_off_and_warns_once() {
     assert!(!timer_signal_blocked() && !irqs_disabled());
     const WARN: &str = "WARN_ON_ONCE(in_hardirq() || irqs_disabled())";
 
-    // Bottom halves disabled and enabled inside an interrupts-off section.
+    // Bottom halves disabled and enabled inside an interrupts-off section. The interrupt never
+    // comes to this thread (it is not swapper/0): interrupts off is its state alone, and the
+    // signal mask is left as it was (no system call).
     let flags = local_irq_save();
+    assert!(irqs_disabled() && !timer_signal_blocked());
     local_bh_disable();
     local_bh_enable();
     assert!(
-        timer_signal_blocked() && irqs_disabled(),
+        irqs_disabled(),
         "local_bh_enable turned interrupts back on inside local_irq_save"
     );
     local_irq_restore(flags);
@@ -457,7 +460,7 @@ fn local_bh_enable_inside_local_irq_save_keeps_interrupts_off_and_warns_once() {
     local_bh_disable();
     let flags = local_irq_save();
     local_bh_enable();
-    assert!(timer_signal_blocked());
+    assert!(irqs_disabled());
     local_irq_restore(flags);
     assert!(!timer_signal_blocked() && preempt_count() == 0);
 
@@ -468,7 +471,7 @@ fn local_bh_enable_inside_local_irq_save_keeps_interrupts_off_and_warns_once() {
     let inner = local_irq_save();
     local_bh_enable();
     local_irq_restore(inner);
-    assert!(timer_signal_blocked() && irqs_disabled());
+    assert!(irqs_disabled());
     local_irq_restore(outer);
     assert!(!timer_signal_blocked() && !irqs_disabled());
 
@@ -494,6 +497,82 @@ fn local_bh_enable_inside_local_irq_save_keeps_interrupts_off_and_warns_once() {
     local_bh_enable();
     assert!(!timer_signal_blocked() && !bh_off());
     assert_eq!(cap.texts().iter().filter(|l| l.contains(WARN)).count(), 1);
+}
+
+/// What a timer handler saw of `local_irq_save` on swapper/0 (set in the handler, checked by
+/// the test: nothing is asserted in signal context).
+struct IrqSeen {
+    on_swapper: AtomicBool,
+    blocked_on_entry: AtomicBool,
+    off_inside: AtomicBool,
+    blocked_inside: AtomicBool,
+    on_after_inner: AtomicBool,
+    blocked_after: AtomicBool,
+    on_after: AtomicBool,
+    done: AtomicBool,
+}
+
+fn irq_save_in_handler(t: &Timer<IrqSeen>) {
+    use softirq::{irqs_disabled, local_irq_restore, local_irq_save};
+    let s = t.data();
+    s.on_swapper.store(sched::is_idle_task(), SeqCst);
+    s.blocked_on_entry.store(timer_signal_blocked(), SeqCst);
+    let outer = local_irq_save();
+    let inner = local_irq_save();
+    s.off_inside.store(irqs_disabled(), SeqCst);
+    s.blocked_inside.store(timer_signal_blocked(), SeqCst);
+    local_irq_restore(inner);
+    s.on_after_inner.store(!irqs_disabled(), SeqCst);
+    local_irq_restore(outer);
+    // The signal's delivery blocked it for the handler: a restore must not unblock it (another
+    // interrupt would then nest in this one).
+    s.blocked_after.store(timer_signal_blocked(), SeqCst);
+    s.on_after.store(!irqs_disabled(), SeqCst);
+    s.done.store(true, SeqCst);
+}
+
+#[test]
+fn on_swapper_local_irq_save_nests_and_its_restore_keeps_the_interrupt_blocked() {
+    let _g = setup();
+    let t = TimerList::new(
+        irq_save_in_handler,
+        IrqSeen {
+            on_swapper: AtomicBool::new(false),
+            blocked_on_entry: AtomicBool::new(false),
+            off_inside: AtomicBool::new(false),
+            blocked_inside: AtomicBool::new(false),
+            on_after_inner: AtomicBool::new(true),
+            blocked_after: AtomicBool::new(false),
+            on_after: AtomicBool::new(false),
+            done: AtomicBool::new(false),
+        },
+    );
+    t.mod_timer(jiffies() + 1);
+    assert!(wait_for(Duration::from_secs(3), || t
+        .data()
+        .done
+        .load(SeqCst)));
+    let s = t.data();
+    assert!(s.on_swapper.load(SeqCst), "the handler ran on swapper/0");
+    assert!(
+        s.blocked_on_entry.load(SeqCst),
+        "delivery blocks the signal"
+    );
+    assert!(s.off_inside.load(SeqCst) && s.blocked_inside.load(SeqCst));
+    assert!(
+        !s.on_after_inner.load(SeqCst),
+        "the inner restore turned interrupts back on"
+    );
+    assert!(
+        s.blocked_after.load(SeqCst),
+        "the restore unblocked the signal inside its handler"
+    );
+    assert!(s.on_after.load(SeqCst));
+    assert!(
+        !timer_signal_blocked(),
+        "the test thread's mask is untouched"
+    );
+    assert_no_softirq_allocations();
 }
 
 static IRQ_OFF_LOCK: SpinLock<u64> = SpinLock::new("irq_off_lock", 0);

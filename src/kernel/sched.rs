@@ -42,7 +42,7 @@
 use std::cell::Cell;
 use std::fmt;
 use std::panic::Location;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 use crate::kernel::jiffies;
 
@@ -264,18 +264,24 @@ pub const IDLE_COMM: &str = "swapper/0";
 /// The thread id of the idle task (0: none yet).
 static IDLE_TID: AtomicI32 = AtomicI32::new(0);
 
+thread_local! {
+    /// The calling thread is the idle task (set once, by [`set_idle_task`]). Const-initialised,
+    /// no destructor: readable in a signal handler.
+    static IS_IDLE_TASK: AtomicBool = const { AtomicBool::new(false) };
+}
+
 /// Make the calling thread the CPU's idle task: named `swapper/0`, shown by [`current()`] with
 /// pid 0. Called once, by the runtime's interrupt thread.
 pub(crate) fn set_idle_task() {
     set_comm(IDLE_COMM);
     IDLE_TID.store(gettid(), Ordering::Release);
+    IS_IDLE_TASK.with(|f| f.store(true, Ordering::Relaxed));
 }
 
 /// `is_idle_task(current)`: is the calling thread the CPU's idle task (the one that takes the
-/// timer interrupt)? Async-signal-safe.
+/// timer interrupt)? A thread-local flag: no system call. Async-signal-safe.
 pub fn is_idle_task() -> bool {
-    let idle = IDLE_TID.load(Ordering::Acquire);
-    idle != 0 && idle == gettid()
+    IS_IDLE_TASK.with(|f| f.load(Ordering::Relaxed))
 }
 
 /// `current`: the running thread; in a timer handler, the idle task `swapper/0` (pid 0).

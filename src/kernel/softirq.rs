@@ -37,10 +37,13 @@
 //! deferred, new sections wait for it (as a writer-preferring lock), so overlapping sections
 //! delay a timer by at most the longest of them instead of starving it.
 //!
-//! `local_irq_save` blocks the signal too, and the two nest as in the kernel: a per-thread
-//! depth says whether interrupts are disabled (`irqs_disabled()`), and the signal is unblocked
-//! only when neither holds it. `local_bh_enable` with interrupts disabled prints the kernel's
-//! `WARN_ON_ONCE(in_hardirq() || irqs_disabled())` and leaves the signal to `local_irq_restore`.
+//! `local_irq_save` disables interrupts for the calling thread, and the two nest as in the
+//! kernel: a per-thread depth says whether interrupts are disabled (`irqs_disabled()`). On
+//! `swapper/0`, the one thread the timer signal is directed at, it blocks the signal too (and
+//! the signal is unblocked only when no level holds it); on any other thread the interrupt
+//! never comes anyway, so blocking would change nothing but cost two system calls, and the depth
+//! alone is the state. `local_bh_enable` with interrupts disabled prints the kernel's
+//! `WARN_ON_ONCE(in_hardirq() || irqs_disabled())` and leaves interrupts to `local_irq_restore`.
 //!
 //! # Ground rules (shared with signal context)
 //! - `PENDING`: bit mask of raised softirqs, atomic; set by `raise_softirq*`, taken (swap to 0)
@@ -267,30 +270,33 @@ pub fn unblock_timer_signal() {
     sigmask(libc::SIG_UNBLOCK);
 }
 
-/// The saved interrupt state of [`local_irq_save`]: were interrupts disabled before it?
+/// The saved interrupt state of [`local_irq_save`]: must the restore unblock the timer signal
+/// (this save blocked it: on `swapper/0`, where it was not blocked before)?
 #[derive(Clone, Copy, Debug)]
 #[must_use = "give it back to local_irq_restore"]
 pub struct IrqFlags {
-    was_blocked: bool,
+    unblock: bool,
 }
 
-/// `local_irq_save()`: keep the timer interrupt off this thread (block its signal), returning
-/// the previous state. Nests. Async-signal-safe. The interrupt only ever comes to `swapper/0`,
-/// so on other threads this changes what [`irqs_disabled`] says and nothing else.
+/// `local_irq_save()`: keep the timer interrupt off this thread, returning the previous state.
+/// Nests. Async-signal-safe. The interrupt only ever comes to `swapper/0` (the signal is
+/// thread-directed; a stray process-directed copy taken elsewhere is only forwarded there), so
+/// the signal is blocked there and nowhere else: on other threads this changes what
+/// [`irqs_disabled`] says and nothing else, without a system call.
 pub fn local_irq_save() -> IrqFlags {
-    let raw = block_timer_signal();
+    let unblock = sched::is_idle_task() && !block_timer_signal();
     IRQ_DISABLE_DEPTH.with(|d| d.fetch_add(1, Ordering::Relaxed));
-    IrqFlags { was_blocked: raw }
+    IrqFlags { unblock }
 }
 
 /// `local_irq_restore(flags)`: put back the state `local_irq_save` returned.
 pub fn local_irq_restore(flags: IrqFlags) {
     let outer = IRQ_DISABLE_DEPTH.with(|d| d.fetch_sub(1, Ordering::Relaxed)) > 1;
-    if flags.was_blocked || outer {
-        // Interrupts stay disabled (by the caller's state, or an outer local_irq_save).
-        return;
+    if flags.unblock && !outer {
+        unblock_timer_signal();
     }
-    unblock_timer_signal();
+    // Otherwise interrupts stay as they were: disabled by an outer local_irq_save or by the
+    // signal's own delivery (in the handler), or never blocked (not swapper/0).
 }
 
 /// `irqs_disabled()`: are interrupts disabled on this thread, in the kernel's sense: inside

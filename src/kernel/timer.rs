@@ -147,15 +147,16 @@ static BASE: Base = Base {
 
 static EXPIRIES: AtomicU64 = AtomicU64::new(0);
 
-/// The base, locked. Dropping it unlocks (and unblocks the timer signal if we blocked it).
+/// The base, locked (`raw_spin_lock_irqsave`). Dropping it unlocks and restores interrupts.
 struct BaseGuard {
     flags: Option<softirq::IrqFlags>,
 }
 
 impl BaseGuard {
     fn lock() -> BaseGuard {
-        // Block the timer signal unless it is already blocked on this thread: in interrupt
-        // context, or with bottom halves disabled.
+        // Interrupts off in process context, as the kernel's base lock is taken (on swapper/0
+        // that blocks the timer signal; elsewhere it never comes: no system call). In interrupt
+        // context, or with bottom halves disabled, no timer can run on this thread anyway.
         let flags = (!softirq::in_interrupt()).then(softirq::local_irq_save);
         BASE.lock.lock();
         let g = BaseGuard { flags };
