@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What the slow calls of a traced run waited for (the log of bench/vm-tail-trace.sh).
+"""What the slow calls of a traced run waited for (the log of bench/vm-call-trace.sh with RAW=1).
 
     python3 bench/slow_calls.py LOG [THRESHOLD_US]
 
@@ -90,7 +90,7 @@ def main():
     except OSError as e:
         die(f'slow_calls: cannot read {sys.argv[1]}: {e.strerror}', 1)
     if not runs:
-        die(f'slow_calls: no "TRACE NAME BEGIN" in {sys.argv[1]}: is it the output of bench/vm-tail-trace.sh?', 1)
+        die(f'slow_calls: no "TRACE NAME BEGIN" in {sys.argv[1]}: is it the output of bench/vm-call-trace.sh with RAW=1?', 1)
     for name, events in runs:
         cs = calls(events)
         if not cs:

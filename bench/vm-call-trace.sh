@@ -1,9 +1,10 @@
 #!/bin/sh
 # Runs INSIDE the VM (busybox sh), through scripts/vm:
-#   SERVERS='NAME:COMMAND;...;spin:' sh vm-call-trace.sh [CALLS]
-# Where a lone client's round trip goes, per server (each started alone, as in vm-lone.sh: NAME
-# serves /dev/NAME; `spin` is the spinning floor, bench/cuse_floor spin), from the kernel's trace
-# points over CALLS calls (default 2000) of ioctl_bench:
+#   SERVERS='NAME:COMMAND;...;spin:' [THREADS=N] [RAW=1] sh vm-call-trace.sh [CALLS]
+# Where the round trips go, per server (each started alone, as in vm-lone.sh: NAME serves
+# /dev/NAME; `spin` is the spinning floor, bench/cuse_floor spin), from the kernel's trace points
+# (system calls, switches, wake-ups, migrations) over CALLS calls (default 2000) of ioctl_bench
+# from THREADS client threads (default 1). For a lone client, two summaries:
 # - "COUNT": system calls, context switches and wake-ups per call (those seen in at least 5 %
 #   of the calls), e.g. whether the answer wakes a sleeping client ("wake by <server> of
 #   ioctl_bench") or the client sleeps at all ("switch ioctl_bench -> swapper/N");
@@ -14,6 +15,13 @@
 #     --add bench/build/ioctl_bench:/usr/local/bin/ioctl_bench \
 #     --add bench/vm-call-trace.sh:/root/vm-call-trace.sh \
 #     --env 'SERVERS=ours:deferred --name ours --major 0;spin:' -- sh /root/vm-call-trace.sh
+# With RAW=1 (several clients' slow calls, for bench/slow_calls.py to explain): ioctl_bench's
+# JSON line as "LAT NAME {json}" and the raw trace between "TRACE NAME BEGIN" and
+# "TRACE NAME END" instead, e.g.
+#   scripts/vm --add bench/build/ioctl_bench:/usr/local/bin/ioctl_bench \
+#     --add bench/vm-call-trace.sh:/root/vm-call-trace.sh --env THREADS=2 --env RAW=1 \
+#     --env 'SERVERS=ours:deferred --name ours --major 0' -- sh /root/vm-call-trace.sh 4000 \
+#     > /tmp/tail.log && python3 bench/slow_calls.py /tmp/tail.log
 N=${1:-2000}
 T=/sys/kernel/tracing
 mount -t tracefs none $T 2>/dev/null
@@ -26,19 +34,28 @@ stop() {
 	kill $1 2>/dev/null; wait $1 2>/dev/null
 }
 
-# trace DEV: CALLS calls of ioctl_bench on DEV, traced; the trace left in $T/trace.
+# trace NAME: CALLS calls of ioctl_bench on /dev/NAME, traced; the trace left in $T/trace, and
+# ioctl_bench's JSON line printed with RAW=1.
 trace() {
-	ioctl_bench "$1" 0x6b02 1000 1 >/dev/null
+	ioctl_bench /dev/$1 0x6b02 1000 "${THREADS:-1}" >/dev/null
 	echo >$T/trace
-	echo 65536 >$T/buffer_size_kb
-	echo 1 >$T/events/raw_syscalls/sys_enter/enable
-	echo 1 >$T/events/raw_syscalls/sys_exit/enable
-	echo 1 >$T/events/sched/sched_switch/enable
-	echo 1 >$T/events/sched/sched_wakeup/enable
+	echo 131072 >$T/buffer_size_kb
+	for e in raw_syscalls/sys_enter raw_syscalls/sys_exit sched/sched_switch \
+		sched/sched_wakeup sched/sched_migrate_task; do
+		echo 1 >$T/events/$e/enable
+	done
 	echo 1 >$T/tracing_on
-	ioctl_bench "$1" 0x6b02 "$N" 1 >/dev/null
+	lat=$(ioctl_bench /dev/$1 0x6b02 "$N" "${THREADS:-1}" | sed 's/,"cdf_us.*//')
 	echo 0 >$T/tracing_on
 	echo 0 >$T/events/enable
+	[ -n "$RAW" ] && echo "LAT $1 $lat}"
+}
+
+# raw NAME: the trace in $T/trace, between markers.
+raw() {
+	echo "TRACE $1 BEGIN"
+	grep -v '^#' $T/trace
+	echo "TRACE $1 END"
 }
 
 # report NAME: the two summaries of the trace in $T/trace.
@@ -81,7 +98,12 @@ for s in $SERVERS; do
 		sh -c "$c" >/tmp/$n.log 2>&1 &
 	fi
 	P=$!
-	if wait_node $n; then trace /dev/$n; report $n; else echo "FAIL $n did not start"; fi
+	if wait_node $n; then
+		trace $n
+		if [ -n "$RAW" ]; then raw $n; else report $n; fi
+	else
+		echo "FAIL $n did not start"
+	fi
 	stop $P
 	while [ -e /dev/$n ]; do sleep 0.05; done
 	IFS=';'
