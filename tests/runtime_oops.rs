@@ -87,7 +87,13 @@ struct Answer {
 }
 
 fn timer_panics_with_a_static_message(_: &Timer<Answer>) {
-    deferred::pr_info!("[boom] the last line before the panic");
+    // Made by the panic path from its encoded arguments (plain `{}`s: the console's to make).
+    deferred::pr_info!(
+        "[boom] the last line before the {}: {} {}",
+        "panic",
+        41u32,
+        -1i64
+    );
     panic!("the timer handler gives up");
 }
 
@@ -109,8 +115,13 @@ fn boot() -> std::sync::MutexGuard<'static, ()> {
     g
 }
 
-fn arm(f: impl TimerFn<Answer>) -> ! {
+/// Arms a timer running `f` at the next jiffy and waits for the end. With `hold_console`, the
+/// console is held from then on: every line printed since is written by the panic path.
+fn arm(f: impl TimerFn<Answer>, hold_console: bool) -> ! {
     let _g = boot();
+    if hold_console {
+        std::mem::forget(printk::console_lock());
+    }
     let t = TimerList::new(f, answer());
     t.mod_timer(jiffies() + 1);
     std::mem::forget(t);
@@ -127,9 +138,9 @@ fn answer() -> Answer {
 fn a_panicking_timer_handler_is_an_oops_then_a_clean_exit() {
     if let Some(case) = child_case() {
         match case.as_str() {
-            "static" => arm(timer_panics_with_a_static_message),
-            "formatted" => arm(timer_panics_with_a_formatted_message),
-            _ => arm(timer_allocates_then_panics),
+            "static" => arm(timer_panics_with_a_static_message, true),
+            "formatted" => arm(timer_panics_with_a_formatted_message, false),
+            _ => arm(timer_allocates_then_panics, false),
         }
     }
     let test = "a_panicking_timer_handler_is_an_oops_then_a_clean_exit";
@@ -138,7 +149,7 @@ fn a_panicking_timer_handler_is_an_oops_then_a_clean_exit() {
         test,
         "static",
         &[
-            "[boom] the last line before the panic",
+            "[boom] the last line before the panic: 41 -1",
             "------------[ cut here ]------------",
             "kernel BUG at tests/runtime_oops.rs:",
             "BUG: kernel panic in softirq context: the timer handler gives up",

@@ -1,9 +1,15 @@
 //! printk: the kernel log, writable from any context, the timer signal's handler included.
 //!
-//! `pr_info!` and friends format with `core::fmt` into a fixed buffer on the caller's stack
-//! (truncating at [`LINE_MAX`] bytes, never allocating), stamp the line with the nanoseconds since
-//! the runtime started and its level, and push it into a preallocated lock-free ring. A console
-//! thread (`printk`) drains the ring as dmesg lines:
+//! `pr_info!` and friends stamp the line with the nanoseconds since the runtime started and its
+//! level, and push it into a preallocated lock-free ring, never allocating. A line whose format
+//! string has only plain `{}`s (the common case: `pr_info!("pid = {}, comm = {}", pid, comm)`)
+//! is not formatted by its caller: the record keeps the static format string and the arguments
+//! by value (integers, `bool`, `char`, strings' bytes; any other `Display` argument is
+//! formatted on its own into the record), and the console makes the line, as the kernel's
+//! binary printk (`vbin_printf` / `bstr_printf`) does for `trace_printk`. Other lines
+//! (`{name}`, `{:x}`, `{:?}`, ...) are formatted with `core::fmt` into a fixed buffer on the
+//! caller's stack. Either way a line is cut at [`LINE_MAX`] bytes on a character boundary, and
+//! a trailing newline is dropped. A console thread (`printk`) drains the ring as dmesg lines:
 //!
 //! ```text
 //! [    3.825922] [timer_handler] pid = 0, comm = swapper/1
@@ -29,6 +35,9 @@ use std::fmt::{self, Write as _};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+#[doc(hidden)]
+pub mod args;
 
 use crate::kernel::jiffies;
 use crate::kernel::sync::ring::{self, Doorbell, Ring};
@@ -122,6 +131,31 @@ static CONSUMER: Mutex<Consumer> = Mutex::new(Consumer {
 const BATCH_MAX: usize = 64 * 1024;
 
 impl Consumer {
+    /// Whether a line of `level` goes anywhere (a capture, the console, `log`).
+    fn wants(&self, level: Level) -> bool {
+        CAPTURES.load(Ordering::Relaxed) > 0
+            || match &self.console {
+                Some((_, max)) => max.is_some_and(|max| level <= max),
+                None => log::log_enabled!(target: "printk", level.log_level()),
+            }
+    }
+
+    /// Hands one record's line on, made from its template if it has one, where it goes: straight
+    /// into the console's batch when that is its only way.
+    fn print_record(&mut self, r: &ring::Record) {
+        let level = Level::from_u8(r.level);
+        if !self.wants(level) {
+            return;
+        }
+        if CAPTURES.load(Ordering::Relaxed) == 0 && self.console.is_some() {
+            self.console_line(r.ts_ns, |out| r.write_line(out));
+            return;
+        }
+        let mut line = LineBuf::new();
+        r.write_line(&mut line);
+        self.print(level, r.ts_ns, line.line());
+    }
+
     /// Hands one line on: to the captures (if any), and to the console or to `log`.
     fn print(&mut self, level: Level, ts_ns: u64, text: &[u8]) {
         if CAPTURES.load(Ordering::Relaxed) > 0 {
@@ -140,14 +174,7 @@ impl Consumer {
         match &self.console {
             Some((_, max)) => {
                 if max.is_some_and(|max| level <= max) {
-                    let (stamp, n) = Stamp(ts_ns).bytes();
-                    self.batch.extend_from_slice(&stamp[..n]);
-                    self.batch.push(b' ');
-                    self.batch.extend_from_slice(text);
-                    self.batch.push(b'\n');
-                    if self.batch.len() >= BATCH_MAX {
-                        self.write_batch();
-                    }
+                    self.console_line(ts_ns, |out| out.write_bytes(text));
                 }
             }
             None => {
@@ -156,6 +183,28 @@ impl Consumer {
                     log::log!(target: "printk", level.log_level(), "{} {text}", Stamp(ts_ns));
                 }
             }
+        }
+    }
+
+    /// Appends a dmesg line to the console's batch, its message made by `make` in place (cut at
+    /// [`LINE_MAX`], without a trailing newline); writes the batch out once it is large.
+    fn console_line(&mut self, ts_ns: u64, make: impl FnOnce(&mut BatchLine<'_>)) {
+        let (stamp, n) = Stamp(ts_ns).bytes();
+        // Room for the whole line at once: the message's pieces then append without growing.
+        self.batch.reserve(n + 1 + LINE_MAX + 1);
+        self.batch.extend_from_slice(&stamp[..n]);
+        self.batch.push(b' ');
+        let start = self.batch.len();
+        make(&mut BatchLine {
+            batch: &mut self.batch,
+            start,
+        });
+        if self.batch.len() > start && self.batch.last() == Some(&b'\n') {
+            self.batch.pop();
+        }
+        self.batch.push(b'\n');
+        if self.batch.len() >= BATCH_MAX {
+            self.write_batch();
         }
     }
 
@@ -263,37 +312,103 @@ impl fmt::Display for Stamp {
     }
 }
 
-/// A stack buffer that `core::fmt` writes into, truncating on a character boundary.
+/// Where a line's message is made: bytes appended and cut at [`LINE_MAX`] on a character
+/// boundary.
+trait LineOut {
+    /// The message's length so far.
+    fn len(&self) -> usize;
+    /// Appends `bytes` (all of them: the caller cut them to fit).
+    fn append(&mut self, bytes: &[u8]);
+
+    /// Appends UTF-8 `bytes`, cut on a character boundary where the message is full.
+    fn write_bytes(&mut self, bytes: &[u8]) {
+        let room = LINE_MAX - self.len();
+        let mut n = bytes.len().min(room);
+        // A cut before a continuation byte (0b10xx_xxxx) would split a character.
+        while n < bytes.len() && n > 0 && bytes[n] & 0xc0 == 0x80 {
+            n -= 1;
+        }
+        self.append(&bytes[..n]);
+    }
+}
+
+/// A stack buffer that a line is made in (by `core::fmt`, or by [`args`]' formatting).
 struct LineBuf {
     buf: [u8; LINE_MAX],
     len: usize,
 }
 
+impl LineBuf {
+    const fn new() -> LineBuf {
+        LineBuf {
+            buf: [0; LINE_MAX],
+            len: 0,
+        }
+    }
+
+    /// The line made, without a trailing newline.
+    fn line(&self) -> &[u8] {
+        let n = self.len;
+        if n > 0 && self.buf[n - 1] == b'\n' {
+            &self.buf[..n - 1]
+        } else {
+            &self.buf[..n]
+        }
+    }
+}
+
+impl LineOut for LineBuf {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+}
+
 impl fmt::Write for LineBuf {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let room = LINE_MAX - self.len;
-        let mut n = s.len().min(room);
-        while !s.is_char_boundary(n) {
-            n -= 1;
-        }
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
+        self.write_bytes(s.as_bytes());
         // Never an error: truncation is silent (an error would make `write` stop early anyway).
         Ok(())
+    }
+}
+
+/// A message made at the end of the console's batch, from `start`.
+struct BatchLine<'a> {
+    batch: &'a mut Vec<u8>,
+    start: usize,
+}
+
+impl LineOut for BatchLine<'_> {
+    fn len(&self) -> usize {
+        self.batch.len() - self.start
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        self.batch.extend_from_slice(bytes);
     }
 }
 
 /// Push one line into the ring. Async-signal-safe, lock-free, never allocates.
 /// Returns false if the ring was full (the line is counted as dropped).
 pub fn push(level: Level, ts_ns: u64, text: &[u8]) -> bool {
-    let pushed = RING.push(|r| {
+    push_record(|r| {
         let n = text.len().min(LINE_MAX);
         r.level = level as u8;
         r.ts_ns = ts_ns;
+        r.template = None;
         r.len = n as u16;
         r.text[..n].copy_from_slice(&text[..n]);
-    });
-    let Some(pos) = pushed else {
+    })
+}
+
+/// Push one record written by `fill`, ring the console's bell; count it if the ring is full.
+/// Async-signal-safe, lock-free, never allocates.
+fn push_record(fill: impl FnOnce(&mut ring::Record)) -> bool {
+    let Some(pos) = RING.push(fill) else {
         DROPPED.fetch_add(1, Ordering::Relaxed);
         return false;
     };
@@ -310,10 +425,7 @@ pub fn push(level: Level, ts_ns: u64, text: &[u8]) -> bool {
 /// Format and push one line: the body of every `pr_*!` macro. Usable from any context.
 pub fn printk(level: Level, args: fmt::Arguments<'_>) {
     let ts = jiffies::uptime_ns();
-    let mut line = LineBuf {
-        buf: [0; LINE_MAX],
-        len: 0,
-    };
+    let mut line = LineBuf::new();
     match args.as_str() {
         Some(s) => {
             let _ = line.write_str(s);
@@ -322,12 +434,57 @@ pub fn printk(level: Level, args: fmt::Arguments<'_>) {
             let _ = fmt::write(&mut line, args);
         }
     }
-    let mut n = line.len;
-    if n > 0 && line.buf[n - 1] == b'\n' {
-        n -= 1;
+    crate::kernel::trace::console(line.line());
+    push(level, ts, line.line());
+}
+
+/// Push one line whose making is left to the console: `template` (a format string with only
+/// plain `{}`s, one per argument, cut at compile time; see [`args::pieces`]) and its
+/// arguments, captured by value.
+/// The body of the `pr_*!` macros for such lines. Usable from any context: lock-free, no
+/// allocation, and no `core::fmt` unless an argument is neither an integer, `bool`, `char` nor
+/// a string, or the line is traced (`printk:console` on: the event carries the line).
+#[doc(hidden)]
+pub fn printk_args(level: Level, template: &'static [args::Piece], vals: &[args::Val<'_>]) {
+    let ts = jiffies::uptime_ns();
+    if crate::kernel::trace::console_on() {
+        let mut line = LineBuf::new();
+        args::format_vals(template, vals, &mut line);
+        crate::kernel::trace::console(line.line());
+        push(level, ts, line.line());
+        return;
     }
-    crate::kernel::trace::console(&line.buf[..n]);
-    push(level, ts, &line.buf[..n]);
+    push_record(|r| {
+        r.level = level as u8;
+        r.ts_ns = ts;
+        match args::encode(vals, &mut r.text) {
+            Some(n) => {
+                r.template = Some(template);
+                r.len = n as u16;
+            }
+            None => {
+                // The arguments do not fit encoded: the line is made here (and cut, as any).
+                let mut line = LineBuf::new();
+                args::format_vals(template, vals, &mut line);
+                let text = line.line();
+                r.template = None;
+                r.len = text.len() as u16;
+                r.text[..text.len()].copy_from_slice(text);
+            }
+        }
+    });
+}
+
+impl ring::Record {
+    /// Writes the record's message: its text, or its template filled with its arguments.
+    /// Async-signal-safe into a [`LineBuf`] (no `core::fmt`, no allocation): the panic path
+    /// uses it.
+    fn write_line(&self, out: &mut impl LineOut) {
+        match self.template {
+            None => out.write_bytes(self.text()),
+            Some(template) => args::format_encoded(template, self.text(), out),
+        }
+    }
 }
 
 /// Lines dropped so far because the ring was full.
@@ -357,7 +514,7 @@ fn drain_ring(c: &mut Consumer, until: Option<u64>) {
             return;
         }
         // SAFETY: we are the only consumer (the caller holds CONSUMER).
-        let printed = unsafe { RING.pop(|r| c.print(Level::from_u8(r.level), r.ts_ns, r.text())) };
+        let printed = unsafe { RING.pop(|r| c.print_record(r)) };
         if printed.is_none() {
             // Not published yet.
             if until.is_none() || jiffies::monotonic_ns() > deadline {
@@ -396,7 +553,9 @@ pub(crate) fn flush_on_panic() {
                     return 0;
                 }
                 let (stamp, n) = Stamp(r.ts_ns).bytes();
-                let text = r.text();
+                let mut buf = LineBuf::new();
+                r.write_line(&mut buf);
+                let text = buf.line();
                 line[..n].copy_from_slice(&stamp[..n]);
                 line[n] = b' ';
                 line[n + 1..n + 1 + text.len()].copy_from_slice(text);
@@ -530,11 +689,53 @@ impl Drop for Capture {
     }
 }
 
+/// The body of the `pr_*!` macros. A literal format string with only plain `{}`s (decided at
+/// compile time) goes to [`printk_args`], its arguments captured by value
+/// ([`args`]); anything else to [`printk`] through `format_args!`. The arguments are bound one
+/// by one (`match &arg`), each evaluated once, whichever way the line goes; named arguments
+/// (`name = value`) send the line to `format_args!`, the positional ones as bound.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __printk {
+    (@bind $level:expr, $fmt:literal, [$($v:ident)*], $name:ident = $($rest:tt)*) => {
+        $crate::kernel::printk::printk(
+            $level,
+            ::core::format_args!($fmt $(, *$v)*, $name = $($rest)*),
+        )
+    };
+    (@bind $level:expr, $fmt:literal, [$($v:ident)*], $(,)?) => {{
+        #[allow(unused_imports)]
+        use $crate::kernel::printk::args::{ByDisplay as _, ByNothing as _, ByValue as _};
+        if const { $crate::kernel::printk::args::simple($fmt, <[&str]>::len(&[$(stringify!($v)),*])) } {
+            const PIECES: &[$crate::kernel::printk::args::Piece] =
+                &$crate::kernel::printk::args::pieces::<{ $crate::kernel::printk::args::pieces_len($fmt) }>($fmt);
+            $crate::kernel::printk::printk_args(
+                $level,
+                PIECES,
+                &[$((&&$crate::kernel::printk::args::Probe($v)).printk_val()),*],
+            )
+        } else {
+            $crate::kernel::printk::printk($level, ::core::format_args!($fmt $(, *$v)*))
+        }
+    }};
+    (@bind $level:expr, $fmt:literal, [$($v:ident)*], $head:expr $(, $($rest:tt)*)?) => {
+        match &$head {
+            v => $crate::__printk!(@bind $level, $fmt, [$($v)* v], $($($rest)*)?),
+        }
+    };
+    ($level:expr, $fmt:literal $(, $($args:tt)*)?) => {
+        $crate::__printk!(@bind $level, $fmt, [], $($($args)*)?)
+    };
+    ($level:expr, $($arg:tt)*) => {
+        $crate::kernel::printk::printk($level, ::core::format_args!($($arg)*))
+    };
+}
+
 /// `pr_emerg!`: print at `KERN_EMERG`. Any context.
 #[macro_export]
 macro_rules! pr_emerg {
     ($($arg:tt)*) => {
-        $crate::kernel::printk::printk($crate::kernel::printk::Level::Emerg, ::core::format_args!($($arg)*))
+        $crate::__printk!($crate::kernel::printk::Level::Emerg, $($arg)*)
     };
 }
 
@@ -542,7 +743,7 @@ macro_rules! pr_emerg {
 #[macro_export]
 macro_rules! pr_alert {
     ($($arg:tt)*) => {
-        $crate::kernel::printk::printk($crate::kernel::printk::Level::Alert, ::core::format_args!($($arg)*))
+        $crate::__printk!($crate::kernel::printk::Level::Alert, $($arg)*)
     };
 }
 
@@ -550,7 +751,7 @@ macro_rules! pr_alert {
 #[macro_export]
 macro_rules! pr_crit {
     ($($arg:tt)*) => {
-        $crate::kernel::printk::printk($crate::kernel::printk::Level::Crit, ::core::format_args!($($arg)*))
+        $crate::__printk!($crate::kernel::printk::Level::Crit, $($arg)*)
     };
 }
 
@@ -558,7 +759,7 @@ macro_rules! pr_crit {
 #[macro_export]
 macro_rules! pr_err {
     ($($arg:tt)*) => {
-        $crate::kernel::printk::printk($crate::kernel::printk::Level::Err, ::core::format_args!($($arg)*))
+        $crate::__printk!($crate::kernel::printk::Level::Err, $($arg)*)
     };
 }
 
@@ -566,7 +767,7 @@ macro_rules! pr_err {
 #[macro_export]
 macro_rules! pr_warn {
     ($($arg:tt)*) => {
-        $crate::kernel::printk::printk($crate::kernel::printk::Level::Warning, ::core::format_args!($($arg)*))
+        $crate::__printk!($crate::kernel::printk::Level::Warning, $($arg)*)
     };
 }
 
@@ -574,7 +775,7 @@ macro_rules! pr_warn {
 #[macro_export]
 macro_rules! pr_notice {
     ($($arg:tt)*) => {
-        $crate::kernel::printk::printk($crate::kernel::printk::Level::Notice, ::core::format_args!($($arg)*))
+        $crate::__printk!($crate::kernel::printk::Level::Notice, $($arg)*)
     };
 }
 
@@ -582,7 +783,7 @@ macro_rules! pr_notice {
 #[macro_export]
 macro_rules! pr_info {
     ($($arg:tt)*) => {
-        $crate::kernel::printk::printk($crate::kernel::printk::Level::Info, ::core::format_args!($($arg)*))
+        $crate::__printk!($crate::kernel::printk::Level::Info, $($arg)*)
     };
 }
 
@@ -590,13 +791,210 @@ macro_rules! pr_info {
 #[macro_export]
 macro_rules! pr_debug {
     ($($arg:tt)*) => {
-        $crate::kernel::printk::printk($crate::kernel::printk::Level::Debug, ::core::format_args!($($arg)*))
+        $crate::__printk!($crate::kernel::printk::Level::Debug, $($arg)*)
     };
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `Display` that is neither an integer nor a string (formatted into the record).
+    struct Point(i32, i32);
+    impl fmt::Display for Point {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "({}, {})", self.0, self.1)
+        }
+    }
+
+    /// `format!`'s line, as printk keeps it: cut at LINE_MAX on a character boundary, without
+    /// a trailing newline.
+    fn kept(mut s: String) -> String {
+        if s.len() > LINE_MAX {
+            let mut n = LINE_MAX;
+            while !s.is_char_boundary(n) {
+                n -= 1;
+            }
+            s.truncate(n);
+        }
+        s.strip_suffix('\n').map(str::to_string).unwrap_or(s)
+    }
+
+    /// Prints each case with `pr_info!` and makes it with `format!`: the captured lines must be
+    /// those, in order (each case starts with its own tag, `pk<N>`: lines of other tests are
+    /// left out).
+    macro_rules! cases {
+        ($([$($case:tt)*])*) => {{
+            let capture = capture();
+            let mut want = Vec::new();
+            $(
+                $crate::pr_info!($($case)*);
+                want.push(kept(format!($($case)*)));
+            )*
+            let got: Vec<String> = capture
+                .texts()
+                .into_iter()
+                .filter(|t| t.starts_with("pk"))
+                .collect();
+            assert_eq!(got, want);
+        }};
+    }
+
+    #[test]
+    fn a_line_is_what_format_makes_whoever_makes_it() {
+        let s = String::from("owned");
+        let long = "é".repeat(200);
+        let (name, n) = ("inline", 7u8);
+        cases! {
+            // Plain `{}`s: made by the console from the captured values.
+            ["pk1 unsigned {} {} {} {} {}", 0u8, u16::MAX, u32::MAX, u64::MAX, usize::MAX]
+            ["pk2 signed {} {} {} {} {}", i8::MIN, -1i16, i32::MAX, i64::MIN, isize::MIN]
+            ["pk3 {} {} {} {}", true, false, 'x', '😀']
+            ["pk4 &str {}, String {}, &String {}", "static", s.clone(), &s]
+            ["pk5 display {} and float {}", Point(-3, 4), 2.5f64]
+            ["pk6 braces {{}} {{{}}} }}{{ {}", 1, 2]
+            ["pk7 no arguments, braces {{ }}"]
+            ["pk8 ünïcödé {} ✓", "ß"]
+            ["pk9 newline {}\n", 9]
+            ["pk10 {}{}{}", "", "", ""]
+            // Too long for the line: cut on a character boundary, as `format!` then cut.
+            ["pk11 {}", long]
+            ["pk12 {} {}", 'é', long]
+            // Arguments too many to fit encoded: made at once (same line).
+            ["pk13 {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {}",
+                1u64, 2u64, 3u64, 4u64, 5u64, 6u64, 7u64, 8u64, 9u64, 10u64, 11u64, 12u64, 13u64,
+                14u64, 15u64, 16u64, 17u64, 18u64, 19u64, 20u64, 21u64, 22u64, 23u64, 24u64,
+                25u64, 26u64, 27u64, 28u64, 29u64, 30u64]
+            // Anything but plain `{}`: `core::fmt` at once.
+            ["pk14 {:x} {:#06x} {:>5}|{:<3}|", 255, 10, "r", 1]
+            ["pk15 {:?} {:?}", "quoted", Some(3)]
+            ["pk16 {name} {n}"]
+            ["pk17 {0} {0} {1}", "twice", 1]
+            ["pk18 {a} {b}", a = 1, b = "named"]
+        }
+    }
+
+    #[test]
+    fn each_argument_is_evaluated_once_whichever_way_the_line_goes() {
+        let calls = std::cell::Cell::new(0);
+        let next = || {
+            calls.set(calls.get() + 1);
+            calls.get()
+        };
+        let capture = capture();
+        crate::pr_info!("once plain {} {}", next(), next());
+        crate::pr_info!("once hex {:x} {}", next(), next());
+        crate::pr_info!("once named {} {a}", next(), a = next());
+        assert_eq!(calls.get(), 6);
+        let got: Vec<String> = capture
+            .texts()
+            .into_iter()
+            .filter(|t| t.starts_with("once "))
+            .collect();
+        assert_eq!(got, ["once plain 1 2", "once hex 3 4", "once named 5 6"]);
+    }
+
+    #[test]
+    fn a_simple_format_string_is_cut_at_its_holes_and_escapes() {
+        use args::{Piece, pieces, pieces_len};
+        fn p(text: &'static str, hole: bool) -> Piece {
+            Piece { text, hole }
+        }
+        const A: &str = "pid = {}, comm = {}";
+        assert_eq!(
+            pieces::<{ pieces_len(A) }>(A),
+            [p("pid = ", true), p(", comm = ", true), p("", false)]
+        );
+        const B: &str = "{{{}}} }}x{{";
+        assert_eq!(
+            pieces::<{ pieces_len(B) }>(B),
+            [
+                p("{", false),
+                p("", true),
+                p("}", false),
+                p(" }", false),
+                p("x{", false),
+                p("", false)
+            ]
+        );
+        const C: &str = "ünï {}✓";
+        assert_eq!(
+            pieces::<{ pieces_len(C) }>(C),
+            [p("ünï ", true), p("✓", false)]
+        );
+        assert_eq!(pieces::<{ pieces_len("") }>(""), [p("", false)]);
+        // Not simple (never used so), but cut without a panic: a lone brace is text.
+        const D: &str = "{:x} {";
+        assert_eq!(pieces::<{ pieces_len(D) }>(D), [p("{:x} {", false)]);
+    }
+
+    #[test]
+    fn only_plain_holes_one_per_argument_are_simple() {
+        use args::simple;
+        assert!(simple("", 0));
+        assert!(simple("no holes", 0));
+        assert!(simple("{}", 1));
+        assert!(simple("a {} b {} c", 2));
+        assert!(simple("{{}} {{{}}} }}", 1));
+        assert!(!simple("{}", 0));
+        assert!(!simple("{} {}", 1));
+        assert!(!simple("{:x}", 1));
+        assert!(!simple("{0}", 1));
+        assert!(!simple("{name}", 0));
+        assert!(!simple("{:?}", 1));
+        assert!(!simple("{", 0));
+        assert!(!simple("}", 0));
+        assert!(!simple("{}}", 1));
+    }
+
+    /// The records in the ring now (the console held: none is drained meanwhile).
+    fn records(_held: &ConsoleLockGuard) -> Vec<ring::Record> {
+        (RING.head()..RING.tail())
+            // SAFETY: the console is held, so no slot between head and tail is reused while
+            // it is read.
+            .filter_map(|pos| unsafe { RING.peek(pos, |r| *r) })
+            .collect()
+    }
+
+    #[test]
+    fn a_line_with_plain_holes_is_made_by_the_console_not_by_its_caller() {
+        let capture = capture();
+        let held = console_lock();
+        crate::pr_info!("made-by deferred {} {} {}", 42u32, "comm", Point(1, 2));
+        crate::pr_info!("made-by at once {:x}", 42u32);
+        let pushed = records(&held);
+        let deferred = pushed
+            .iter()
+            .find(|r| {
+                r.template
+                    .is_some_and(|t| t.first().is_some_and(|p| p.text == "made-by deferred "))
+            })
+            .expect("the line's record keeps its template");
+        // The integer by value, the string's bytes, the Point formatted on its own.
+        let enc = deferred.text();
+        assert!(!enc.windows(4).any(|w| w == b"made"), "{enc:?}");
+        assert!(enc.windows(8).any(|w| w == 42u64.to_le_bytes()), "{enc:?}");
+        assert!(enc.windows(4).any(|w| w == b"comm"), "{enc:?}");
+        assert!(enc.windows(6).any(|w| w == b"(1, 2)"), "{enc:?}");
+        let at_once = pushed
+            .iter()
+            .find(|r| r.text().starts_with(b"made-by at once"))
+            .expect("the other line");
+        assert_eq!(
+            (at_once.template, at_once.text()),
+            (None, &b"made-by at once 2a"[..])
+        );
+        drop(held);
+        let got: Vec<String> = capture
+            .texts()
+            .into_iter()
+            .filter(|t| t.starts_with("made-by "))
+            .collect();
+        assert_eq!(
+            got,
+            ["made-by deferred 42 comm (1, 2)", "made-by at once 2a"]
+        );
+    }
 
     #[test]
     fn the_stamp_is_dmesgs() {

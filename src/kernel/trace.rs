@@ -167,6 +167,12 @@ fn on(e: Event) -> bool {
     ENABLED.load(Ordering::Relaxed) & (1 << e as u32) != 0
 }
 
+/// Whether `printk:console` is on (printk then makes its line at once, for the event's text).
+#[inline(always)]
+pub(crate) fn console_on() -> bool {
+    on(Event::Console)
+}
+
 /// Longest text kept in a record (a printk line, a workqueue or thread name); longer is cut.
 pub const TEXT_MAX: usize = 128;
 /// Records in the ring.

@@ -30,6 +30,18 @@ pub trait Entry: Copy {
     const EMPTY: Self;
 }
 
+/// A piece of a log record's template (a printk format string with only plain `{}`s, cut at
+/// compile time by `printk::args::pieces`): a run of its text, braces unescaped, then a hole for
+/// the next argument or not.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    /// The text.
+    pub text: &'static str,
+    /// Whether an argument follows.
+    pub hole: bool,
+}
+
 /// One log record (printk's), as a producer writes it into its slot.
 #[derive(Clone, Copy, Debug)]
 pub struct Record {
@@ -37,9 +49,13 @@ pub struct Record {
     pub level: u8,
     /// Nanoseconds since the runtime started.
     pub ts_ns: u64,
+    /// `None`: `text` is the message. `Some(template)`: the message is the template (a format
+    /// string cut at its holes) filled with the arguments encoded in `text`, made by whoever
+    /// reads the record (printk's binary records; the template is static: nothing is owned).
+    pub template: Option<&'static [Piece]>,
     /// Bytes of `text` in use.
     pub len: u16,
-    /// The message.
+    /// The message, or its encoded arguments.
     pub text: [u8; LINE_MAX],
 }
 
@@ -47,13 +63,14 @@ impl Entry for Record {
     const EMPTY: Record = Record {
         level: 0,
         ts_ns: 0,
+        template: None,
         len: 0,
         text: [0; LINE_MAX],
     };
 }
 
 impl Record {
-    /// The message's bytes.
+    /// The message's bytes (or its encoded arguments).
     pub fn text(&self) -> &[u8] {
         &self.text[..(self.len as usize).min(LINE_MAX)]
     }
