@@ -274,18 +274,9 @@ impl Line {
         self.bytes(s.as_bytes())
     }
 
-    fn num(&mut self, mut v: u64) -> &mut Line {
-        let mut d = [0u8; 20];
-        let mut i = d.len();
-        loop {
-            i -= 1;
-            d[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        self.bytes(&d[i..])
+    fn num(&mut self, v: u64) -> &mut Line {
+        let (digits, from) = crate::kernel::printk::decimal(v);
+        self.bytes(&digits[from..])
     }
 
     fn write(&mut self) {

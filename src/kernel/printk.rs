@@ -525,6 +525,21 @@ fn drain_ring(c: &mut Consumer, until: Option<u64>) {
     }
 }
 
+/// `v`'s decimal digits: they are `digits[from..]` of the `(digits, from)` returned. No
+/// `core::fmt`: async-signal-safe.
+pub(crate) fn decimal(mut v: u64) -> ([u8; 20], usize) {
+    let mut digits = [0u8; 20];
+    let mut from = digits.len();
+    loop {
+        from -= 1;
+        digits[from] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            return (digits, from);
+        }
+    }
+}
+
 /// dmesg's stamp of `ns` since start, `[    3.825922]`, as bytes (async-signal-safe).
 pub(crate) fn stamp(ns: u64) -> ([u8; 32], usize) {
     Stamp(ns).bytes()

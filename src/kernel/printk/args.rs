@@ -336,18 +336,9 @@ fn decode<'a>(enc: &'a [u8], at: &mut usize) -> Option<Arg<'a>> {
 }
 
 /// Writes `n` in decimal (no `core::fmt`).
-fn write_u64(out: &mut impl LineOut, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.write_bytes(&digits[i..]);
+fn write_u64(out: &mut impl LineOut, n: u64) {
+    let (digits, from) = super::decimal(n);
+    out.write_bytes(&digits[from..]);
 }
 
 impl Arg<'_> {
