@@ -56,6 +56,17 @@ struct ReaderNice {
 /// How many of the last requests' callers are remembered (to count the active clients).
 pub(super) const RECENT_CALLERS: usize = 8;
 
+/// No reader stands by ([`Server::stand_by`]).
+pub(super) const STANDBY_NONE: u32 = 0;
+/// A reader stands by, looking every [`STANDBY_PERIOD_NS`] whether the readers are held up.
+pub(super) const STANDBY_WATCHING: u32 = 1;
+/// A reader stands by, asleep until the next request is taken (the device was quiet).
+pub(super) const STANDBY_IDLE: u32 = 2;
+/// How often the standby reader looks: 5 jiffies (20 ms), the longest a request of one client
+/// waits behind another client's request blocked outside the runtime while a spinning reader
+/// serves them; 50 wake-ups a second while clients are active, none once they are gone.
+pub(super) const STANDBY_PERIOD_NS: u64 = 5 * jiffies::NSEC_PER_JIFFY;
+
 /// What the reader threads share: the connection, the file operations, and the pool of readers.
 pub(super) struct Server {
     pub(super) chan: Arc<Channel>,
@@ -102,6 +113,10 @@ pub(super) struct Server {
     pub(super) busy: AtomicUsize,
     /// Parked readers, the most recently parked last; each waits on its own futex word.
     parked: Mutex<Vec<Arc<AtomicU32>>>,
+    /// The standby reader's state, a futex word (`STANDBY_*`; see [`Server::stand_by`]).
+    pub(super) standby: AtomicU32,
+    /// Requests taken so far (the standby reader sees from it whether the readers move).
+    serves: AtomicU64,
     /// The readers' nice values, if they differ: the daemon's, and a lone client's reader's
     /// ([`Config::reader_nice`] from the daemon's).
     reader_nice: Option<ReaderNice>,
@@ -169,6 +184,8 @@ impl Server {
             active: AtomicUsize::new(0),
             busy: AtomicUsize::new(0),
             parked: Mutex::new(Vec::new()),
+            standby: AtomicU32::new(STANDBY_NONE),
+            serves: AtomicU64::new(0),
             reader_nice,
             nice_refused: AtomicBool::new(false),
             readers: Mutex::new(Vec::with_capacity(config.threads)),
@@ -253,37 +270,19 @@ impl Server {
 
     /// Parks the calling reader (out of `read(2)`) if it would otherwise sleep there (no request
     /// waiting) while enough other active readers are free (not busy with a request), until
-    /// [`Server::add_reader`] or stop needs it; `false` if it did not park. Enough: one when a
-    /// single client is active (its requests come one at a time, and a second reader asleep in
-    /// `read(2)` would only be woken by the kernel for each request the spinning one takes),
+    /// [`Server::add_reader`] or stop needs it; `false` if it did not park. Enough: one when one
+    /// reader serves the clients ([`Server::one_reader_serves`]: a lone client, whose requests
+    /// come one at a time, and a second reader asleep in `read(2)` would only be woken by the
+    /// kernel for each request the spinning one takes; or a few that a spinning reader serves),
     /// two otherwise. The decision and the count change are one compare-and-swap, so readers
     /// finishing together cannot all park. Under load requests are queued, nobody parks, and the
     /// pool keeps the readers the clients need.
     fn park_if_spare(&self, fd: BorrowedFd<'_>, word: &Arc<AtomicU32>) -> bool {
         let keep = self.readers_to_keep();
         let spare = |active: usize| active >= self.busy.load(Ordering::Acquire) + keep;
-        if !spare(self.active.load(Ordering::Acquire)) || readable_now(fd) {
-            return false;
-        }
         word.store(0, Ordering::Release);
-        {
-            let mut parked = self.parked();
-            let mut active = self.active.load(Ordering::Acquire);
-            loop {
-                if !spare(active) {
-                    return false;
-                }
-                match self.active.compare_exchange(
-                    active,
-                    active - 1,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => break,
-                    Err(now) => active = now,
-                }
-            }
-            parked.push(word.clone());
+        if !self.leave_active(fd, spare, |parked| parked.push(word.clone())) {
+            return false;
         }
         // Stop wakes every parked word after raising `stop`; a reader parked after that sees it.
         while word.load(Ordering::Acquire) == 0 && !self.stop.load(Ordering::Acquire) {
@@ -292,10 +291,152 @@ impl Server {
         true
     }
 
+    /// The calling reader leaves the active ones if `may_leave(active)` holds and no request is
+    /// waiting to be read: the check and the count change are one compare-and-swap, made
+    /// under the parked readers' lock, where `then` runs once it has left.
+    fn leave_active(
+        &self,
+        fd: BorrowedFd<'_>,
+        may_leave: impl Fn(usize) -> bool,
+        then: impl FnOnce(&mut Vec<Arc<AtomicU32>>),
+    ) -> bool {
+        if !may_leave(self.active.load(Ordering::Acquire)) || readable_now(fd) {
+            return false;
+        }
+        let mut parked = self.parked();
+        let mut active = self.active.load(Ordering::Acquire);
+        loop {
+            if !may_leave(active) {
+                return false;
+            }
+            match self.active.compare_exchange(
+                active,
+                active - 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(now) => active = now,
+            }
+        }
+        then(&mut parked);
+        true
+    }
+
+    /// With a few clients that one spinning reader serves ([`Server::one_reader_serves`]),
+    /// the calling free reader stands by, if none does yet and another active reader is free
+    /// (the spinner): out of `read(2)` and `poll(2)`, where every request would wake
+    /// it for nothing, it looks every [`STANDBY_PERIOD_NS`] whether the readers are held up:
+    /// no request taken in a whole period, every active reader busy, and one waiting. Then a
+    /// request is blocked outside the runtime (a std lock, I/O: no sleep hook runs) and holds
+    /// up the other clients: the standby reader takes over, active again, and reads (a few
+    /// clients' requests wait at most a period behind one that blocks so, as with a reader
+    /// free for them). A period with nothing taken and no reader busy: the clients are quiet,
+    /// it sleeps until the next request is taken ([`Server::serve`] wakes it). It leaves the
+    /// standby once the clients are one, or more than the CPUs, and goes back to reading (or
+    /// parks). `false` if it did not stand by.
+    fn stand_by(&self, fd: BorrowedFd<'_>) -> bool {
+        if !self.several_spin()
+            || self
+                .standby
+                .compare_exchange(
+                    STANDBY_NONE,
+                    STANDBY_WATCHING,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
+        {
+            return false;
+        }
+        let another_free = |active: usize| active >= self.busy.load(Ordering::Acquire) + 2;
+        if !self.leave_active(fd, another_free, |_| {}) {
+            self.standby.store(STANDBY_NONE, Ordering::Release);
+            return false;
+        }
+        let mut seen = self.serves.load(Ordering::Acquire);
+        while !self.stop.load(Ordering::Acquire) && self.several_spin() {
+            match self.standby.load(Ordering::Acquire) {
+                STANDBY_WATCHING => {
+                    let deadline = jiffies::monotonic_ns() + STANDBY_PERIOD_NS;
+                    while self.standby.load(Ordering::Acquire) == STANDBY_WATCHING
+                        && !self.stop.load(Ordering::Acquire)
+                        && jiffies::monotonic_ns() < deadline
+                    {
+                        futex::wait(&self.standby, STANDBY_WATCHING, Some(deadline));
+                    }
+                }
+                STANDBY_IDLE => futex::wait(&self.standby, STANDBY_IDLE, None),
+                _ => break, // stopping
+            }
+            let now = self.serves.load(Ordering::Acquire);
+            if now != seen {
+                seen = now;
+                continue;
+            }
+            let busy = self.busy.load(Ordering::Acquire);
+            if busy > 0 && busy >= self.active.load(Ordering::Acquire) && readable_now(fd) {
+                log::debug!(
+                    "a request waits while every reader is held up: the standby reader takes it"
+                );
+                break;
+            }
+            if busy == 0 {
+                // Quiet: asleep until a request is taken.
+                let _ = self.standby.compare_exchange(
+                    STANDBY_WATCHING,
+                    STANDBY_IDLE,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+        }
+        self.standby.store(STANDBY_NONE, Ordering::Release);
+        self.active.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    /// Wakes the standby reader if it sleeps (a request was taken) or when stopping.
+    fn wake_standby(&self, stopping: bool) {
+        let woken = if stopping {
+            self.standby.swap(STANDBY_NONE, Ordering::AcqRel) != STANDBY_NONE
+        } else {
+            self.standby.load(Ordering::Relaxed) == STANDBY_IDLE
+                && self
+                    .standby
+                    .compare_exchange(
+                        STANDBY_IDLE,
+                        STANDBY_WATCHING,
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+        };
+        if woken {
+            futex::wake(&self.standby, 1);
+        }
+    }
+
     /// Active readers to keep besides the busy ones, plus one (2 or 3): see
     /// [`Server::park_if_spare`].
     fn readers_to_keep(&self) -> usize {
-        if self.active_clients() <= 1 { 2 } else { 3 }
+        if self.one_reader_serves() { 2 } else { 3 }
+    }
+
+    /// Whether one free reader serves the clients: a lone client (its requests come one at a
+    /// time), or several, no more than the CPUs, while readers may spin (the spinning reader
+    /// takes each request as it comes, and one that comes while it is busy is read as soon as
+    /// it answers; another free reader would only wait in `poll(2)`, woken by every request
+    /// to find it taken).
+    fn one_reader_serves(&self) -> bool {
+        self.active_clients() <= 1 || self.several_spin()
+    }
+
+    /// Whether several clients are active, no more than the CPUs, and readers may spin: one
+    /// spinning reader serves them, and another stands by ([`Server::stand_by`]).
+    fn several_spin(&self) -> bool {
+        let clients = self.active_clients();
+        clients > 1 && self.can_spin() && clients <= self.cpus.load(Ordering::Relaxed)
     }
 
     /// Whether a free reader is spare now, so that [`Server::park_if_spare`] may park it (it
@@ -370,12 +511,13 @@ impl Server {
         }
     }
 
-    /// Wakes every parked reader (when stopping).
+    /// Wakes every parked reader, and the standby one (when stopping).
     fn unpark_all(&self) {
         for word in self.parked().drain(..) {
             word.store(1, Ordering::Release);
             futex::wake(&word, 1);
         }
+        self.wake_standby(true);
     }
 
     /// Whether spinning may be tried at all: a window, and a CPU besides the client's (on one
@@ -563,6 +705,10 @@ fn reader(server: &Arc<Server>) {
     while !server.stop.load(Ordering::Acquire) {
         // Nothing to read and two other readers free already: this one parks. With the kernel
         // waking waiting readers in turn (FIFO), fewer of them means warmer ones.
+        if answered && !spinner && server.stand_by(fd.as_fd()) {
+            answered = false;
+            continue;
+        }
         if answered && server.spare_now() {
             if spinner {
                 server.end_spin(fd.as_fd());
@@ -600,9 +746,14 @@ fn reader(server: &Arc<Server>) {
                 answered = true;
                 lone_nice = server.take_nice(server.active_clients() <= 1, lone_nice);
             }
-            // The fd is non-blocking because another reader spins: wait for a request.
+            // The fd is non-blocking because another reader spins: stand by or park if
+            // spare (the spinner takes the requests), else wait for a request.
             Err(Errno::EAGAIN) if server.nonblocking.load(Ordering::Acquire) => {
-                wait_readable(fd.as_fd());
+                if !(server.stand_by(fd.as_fd())
+                    || (server.spare_now() && server.park_if_spare(fd.as_fd(), &park)))
+                {
+                    wait_readable(fd.as_fd());
+                }
             }
             Err(Errno::EAGAIN | Errno::EINTR | Errno::ENOENT) => continue,
             Err(Errno::ENODEV | Errno::ECONNABORTED) => {
@@ -628,12 +779,17 @@ impl Server {
     /// the clock was read ([`Server::answered`]).
     fn serve(self: &Arc<Server>, req: &[u8]) -> Option<u64> {
         let busy = self.busy.fetch_add(1, Ordering::AcqRel) + 1;
-        // Every other active reader busy too? With several clients, another reader goes to
-        // wait for their next requests now. With one, its next request cannot come before this
-        // answer: another reader is called only if the file operation sleeps (the hook below),
-        // for other callers and the INTERRUPT of this call.
+        self.serves.fetch_add(1, Ordering::Release);
+        self.wake_standby(false);
+        // Every other active reader busy too? With several clients (more than the CPUs, or
+        // no spinning), another reader goes to wait for their next requests now. With one, its
+        // next request cannot come before this answer; with a few that a spinning reader
+        // serves, theirs wait for it (see `one_reader_serves`), and another reader is called
+        // only to stand by if none does. Then another reader is called only if the file
+        // operation sleeps (the hook below), for other callers and the INTERRUPT of this call.
         if busy >= self.active.load(Ordering::Acquire)
-            && self.active_clients() > 1
+            && (!self.one_reader_serves()
+                || (self.several_spin() && self.standby.load(Ordering::Acquire) == STANDBY_NONE))
             && let Err(e) = self.add_reader()
         {
             // The readers there are go on serving.

@@ -11,7 +11,7 @@ use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::init::{char_major_holder, parse_devnum};
-use super::pool::RECENT_CALLERS;
+use super::pool::{RECENT_CALLERS, STANDBY_NONE, STANDBY_PERIOD_NS};
 use super::{Config, Cuse, Device, Error, abi};
 use crate::cuse::abi::{
     CUSE_INIT, FUSE_INTERRUPT, FUSE_IOCTL, FUSE_OPEN, FUSE_POLL, FUSE_READ, FUSE_RELEASE,
@@ -525,22 +525,86 @@ fn a_lone_clients_requests_keep_the_pool_at_one_until_one_sleeps() {
     dev.stop();
 }
 
-#[test]
-fn with_two_clients_one_blocked_outside_the_runtime_does_not_hold_up_the_other() {
+/// Two clients' requests, alternating, one at a time (170..174), on a pool that may spin for
+/// them (`cpus` CPUs) or not.
+fn two_clients(cpus: usize) -> (Device, Kernel, Arc<Recorder>) {
     let (dev, k, rec) = start(8);
+    dev.server
+        .clone()
+        .unwrap()
+        .cpus
+        .store(cpus, Ordering::Relaxed);
     for unique in 170..174u64 {
         k.ioctl_from(1 + unique as u32 % 2, unique, 1, 0, 0x6b02, 0);
         assert_eq!(k.recv().0.unique, unique);
     }
-    // Client 2's request blocks outside the runtime: no sleep hook runs, yet client 1 is served,
-    // by the reader called when the request was taken.
-    let _held = Recorder::hold(&rec);
-    k.ioctl_from(2, 174, 1, 0, 0x6b65, 0);
-    rec.wait_calls(5);
-    k.ioctl_from(1, 175, 1, 0, 0x6b02, 0);
-    assert_eq!(k.recv().0.unique, 175);
-    rec.set_hold(false);
-    assert_eq!(k.recv().0.unique, 174);
+    (dev, k, rec)
+}
+
+#[test]
+fn with_two_clients_one_blocked_outside_the_runtime_does_not_hold_up_the_other() {
+    // Two CPUs: one spinning reader serves both clients, another stands by. One CPU: no
+    // spinning, a reader more is called when one takes a request.
+    for cpus in [2, 1] {
+        let (dev, k, rec) = two_clients(cpus);
+        let server = dev.server.clone().unwrap();
+        if cpus == 2 {
+            eventually("a reader standing by", || {
+                server.standby.load(Ordering::Acquire) != STANDBY_NONE
+            });
+        }
+        // Client 2's request blocks outside the runtime: no sleep hook runs, yet client 1 is
+        // served, by the reader standing by (or the one called when the request was taken),
+        // and goes on being served while client 2's stays blocked.
+        let _held = Recorder::hold(&rec);
+        k.ioctl_from(2, 174, 1, 0, 0x6b65, 0);
+        rec.wait_calls(5);
+        let t0 = Instant::now();
+        for unique in 175..185u64 {
+            k.ioctl_from(1, unique, 1, 0, 0x6b02, 0);
+            assert_eq!(k.recv().0.unique, unique, "{cpus} CPUs");
+        }
+        // Ten calls: the standby took over once (a period at most), not once a call.
+        assert!(
+            t0.elapsed() < Duration::from_nanos(5 * STANDBY_PERIOD_NS),
+            "{cpus} CPUs: {:?} for ten calls",
+            t0.elapsed()
+        );
+        rec.set_hold(false);
+        assert_eq!(k.recv().0.unique, 174, "{cpus} CPUs");
+        dev.stop();
+    }
+}
+
+#[test]
+fn a_few_clients_that_a_spinning_reader_serves_keep_one_reader_active_and_one_standing_by() {
+    let (dev, k, _) = two_clients(2);
+    let server = dev.server.clone().unwrap();
+    for unique in 200..300u64 {
+        k.ioctl_from(1 + unique as u32 % 2, unique, 1, 0, 0x6b02, 0);
+        assert_eq!(k.recv().0.unique, unique);
+    }
+    // No reader waits in poll(2) beside the spinning one (each request would wake it).
+    eventually("one active reader, one standing by", || {
+        server.active.load(Ordering::Acquire) == 1
+            && server.standby.load(Ordering::Acquire) != STANDBY_NONE
+    });
+    // Quiet: the standby reader goes to sleep until the next request (no wake-ups when idle).
+    eventually("the standby reader asleep", || {
+        server.standby.load(Ordering::Acquire) == super::pool::STANDBY_IDLE
+    });
+    // A request wakes it to watch again, and is served.
+    k.ioctl_from(1, 300, 1, 0, 0x6b02, 0);
+    assert_eq!(k.recv().0.unique, 300);
+    // Three clients on two CPUs: no spinning, readers as many as they need; the standby
+    // reader goes back to reading.
+    for unique in 301..340u64 {
+        k.ioctl_from(1 + unique as u32 % 3, unique, 1, 0, 0x6b02, 0);
+        assert_eq!(k.recv().0.unique, unique);
+    }
+    eventually("no reader standing by", || {
+        server.standby.load(Ordering::Acquire) == STANDBY_NONE
+    });
     dev.stop();
 }
 
