@@ -5,15 +5,21 @@
 //! and [`super::spin`]).
 //!
 //! How many readers wait for requests follows the clients, as the kernel's workqueue pools follow
-//! their work items' concurrency. With several clients active, a reader taking a request while no
-//! other is free calls one more, so that someone always waits for the next. With one client (one
-//! caller among the last requests), whose requests come one at a time, the single free reader
-//! takes the request and no other waits meanwhile: a second reader asleep in `read(2)` would be
-//! woken by the kernel for every request, only to find it taken. Another reader is called when a
-//! file operation sleeps in the runtime (the scheduler's sleep hook,
-//! [`crate::kernel::sched`]): for the other callers, and for the kernel's INTERRUPT of this call.
-//! A file operation that blocks outside the runtime (a std lock, I/O) keeps the device for itself
-//! meanwhile, as a driver blocked uninterruptibly does.
+//! their work items' concurrency. With several clients active (more than the CPUs, or where no
+//! reader spins), a reader taking a request while no other is free calls one more, so that
+//! someone always waits for the next. With one client (one caller among the last requests),
+//! whose requests come one at a time, the single free reader takes the request and no other
+//! waits meanwhile: a second reader asleep in `read(2)` would be woken by the kernel for every
+//! request, only to find it taken. So with a few clients, no more than the CPUs, that one
+//! spinning reader serves: the others would wait in `poll(2)` (the fd is non-blocking while a
+//! reader spins), woken by every request; a request that comes while the spinner is busy is
+//! read as soon as it answers (two clients on two vCPUs: 2.5x the calls of a pool that kept a
+//! reader free for them). Another reader is called when a file operation sleeps in the runtime
+//! (the scheduler's sleep hook, [`crate::kernel::sched`]): for the other callers, and for the
+//! kernel's INTERRUPT of this call. A file operation that blocks outside the runtime (a std
+//! lock, I/O) keeps a lone client's device for itself meanwhile, as a driver blocked
+//! uninterruptibly does; with a few clients, a standby reader takes over within 20 ms
+//! ([`Server::stand_by`]), so one client blocked so does not hold up the others.
 //!
 //! Once the connection is up the fd is blocking and every reader sleeps in `read(2)`, as libfuse's
 //! workers do: the kernel queues the readers exclusively (`fuse_dev_do_read`), so a request wakes
@@ -672,7 +678,8 @@ fn unblock(sig: i32) -> Result<(), Errno> {
 ///
 /// The fd is non-blocking while a reader spins ([`Server::begin_spin`]), blocking again when it
 /// stops ([`Server::end_spin`]): one `fcntl` each way, not one per request while the client
-/// keeps asking. Another reader that finds nothing meanwhile waits in `poll(2)` and reads again.
+/// keeps asking. Another reader that finds nothing meanwhile stands by or parks if it is not
+/// needed ([`Server::one_reader_serves`]), else waits in `poll(2)` and reads again.
 ///
 /// Spinning is not tried while other readers are busy with requests (the next request is likely
 /// queued already), nor while more clients are active (distinct callers among the last 8
