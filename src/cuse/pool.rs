@@ -62,6 +62,12 @@ struct ReaderNice {
 /// How many of the last requests' callers are remembered (to count the active clients).
 pub(super) const RECENT_CALLERS: usize = 8;
 
+/// Requests in a row that must count several clients, no more than the CPUs, before one
+/// spinning reader serves them ([`Server::several_spin`]): with more clients than CPUs the
+/// last [`RECENT_CALLERS`] requests come from two of them now and then (one in eight requests
+/// with four clients on two vCPUs), and each time the pool would shrink to one reader.
+pub(super) const FEW_CLIENTS_STREAK: u32 = 64;
+
 /// No reader stands by ([`Server::stand_by`]).
 pub(super) const STANDBY_NONE: u32 = 0;
 /// A reader stands by, looking every [`STANDBY_PERIOD_NS`] whether the readers are held up.
@@ -101,6 +107,9 @@ pub(super) struct Server {
     /// Distinct callers among them, counted when a caller is noted: read several times a
     /// request, counted once.
     clients: AtomicUsize,
+    /// Requests in a row noted with several clients, no more than the CPUs (see
+    /// [`FEW_CLIENTS_STREAK`]).
+    few_streak: AtomicU32,
     /// CPUs this process may run on (a test may change it).
     pub(super) cpus: AtomicUsize,
     /// Set by [`Device::stop`](super::Device::stop): readers leave when they see it.
@@ -181,6 +190,7 @@ impl Server {
             recent_callers: [const { AtomicU32::new(0) }; RECENT_CALLERS],
             recent_next: AtomicUsize::new(0),
             clients: AtomicUsize::new(0),
+            few_streak: AtomicU32::new(0),
             cpus: AtomicUsize::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
             stop: AtomicBool::new(false),
             gone,
@@ -438,11 +448,11 @@ impl Server {
         self.active_clients() <= 1 || self.several_spin()
     }
 
-    /// Whether several clients are active, no more than the CPUs, and readers may spin: one
-    /// spinning reader serves them, and another stands by ([`Server::stand_by`]).
+    /// Whether several clients are active, no more than the CPUs (in each of the last
+    /// [`FEW_CLIENTS_STREAK`] requests), and readers may spin: one spinning reader serves
+    /// them, and another stands by ([`Server::stand_by`]).
     fn several_spin(&self) -> bool {
-        let clients = self.active_clients();
-        clients > 1 && self.can_spin() && clients <= self.cpus.load(Ordering::Relaxed)
+        self.few_streak.load(Ordering::Relaxed) >= FEW_CLIENTS_STREAK && self.can_spin()
     }
 
     /// Whether a free reader is spare now, so that [`Server::park_if_spare`] may park it (it
@@ -577,7 +587,16 @@ impl Server {
     pub(super) fn note_caller(&self, tid: u32) {
         let i = self.recent_next.fetch_add(1, Ordering::Relaxed) % RECENT_CALLERS;
         self.recent_callers[i].store(tid, Ordering::Relaxed);
-        self.clients.store(self.count_clients(), Ordering::Relaxed);
+        let clients = self.count_clients();
+        self.clients.store(clients, Ordering::Relaxed);
+        if clients > 1 && clients <= self.cpus.load(Ordering::Relaxed) {
+            let streak = self.few_streak.load(Ordering::Relaxed);
+            if streak < FEW_CLIENTS_STREAK {
+                self.few_streak.store(streak + 1, Ordering::Relaxed);
+            }
+        } else {
+            self.few_streak.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Distinct callers among the last requests (as counted at the last request).
@@ -753,11 +772,12 @@ fn reader(server: &Arc<Server>) {
                 answered = true;
                 lone_nice = server.take_nice(server.active_clients() <= 1, lone_nice);
             }
-            // The fd is non-blocking because another reader spins: stand by or park if
-            // spare (the spinner takes the requests), else wait for a request.
+            // The fd is non-blocking because another reader spins: with a few clients, stand
+            // by or park if spare (the spinner takes their requests), else wait for a request.
             Err(Errno::EAGAIN) if server.nonblocking.load(Ordering::Acquire) => {
-                if !(server.stand_by(fd.as_fd())
-                    || (server.spare_now() && server.park_if_spare(fd.as_fd(), &park)))
+                if !(server.several_spin()
+                    && (server.stand_by(fd.as_fd())
+                        || (server.spare_now() && server.park_if_spare(fd.as_fd(), &park))))
                 {
                     wait_readable(fd.as_fd());
                 }

@@ -11,7 +11,7 @@ use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::init::{char_major_holder, parse_devnum};
-use super::pool::{RECENT_CALLERS, STANDBY_NONE, STANDBY_PERIOD_NS};
+use super::pool::{FEW_CLIENTS_STREAK, RECENT_CALLERS, STANDBY_NONE, STANDBY_PERIOD_NS};
 use super::{Config, Cuse, Device, Error, abi};
 use crate::cuse::abi::{
     CUSE_INIT, FUSE_INTERRUPT, FUSE_IOCTL, FUSE_OPEN, FUSE_POLL, FUSE_READ, FUSE_RELEASE,
@@ -525,8 +525,8 @@ fn a_lone_clients_requests_keep_the_pool_at_one_until_one_sleeps() {
     dev.stop();
 }
 
-/// Two clients' requests, alternating, one at a time (170..174), on a pool that may spin for
-/// them (`cpus` CPUs) or not.
+/// Two clients' requests, alternating, one at a time (1000 and on, enough to count as a few
+/// clients), on a pool that may spin for them (`cpus` CPUs) or not.
 fn two_clients(cpus: usize) -> (Device, Kernel, Arc<Recorder>) {
     let (dev, k, rec) = start(8);
     dev.server
@@ -534,7 +534,7 @@ fn two_clients(cpus: usize) -> (Device, Kernel, Arc<Recorder>) {
         .unwrap()
         .cpus
         .store(cpus, Ordering::Relaxed);
-    for unique in 170..174u64 {
+    for unique in 1000..1008 + u64::from(FEW_CLIENTS_STREAK) {
         k.ioctl_from(1 + unique as u32 % 2, unique, 1, 0, 0x6b02, 0);
         assert_eq!(k.recv().0.unique, unique);
     }
@@ -549,8 +549,8 @@ fn with_two_clients_one_blocked_outside_the_runtime_does_not_hold_up_the_other()
         let (dev, k, rec) = two_clients(cpus);
         let server = dev.server.clone().unwrap();
         if cpus == 2 {
-            eventually("a reader standing by", || {
-                server.standby.load(Ordering::Acquire) != STANDBY_NONE
+            serve_until(&k, "one active reader, one standing by", || {
+                one_active_one_standing_by(&server)
             });
         }
         // Client 2's request blocks outside the runtime: no sleep hook runs, yet client 1 is
@@ -576,18 +576,34 @@ fn with_two_clients_one_blocked_outside_the_runtime_does_not_hold_up_the_other()
     }
 }
 
+/// Whether the pool has one active reader and one standing by.
+fn one_active_one_standing_by(server: &super::pool::Server) -> bool {
+    server.active.load(Ordering::Acquire) == 1
+        && server.standby.load(Ordering::Acquire) != STANDBY_NONE
+}
+
+/// Two clients' requests, alternating, one at a time (2000 and on), until `cond` holds (at
+/// most 1,000 of them).
+fn serve_until(k: &Kernel, what: &str, mut cond: impl FnMut() -> bool) {
+    for unique in 2000..3000u64 {
+        if cond() {
+            return;
+        }
+        k.ioctl_from(1 + unique as u32 % 2, unique, 1, 0, 0x6b02, 0);
+        assert_eq!(k.recv().0.unique, unique);
+    }
+    assert!(cond(), "{what}: not reached in 1,000 requests");
+}
+
 #[test]
 fn a_few_clients_that_a_spinning_reader_serves_keep_one_reader_active_and_one_standing_by() {
     let (dev, k, _) = two_clients(2);
     let server = dev.server.clone().unwrap();
-    for unique in 200..300u64 {
-        k.ioctl_from(1 + unique as u32 % 2, unique, 1, 0, 0x6b02, 0);
-        assert_eq!(k.recv().0.unique, unique);
-    }
-    // No reader waits in poll(2) beside the spinning one (each request would wake it).
-    eventually("one active reader, one standing by", || {
-        server.active.load(Ordering::Acquire) == 1
-            && server.standby.load(Ordering::Acquire) != STANDBY_NONE
+    // No reader waits in poll(2) beside the spinning one (each request would wake it): a
+    // reader found there when the clients stop stands by at the next request that finds it
+    // taken, or parks.
+    serve_until(&k, "one active reader, one standing by", || {
+        one_active_one_standing_by(&server)
     });
     // Quiet: the standby reader goes to sleep until the next request (no wake-ups when idle).
     eventually("the standby reader asleep", || {
