@@ -62,10 +62,11 @@ struct ReaderNice {
 /// How many of the last requests' callers are remembered (to count the active clients).
 pub(super) const RECENT_CALLERS: usize = 8;
 
-/// Requests in a row that must count several clients, no more than the CPUs, before one
-/// spinning reader serves them ([`Server::several_spin`]): with more clients than CPUs the
-/// last [`RECENT_CALLERS`] requests come from two of them now and then (one in eight requests
-/// with four clients on two vCPUs), and each time the pool would shrink to one reader.
+/// Requests that must count several clients, no more than the CPUs, with none counting more
+/// in between, before one spinning reader serves them ([`Server::several_spin`]): with more
+/// clients than CPUs the last [`RECENT_CALLERS`] requests come from two of them now and then
+/// (one in eight requests with four clients on two vCPUs), and each time the pool would
+/// shrink to one reader.
 pub(super) const FEW_CLIENTS_STREAK: u32 = 64;
 
 /// No reader stands by ([`Server::stand_by`]).
@@ -448,9 +449,9 @@ impl Server {
         self.active_clients() <= 1 || self.several_spin()
     }
 
-    /// Whether several clients are active, no more than the CPUs (in each of the last
-    /// [`FEW_CLIENTS_STREAK`] requests), and readers may spin: one spinning reader serves
-    /// them, and another stands by ([`Server::stand_by`]).
+    /// Whether several clients are active, no more than the CPUs (counted so by
+    /// [`FEW_CLIENTS_STREAK`] requests, none counting more since), and readers may spin: one
+    /// spinning reader serves them, and another stands by ([`Server::stand_by`]).
     fn several_spin(&self) -> bool {
         self.few_streak.load(Ordering::Relaxed) >= FEW_CLIENTS_STREAK && self.can_spin()
     }
@@ -589,13 +590,15 @@ impl Server {
         self.recent_callers[i].store(tid, Ordering::Relaxed);
         let clients = self.count_clients();
         self.clients.store(clients, Ordering::Relaxed);
-        if clients > 1 && clients <= self.cpus.load(Ordering::Relaxed) {
+        // More clients than CPUs end a streak; one (the others quiet for a few requests)
+        // neither ends nor extends it.
+        if clients > self.cpus.load(Ordering::Relaxed) {
+            self.few_streak.store(0, Ordering::Relaxed);
+        } else if clients > 1 {
             let streak = self.few_streak.load(Ordering::Relaxed);
             if streak < FEW_CLIENTS_STREAK {
                 self.few_streak.store(streak + 1, Ordering::Relaxed);
             }
-        } else {
-            self.few_streak.store(0, Ordering::Relaxed);
         }
     }
 
