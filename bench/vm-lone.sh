@@ -1,7 +1,8 @@
 #!/bin/sh
 # Runs INSIDE the VM (busybox sh), through scripts/vm:
 #   SERVERS='NAME:COMMAND;NAME:COMMAND;spin:' sh vm-lone.sh [CALLS] [ROUNDS]
-# A quick side-by-side of servers for a lone client (THREADS=N in the environment: N clients):
+# A quick side-by-side of servers for a lone client (THREADS=N in the environment: N clients;
+# THREADS="2 4": each server runs 2 then 4 clients in every round, the runs named NAME-t2, NAME-t4):
 # each server NAME is started with COMMAND (which must serve /dev/NAME), then ROUNDS rounds of
 # CALLS CANCEL ioctls each, the servers alternating their order every round. The name `spin`
 # (no command) is the spinning floor (bench/cuse_floor spin), started for its own runs only: it
@@ -34,7 +35,10 @@ while [ $r -lt $ROUNDS ]; do
 		W=$(floor_work $n)
 		if [ -n "$W" ]; then cuse_floor spin $n $W >/dev/null 2>&1 & SP=$!; wait_node $n; fi
 		c0=$(ctxt)
-		echo "LAT $n $(ioctl_bench /dev/$n 0x6b02 $CALLS ${THREADS:-1} | sed 's/,"cdf_us.*//')}"
+		for T in ${THREADS:-1}; do
+			N=$n; [ "$T" = "${THREADS:-1}" ] || N=$n-t$T
+			echo "LAT $N $(ioctl_bench /dev/$n 0x6b02 $CALLS $T | sed 's/,"cdf_us.*//')}"
+		done
 		echo "CTXT $n $(( ($(ctxt) - c0) * 100 / CALLS ))"
 		if [ -n "$W" ]; then kill $SP; wait $SP 2>/dev/null; while [ -e /dev/$n ]; do sleep 0.05; done; fi
 	done
