@@ -48,6 +48,7 @@ use super::spin::{Pace, SpinPolicy};
 use crate::kernel::fs::FileOperations;
 use crate::kernel::jiffies;
 use crate::kernel::sched::{self, SleepHook};
+use crate::kernel::sync::ring::Doorbell;
 use crate::sys::{futex, io, prio};
 
 /// The two nice values of a reader ([`Server::reader_nice`]).
@@ -71,10 +72,9 @@ pub(super) const FEW_CLIENTS_STREAK: u32 = 64;
 
 /// No reader stands by ([`Server::stand_by`]).
 pub(super) const STANDBY_NONE: u32 = 0;
-/// A reader stands by, looking every [`STANDBY_PERIOD_NS`] whether the readers are held up.
-pub(super) const STANDBY_WATCHING: u32 = 1;
-/// A reader stands by, asleep until the next request is taken (the device was quiet).
-pub(super) const STANDBY_IDLE: u32 = 2;
+/// A reader stands by: looking every [`STANDBY_PERIOD_NS`] whether the readers are held up,
+/// or asleep on [`Server::taken`] while the device is quiet.
+pub(super) const STANDBY_ON: u32 = 1;
 /// How often the standby reader looks: 5 jiffies (20 ms), the longest a request of one client
 /// waits behind another client's request blocked outside the runtime while a spinning reader
 /// serves them; 50 wake-ups a second while clients are active, none once they are gone.
@@ -129,10 +129,12 @@ pub(super) struct Server {
     pub(super) busy: AtomicUsize,
     /// Parked readers, the most recently parked last; each waits on its own futex word.
     parked: Mutex<Vec<Arc<AtomicU32>>>,
-    /// The standby reader's state, a futex word (`STANDBY_*`; see [`Server::stand_by`]).
+    /// Whether a reader stands by, a futex word (`STANDBY_*`; see [`Server::stand_by`]).
     pub(super) standby: AtomicU32,
-    /// Requests taken so far (the standby reader sees from it whether the readers move).
-    serves: AtomicU64,
+    /// Rung at every request taken: the standby reader sees from its count whether the
+    /// readers move, and sleeps on it while the device is quiet (the console's doorbell, whose
+    /// handshake the loom models check).
+    pub(super) taken: Doorbell,
     /// The readers' nice values, if they differ: the daemon's, and a lone client's reader's
     /// ([`Config::reader_nice`] from the daemon's).
     reader_nice: Option<ReaderNice>,
@@ -202,7 +204,7 @@ impl Server {
             busy: AtomicUsize::new(0),
             parked: Mutex::new(Vec::new()),
             standby: AtomicU32::new(STANDBY_NONE),
-            serves: AtomicU64::new(0),
+            taken: Doorbell::new(),
             reader_nice,
             nice_refused: AtomicBool::new(false),
             readers: Mutex::new(Vec::with_capacity(config.threads)),
@@ -349,7 +351,7 @@ impl Server {
     /// up the other clients: the standby reader takes over, active again, and reads (a few
     /// clients' requests wait at most a period behind one that blocks so, as with a reader
     /// free for them). A period with nothing taken and no reader busy: the clients are quiet,
-    /// it sleeps until the next request is taken ([`Server::serve`] wakes it). It leaves the
+    /// it sleeps until the next request is taken ([`Server::serve`] rings [`Server::taken`]). It leaves the
     /// standby once the clients are one, or more than the CPUs, and goes back to reading (or
     /// parks). `false` if it did not stand by.
     fn stand_by(&self, fd: BorrowedFd<'_>) -> bool {
@@ -358,7 +360,7 @@ impl Server {
                 .standby
                 .compare_exchange(
                     STANDBY_NONE,
-                    STANDBY_WATCHING,
+                    STANDBY_ON,
                     Ordering::AcqRel,
                     Ordering::Acquire,
                 )
@@ -371,22 +373,14 @@ impl Server {
             self.standby.store(STANDBY_NONE, Ordering::Release);
             return false;
         }
-        let mut seen = self.serves.load(Ordering::Acquire);
-        while !self.stop.load(Ordering::Acquire) && self.several_spin() {
-            match self.standby.load(Ordering::Acquire) {
-                STANDBY_WATCHING => {
-                    let deadline = jiffies::monotonic_ns() + STANDBY_PERIOD_NS;
-                    while self.standby.load(Ordering::Acquire) == STANDBY_WATCHING
-                        && !self.stop.load(Ordering::Acquire)
-                        && jiffies::monotonic_ns() < deadline
-                    {
-                        futex::wait(&self.standby, STANDBY_WATCHING, Some(deadline));
-                    }
-                }
-                STANDBY_IDLE => futex::wait(&self.standby, STANDBY_IDLE, None),
-                _ => break, // stopping
+        let mut seen = self.taken.seen();
+        while self.watching() {
+            // A period (stopping clears the word and wakes it).
+            let deadline = jiffies::monotonic_ns() + STANDBY_PERIOD_NS;
+            while self.watching() && jiffies::monotonic_ns() < deadline {
+                futex::wait(&self.standby, STANDBY_ON, Some(deadline));
             }
-            let now = self.serves.load(Ordering::Acquire);
+            let now = self.taken.seen();
             if now != seen {
                 seen = now;
                 continue;
@@ -398,14 +392,11 @@ impl Server {
                 );
                 break;
             }
-            if busy == 0 {
-                // Quiet: asleep until a request is taken.
-                let _ = self.standby.compare_exchange(
-                    STANDBY_WATCHING,
-                    STANDBY_IDLE,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
+            if busy == 0 && self.watching() {
+                // Quiet: asleep until a request is taken (at once if one was since `seen`: a
+                // reader counts itself busy before it rings).
+                self.taken.sleep(seen);
+                seen = self.taken.seen();
             }
         }
         self.standby.store(STANDBY_NONE, Ordering::Release);
@@ -413,25 +404,11 @@ impl Server {
         true
     }
 
-    /// Wakes the standby reader if it sleeps (a request was taken) or when stopping.
-    fn wake_standby(&self, stopping: bool) {
-        let woken = if stopping {
-            self.standby.swap(STANDBY_NONE, Ordering::AcqRel) != STANDBY_NONE
-        } else {
-            self.standby.load(Ordering::Relaxed) == STANDBY_IDLE
-                && self
-                    .standby
-                    .compare_exchange(
-                        STANDBY_IDLE,
-                        STANDBY_WATCHING,
-                        Ordering::AcqRel,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok()
-        };
-        if woken {
-            futex::wake(&self.standby, 1);
-        }
+    /// Whether the standby reader goes on standing by: not stopping, and still a few clients.
+    fn watching(&self) -> bool {
+        !self.stop.load(Ordering::Acquire)
+            && self.standby.load(Ordering::Acquire) == STANDBY_ON
+            && self.several_spin()
     }
 
     /// Active readers to keep besides the busy ones, plus one (2 or 3): see
@@ -534,7 +511,10 @@ impl Server {
             word.store(1, Ordering::Release);
             futex::wake(&word, 1);
         }
-        self.wake_standby(true);
+        // The standby reader: out of its period's wait, and of its sleep.
+        self.standby.store(STANDBY_NONE, Ordering::Release);
+        futex::wake(&self.standby, i32::MAX);
+        self.taken.ring();
     }
 
     /// Whether spinning may be tried at all: a window, and a CPU besides the client's (on one
@@ -809,8 +789,7 @@ impl Server {
     /// the clock was read ([`Server::answered`]).
     fn serve(self: &Arc<Server>, req: &[u8]) -> Option<u64> {
         let busy = self.busy.fetch_add(1, Ordering::AcqRel) + 1;
-        self.serves.fetch_add(1, Ordering::Release);
-        self.wake_standby(false);
+        self.taken.ring();
         // Every other active reader busy too? With several clients (more than the CPUs, or
         // no spinning), another reader goes to wait for their next requests now. With one, its
         // next request cannot come before this answer; with a few that a spinning reader

@@ -247,6 +247,11 @@ impl Doorbell {
         self.count.load(Ordering::SeqCst)
     }
 
+    /// Whether the consumer sleeps on the bell now (or is about to).
+    pub fn sleeping(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) != 0
+    }
+
     /// Consumer side: sleeps unless the bell rang since [`seen`](Self::seen) returned `seen`.
     /// Process context.
     pub fn sleep(&self, seen: u32) {
