@@ -789,7 +789,11 @@ impl Server {
     /// the clock was read ([`Server::answered`]).
     fn serve(self: &Arc<Server>, req: &[u8]) -> Option<u64> {
         let busy = self.busy.fetch_add(1, Ordering::AcqRel) + 1;
-        self.taken.ring();
+        // For the standby reader, if there is one (one that stands by from now on reads the
+        // count after this load: it misses nothing it needs).
+        if self.standby.load(Ordering::Acquire) != STANDBY_NONE {
+            self.taken.ring();
+        }
         // Every other active reader busy too? With several clients (more than the CPUs, or
         // no spinning), another reader goes to wait for their next requests now. With one, its
         // next request cannot come before this answer; with a few that a spinning reader
