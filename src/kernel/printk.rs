@@ -396,12 +396,9 @@ impl LineOut for BatchLine<'_> {
 /// Returns false if the ring was full (the line is counted as dropped).
 pub fn push(level: Level, ts_ns: u64, text: &[u8]) -> bool {
     push_record(|r| {
-        let n = text.len().min(LINE_MAX);
         r.level = level as u8;
         r.ts_ns = ts_ns;
-        r.template = None;
-        r.len = n as u16;
-        r.text[..n].copy_from_slice(&text[..n]);
+        r.set_text(text);
     })
 }
 
@@ -466,16 +463,21 @@ pub fn printk_args(level: Level, template: &'static [args::Piece], vals: &[args:
                 // The arguments do not fit encoded: the line is made here (and cut, as any).
                 let mut line = LineBuf::new();
                 args::format_vals(template, vals, &mut line);
-                let text = line.line();
-                r.template = None;
-                r.len = text.len() as u16;
-                r.text[..text.len()].copy_from_slice(text);
+                r.set_text(line.line());
             }
         }
     });
 }
 
 impl ring::Record {
+    /// Makes `text` (cut at [`LINE_MAX`]) the record's message.
+    fn set_text(&mut self, text: &[u8]) {
+        let n = text.len().min(LINE_MAX);
+        self.template = None;
+        self.len = n as u16;
+        self.text[..n].copy_from_slice(&text[..n]);
+    }
+
     /// Writes the record's message: its text, or its template filled with its arguments.
     /// Async-signal-safe into a [`LineBuf`] (no `core::fmt`, no allocation): the panic path
     /// uses it.

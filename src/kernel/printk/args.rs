@@ -113,7 +113,7 @@ pub use crate::kernel::sync::ring::Piece;
 
 /// What `fmt[i..]` starts with: a hole `{}`, an escaped brace (`{{`, `}}`), a lone brace (the
 /// string is not simple), or plain text.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum At {
     Hole,
     Escape,
@@ -182,8 +182,8 @@ pub const fn pieces<const N: usize>(fmt: &'static str) -> [Piece; N] {
     let (mut i, mut from, mut k) = (0, 0, 0);
     while i < b.len() {
         match at(b, i) {
-            At::Hole | At::Escape => {
-                let hole = matches!(at(b, i), At::Hole);
+            kind @ (At::Hole | At::Escape) => {
+                let hole = matches!(kind, At::Hole);
                 out[k] = Piece {
                     text: substr(fmt, from, if hole { i } else { i + 1 }),
                     hole,
@@ -236,56 +236,45 @@ impl fmt::Write for Slice<'_> {
     }
 }
 
+/// Appends `parts` to `out` at `at` (advancing it), if they all fit.
+fn put(out: &mut [u8], at: &mut usize, parts: &[&[u8]]) -> Option<()> {
+    let len = parts.iter().map(|p| p.len()).sum::<usize>();
+    let dst = out.get_mut(*at..*at + len)?;
+    let mut i = 0;
+    for p in parts {
+        dst[i..i + p.len()].copy_from_slice(p);
+        i += p.len();
+    }
+    *at += len;
+    Some(())
+}
+
 /// Encodes `vals` into `out`; the bytes used, or `None` if they do not fit (or one is
 /// [`Val::Unsupported`]).
 pub(super) fn encode(vals: &[Val<'_>], out: &mut [u8]) -> Option<usize> {
     let mut at = 0;
     for v in vals {
-        let (tag, room) = (at, out.len().checked_sub(at + 1)?);
-        at += 1;
         match v {
-            Val::U(n) => {
-                out[tag] = TAG_U;
-                out.get_mut(at..at + 8)?.copy_from_slice(&n.to_le_bytes());
-                at += 8;
-            }
-            Val::I(n) => {
-                out[tag] = TAG_I;
-                out.get_mut(at..at + 8)?.copy_from_slice(&n.to_le_bytes());
-                at += 8;
-            }
-            Val::Bool(b) => {
-                out[tag] = TAG_BOOL;
-                *out.get_mut(at)? = u8::from(*b);
-                at += 1;
-            }
-            Val::Char(c) => {
-                out[tag] = TAG_CHAR;
-                out.get_mut(at..at + 4)?
-                    .copy_from_slice(&u32::from(*c).to_le_bytes());
-                at += 4;
-            }
+            Val::U(n) => put(out, &mut at, &[&[TAG_U], &n.to_le_bytes()])?,
+            Val::I(n) => put(out, &mut at, &[&[TAG_I], &n.to_le_bytes()])?,
+            Val::Bool(b) => put(out, &mut at, &[&[TAG_BOOL, u8::from(*b)]])?,
+            Val::Char(c) => put(out, &mut at, &[&[TAG_CHAR], &u32::from(*c).to_le_bytes()])?,
             Val::Str(s) => {
-                let n = u8::try_from(s.len())
-                    .ok()
-                    .filter(|&n| usize::from(n) < room)?;
-                out[tag] = TAG_STR;
-                out[at] = n;
-                out[at + 1..at + 1 + s.len()].copy_from_slice(s.as_bytes());
-                at += 1 + s.len();
+                let n = u8::try_from(s.len()).ok()?;
+                put(out, &mut at, &[&[TAG_STR, n], s.as_bytes()])?;
             }
             Val::Display(d) => {
-                out[tag] = TAG_STR;
-                let len_at = at;
-                let end = out.len().min(len_at + 1 + usize::from(u8::MAX));
+                // Formatted in place, after the tag and the length byte.
+                let body = at + 2;
+                let end = out.len().min(body + usize::from(u8::MAX));
                 let mut w = Slice {
-                    out: out.get_mut(len_at + 1..end)?,
+                    out: out.get_mut(body..end)?,
                     len: 0,
                 };
                 write!(w, "{d}").ok()?;
                 let n = w.len;
-                out[len_at] = n as u8;
-                at += 1 + n;
+                put(out, &mut at, &[&[TAG_STR, n as u8]])?;
+                at += n;
             }
             Val::Unsupported => return None,
         }
