@@ -361,7 +361,7 @@ impl Server {
                 .compare_exchange(
                     STANDBY_NONE,
                     STANDBY_ON,
-                    Ordering::AcqRel,
+                    Ordering::SeqCst,
                     Ordering::Acquire,
                 )
                 .is_err()
@@ -385,7 +385,8 @@ impl Server {
                 seen = now;
                 continue;
             }
-            let busy = self.busy.load(Ordering::Acquire);
+            // SeqCst, against the one in `serve` (see there).
+            let busy = self.busy.load(Ordering::SeqCst);
             if busy > 0 && busy >= self.active.load(Ordering::Acquire) && readable_now(fd) {
                 log::debug!(
                     "a request waits while every reader is held up: the standby reader takes it"
@@ -712,12 +713,13 @@ fn reader(server: &Arc<Server>) {
     let mut spinner = false;
     let park = Arc::new(AtomicU32::new(0));
     while !server.stop.load(Ordering::Acquire) {
-        // Nothing to read and two other readers free already: this one parks. With the kernel
-        // waking waiting readers in turn (FIFO), fewer of them means warmer ones.
+        // A few clients that the spinning reader serves: this one stands by, if none does.
         if answered && !spinner && server.stand_by(fd.as_fd()) {
             answered = false;
             continue;
         }
+        // Nothing to read and two other readers free already: this one parks. With the kernel
+        // waking waiting readers in turn (FIFO), fewer of them means warmer ones.
         if answered && server.spare_now() {
             if spinner {
                 server.end_spin(fd.as_fd());
@@ -788,10 +790,12 @@ impl Server {
     /// Runs one request read by a reader, to its answer; returns the time of the answer if
     /// the clock was read ([`Server::answered`]).
     fn serve(self: &Arc<Server>, req: &[u8]) -> Option<u64> {
-        let busy = self.busy.fetch_add(1, Ordering::AcqRel) + 1;
-        // For the standby reader, if there is one (one that stands by from now on reads the
-        // count after this load: it misses nothing it needs).
-        if self.standby.load(Ordering::Acquire) != STANDBY_NONE {
+        // The doorbell rings for the standby reader only while one stands by. The two SeqCst
+        // pairs (here: the busy count, then the standby word; in `stand_by`: the standby word,
+        // then later the busy count) order them: either this load sees the reader standing by
+        // and rings, or that reader sees this request busy and does not go to sleep.
+        let busy = self.busy.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.standby.load(Ordering::SeqCst) != STANDBY_NONE {
             self.taken.ring();
         }
         // Every other active reader busy too? With several clients (more than the CPUs, or
