@@ -157,6 +157,15 @@ impl Kernel {
         });
         self.send_from(pid, FUSE_IOCTL, unique, &body);
     }
+    /// The default client calls CANCEL as request `unique`, and it is answered.
+    fn cancel(&self, unique: u64) {
+        self.cancel_from(1234, unique);
+    }
+    /// Client `pid` calls CANCEL as request `unique`, and it is answered.
+    fn cancel_from(&self, pid: u32, unique: u64) {
+        self.ioctl_from(pid, unique, 1, 0, 0x6b02, 0);
+        assert_eq!(self.recv().0.unique, unique, "client {pid}");
+    }
 }
 
 fn start(threads: usize) -> (Device, Kernel, Arc<Recorder>) {
@@ -535,8 +544,7 @@ fn two_clients(cpus: usize) -> (Device, Kernel, Arc<Recorder>) {
         .cpus
         .store(cpus, Ordering::Relaxed);
     for unique in 1000..1008 + u64::from(FEW_CLIENTS_STREAK) {
-        k.ioctl_from(1 + unique as u32 % 2, unique, 1, 0, 0x6b02, 0);
-        assert_eq!(k.recv().0.unique, unique);
+        k.cancel_from(1 + unique as u32 % 2, unique);
     }
     (dev, k, rec)
 }
@@ -561,8 +569,7 @@ fn with_two_clients_one_blocked_outside_the_runtime_does_not_hold_up_the_other()
         rec.wait_calls(5);
         let t0 = Instant::now();
         for unique in 175..185u64 {
-            k.ioctl_from(1, unique, 1, 0, 0x6b02, 0);
-            assert_eq!(k.recv().0.unique, unique, "{cpus} CPUs");
+            k.cancel_from(1, unique);
         }
         // Ten calls: the standby took over once (a period at most), not once a call.
         assert!(
@@ -589,8 +596,7 @@ fn serve_until(k: &Kernel, what: &str, mut cond: impl FnMut() -> bool) {
         if cond() {
             return;
         }
-        k.ioctl_from(1 + unique as u32 % 2, unique, 1, 0, 0x6b02, 0);
-        assert_eq!(k.recv().0.unique, unique);
+        k.cancel_from(1 + unique as u32 % 2, unique);
     }
     assert!(cond(), "{what}: not reached in 1,000 requests");
 }
@@ -610,13 +616,11 @@ fn a_few_clients_that_a_spinning_reader_serves_keep_one_reader_active_and_one_st
         server.standby.load(Ordering::Acquire) != STANDBY_NONE && server.taken.sleeping()
     });
     // A request wakes it to watch again, and is served.
-    k.ioctl_from(1, 300, 1, 0, 0x6b02, 0);
-    assert_eq!(k.recv().0.unique, 300);
+    k.cancel_from(1, 300);
     // Three clients on two CPUs: no spinning, readers as many as they need; the standby
     // reader goes back to reading.
     for unique in 301..340u64 {
-        k.ioctl_from(1 + unique as u32 % 3, unique, 1, 0, 0x6b02, 0);
-        assert_eq!(k.recv().0.unique, unique);
+        k.cancel_from(1 + unique as u32 % 3, unique);
     }
     eventually("no reader standing by", || {
         server.standby.load(Ordering::Acquire) == STANDBY_NONE
@@ -671,8 +675,7 @@ fn spins_that_find_no_request_back_off() {
         (3, 2),
     ];
     for (unique, want) in (70..78u64).zip(want) {
-        k.ioctl(unique, 1, 0, 0x6b02, 0);
-        assert_eq!(k.recv().0.unique, unique);
+        k.cancel(unique);
         eventually(&format!("{want:?} after request {unique}"), || {
             misses() == want
         });
@@ -709,8 +712,7 @@ fn the_fd_is_non_blocking_only_while_a_reader_spins() {
     eventually("the reader spins", || nonblocking(&server));
     // ... and takes it, one request after another, spinning on.
     for unique in 81..90u64 {
-        k.ioctl(unique, 1, 0, 0x6b02, 0);
-        assert_eq!(k.recv().0.unique, unique);
+        k.cancel(unique);
     }
     assert!(nonblocking(&server));
     // A request that sleeps in the runtime calls a second reader, which finds the fd
@@ -728,8 +730,7 @@ fn the_fd_is_non_blocking_only_while_a_reader_spins() {
     eventually("the spin ended: blocking again", || !nonblocking(&server));
     // The readers sleep in read(2) or poll(2), and each request is still answered once.
     for unique in 92..96u64 {
-        k.ioctl(unique, 1, 0, 0x6b02, 0);
-        assert_eq!(k.recv().0.unique, unique);
+        k.cancel(unique);
     }
     drop(server);
     dev.stop();
@@ -830,8 +831,7 @@ fn readers_beyond_need_park_and_come_back_first_when_needed() {
     }
     // One client's requests one at a time: each answer lets its reader check; one stays active.
     for unique in 83..103u64 {
-        k.ioctl(unique, 1, 0, 0x6b02, 0);
-        assert_eq!(k.recv().0.unique, unique);
+        k.cancel(unique);
     }
     eventually("3 parked", || server.parked().len() == 3);
     assert_eq!(server.active.load(Ordering::Acquire), 1);
