@@ -67,13 +67,14 @@ def median_round(rs, key="p50_us"):
 
 IMPL_NAMES = {
     "ours": "ours (deferred)",
+    "bare": "ours, transport alone (no module)",
     "ref": "cuse_ref (libfuse3)",
     "floor": "floor: raw loop, sleeping read",
     "spin": "floor: raw loop, spinning read",
     "quiet": "ours, logging off",
     "alt": "ours, alternative build",
 }
-IOCTL_IMPLS = ["ours", "ref", "floor", "spin", "quiet", "alt"]
+IOCTL_IMPLS = ["ours", "bare", "ref", "floor", "spin", "quiet", "alt"]
 
 
 def boots_of(rs):
@@ -112,7 +113,9 @@ def ioctl_section(recs, w, cmds, plots):
     w("The floors (bench/cuse_floor) are one thread in a raw loop over /dev/cuse, no library, no logging:")
     w("*sleeping* blocks in read(2) (uses no CPU when idle), *spinning* reads non-blocking in a busy loop")
     w("(burns a CPU all the time: the floor of a lone client's round trip). Every server answers the")
-    w("same CANCEL ioctl; rounds alternate the servers' order. Figures: the median over all rounds"
+    w("same CANCEL ioctl; rounds alternate the servers' order. *Transport alone* (bench/cuse_null.rs) is")
+    w("our CUSE session and reader pool answering every ioctl 0 with no module behind it: what is left")
+    w("between it and ours is the lab module's work (its timer call and its log line). Figures: the median over all rounds"
       + (f" of {nboots} boots; *per boot*: each boot's median (the spread)." if nboots > 1 else "."))
     w("")
     w("### One client thread: latency (us)\n")
@@ -156,9 +159,12 @@ def ioctl_section(recs, w, cmds, plots):
     w("### Throughput (calls/s) by client threads\n")
     w("*paired*: the median over rounds of ours / the other server within the same round (the machine")
     w("drifts between rounds); *per boot*: that paired ratio in each boot.\n")
+    bare = "bare" in present
     w("| client threads | " + " | ".join(IMPL_NAMES[i] for i in present)
-      + " | ours / libfuse, paired | per boot | ours / sleeping loop, paired | per boot | ours / spinning loop, paired | per boot | target | |")
-    w("|---|" + "---|" * len(present) + "---|---|---|---|---|---|---|---|")
+      + " | ours / libfuse, paired | per boot | ours / sleeping loop, paired | per boot | ours / spinning loop, paired | per boot"
+      + (" | transport alone / sleeping loop, paired | per boot | transport alone / spinning loop, paired | per boot" if bare else "")
+      + " | target | |")
+    w("|---|" + "---|" * len(present) + "---|---|---|---|---|---|" + ("---|---|---|---|" if bare else "") + "---|---|")
     curves = {i: [] for i in present}
     for t in (1, 2, 4, 8):
         cells = []
@@ -174,8 +180,15 @@ def ioctl_section(recs, w, cmds, plots):
         ok = None
         if pr["ref"] is not None and pr["floor"] is not None:
             ok = pr["ref"] >= 1.0 and pr["floor"] >= 1.0 and (t != 1 or pr["spin"] is None or pr["spin"] >= 0.8)
+        bare_cells = ""
+        if bare:
+            b = tput[(t, "bare")]
+            bare_cells = "".join(
+                f" | {fmt(med(paired(b, tput[(t, x)])), 2)} | {per_boot(b, lambda rs, x=x: med(paired(rs, tput[(t, x)])))}"
+                for x in ("floor", "spin"))
         w(f"| {t} | " + " | ".join(cells)
-          + f" | {fmt(pr['ref'], 2)} | {pb['ref']} | {fmt(pr['floor'], 2)} | {pb['floor']} | {fmt(pr['spin'], 2)} | {pb['spin']} | {tgt} | {verdict(ok)} |")
+          + f" | {fmt(pr['ref'], 2)} | {pb['ref']} | {fmt(pr['floor'], 2)} | {pb['floor']} | {fmt(pr['spin'], 2)} | {pb['spin']}"
+          + bare_cells + f" | {tgt} | {verdict(ok)} |")
     w("")
     plots.append(("ioctl throughput (VM): calls/s by client threads, median of rounds",
                   [(IMPL_NAMES[i], c) for i, c in curves.items() if c], "xy"))

@@ -11,7 +11,11 @@
 #   tput:  1/2/4/8 client threads, ROUNDS x TPUT_CALLS calls each, alternating
 # The spinning floor burns a CPU while it runs, so it runs only for its own runs (started before
 # each, stopped after): the others are measured without it.
-# Each result is one line: "BENCH <case> <impl> <json>" (impl = ref | ours | floor | spin | quiet | alt).
+# With cuse_null installed (`cargo build --release --example cuse_null`), our transport alone runs
+# too: the daemon's CUSE session and readers, every ioctl answered 0 (no module, no log line),
+# /dev/cuse_null: impl "bare", which splits a request's cost into the transport's and the module's.
+# Each result is one line: "BENCH <case> <impl> <json>" (impl = ref | ours | bare | floor | spin |
+# quiet | alt).
 # With BENCH_QUIET=1 in the environment a third server runs too: ours with logging off
 # (RUST_LOG=warn, /dev/deferred_quiet, dynamic major), to show what logging each ioctl costs.
 # With BENCH_ALT=PATH another build of the daemon runs too, as it ships (/dev/deferred_alt,
@@ -48,6 +52,11 @@ if [ "${BENCH_QUIET:-0}" = 1 ]; then
 	RUST_LOG=warn deferred --name deferred_quiet --major 0 >/tmp/deferred_quiet.log 2>&1 &
 	QUIET=$!
 fi
+BARE=
+if command -v cuse_null >/dev/null; then
+	cuse_null >/tmp/cuse_null.log 2>&1 &
+	BARE=$!
+fi
 FLOOR=
 if command -v cuse_floor >/dev/null; then
 	cuse_floor sleep >/tmp/cuse_floor.log 2>&1 &
@@ -61,6 +70,9 @@ fi
 IMPLS=
 if wait_node cuse_ref $REF; then IMPLS="ref"; else echo "BENCH error ref {\"error\":\"cuse_ref did not start\"}"; cat /tmp/cuse_ref.log; fi
 if wait_node deferred $OURS; then IMPLS="$IMPLS ours"; else echo "BENCH error ours {\"error\":\"deferred did not start\"}"; tail -5 /tmp/deferred.log; fi
+if [ -n "$BARE" ]; then
+	if wait_node cuse_null $BARE; then IMPLS="$IMPLS bare"; else echo "BENCH error bare {\"error\":\"cuse_null did not start\"}"; tail -5 /tmp/cuse_null.log; fi
+fi
 if [ -n "$QUIET" ]; then
 	if wait_node deferred_quiet $QUIET; then IMPLS="$IMPLS quiet"; else echo "BENCH error quiet {\"error\":\"deferred --name deferred_quiet did not start\"}"; tail -5 /tmp/deferred_quiet.log; fi
 fi
@@ -71,8 +83,8 @@ if [ -n "$FLOOR" ]; then
 	if wait_node cuse_floor_sleep $FLOOR; then IMPLS="$IMPLS floor"; else echo "BENCH error floor {\"error\":\"cuse_floor sleep did not start\"}"; cat /tmp/cuse_floor.log; fi
 	IMPLS="$IMPLS spin"
 fi
-dev() { case $1 in ref) echo /dev/cuse_ref ;; ours) echo /dev/deferred ;; quiet) echo /dev/deferred_quiet ;; alt) echo /dev/deferred_alt ;; floor) echo /dev/cuse_floor_sleep ;; spin) echo /dev/cuse_floor_spin ;; esac; }
-pid() { case $1 in ref) echo $REF ;; ours) echo $OURS ;; quiet) echo $QUIET ;; alt) echo $ALT ;; floor) echo $FLOOR ;; esac; }
+dev() { case $1 in ref) echo /dev/cuse_ref ;; ours) echo /dev/deferred ;; bare) echo /dev/cuse_null ;; quiet) echo /dev/deferred_quiet ;; alt) echo /dev/deferred_alt ;; floor) echo /dev/cuse_floor_sleep ;; spin) echo /dev/cuse_floor_spin ;; esac; }
+pid() { case $1 in ref) echo $REF ;; ours) echo $OURS ;; bare) echo $BARE ;; quiet) echo $QUIET ;; alt) echo $ALT ;; floor) echo $FLOOR ;; esac; }
 
 # idle CASE: every server but the spinning floor idle for IDLE_S seconds.
 idle() {
@@ -139,7 +151,7 @@ for i in $IMPLS; do
 	p=$(pid $i)
 	echo "BENCH rss_after $i {\"bench\":\"rss\",\"rss_kb\":$(rss_kb $p),\"threads\":$(threads $p),\"cpu_s\":$(cpu_s $p)}"
 done
-for p in $OURS $REF $QUIET $ALT $FLOOR; do kill -INT $p 2>/dev/null; done
+for p in $OURS $REF $BARE $QUIET $ALT $FLOOR; do kill -INT $p 2>/dev/null; done
 sleep 1
-for p in $OURS $REF $QUIET $ALT $FLOOR; do kill -KILL $p 2>/dev/null; done
+for p in $OURS $REF $BARE $QUIET $ALT $FLOOR; do kill -KILL $p 2>/dev/null; done
 echo "BENCH done - {}"
