@@ -1,7 +1,8 @@
 //! Our transport alone: the daemon's CUSE session and reader pool serving a device whose every
 //! ioctl is answered 0 at once (no module, no log line), as the floors and libfuse's reference
 //! answer. Beside the daemon in the same boot, it splits a request's cost into the transport's
-//! and the lab module's (`bench/vm-lone.sh`, `null:cuse_null null`).
+//! and the lab module's (`scripts/bench --only ioctl`; in `bench/vm-lone.sh`, the server
+//! `bare:cuse_null bare`: not `null`, whose node `/dev/null` exists).
 //!
 //!     cuse_null [NAME]        # serves /dev/NAME (default cuse_null), dynamic major, until killed
 //!
