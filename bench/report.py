@@ -173,19 +173,23 @@ def ioctl_section(recs, w, cmds, plots):
             cells.append(fmt(m))
             if m:
                 curves[i].append((t, m))
+        def vs(rs, x):
+            """rs against server x: the paired ratio's median over all rounds, and per boot."""
+            return med(paired(rs, tput[(t, x)])), per_boot(rs, lambda b: med(paired(b, tput[(t, x)])))
+
         o = tput[(t, "ours")]
-        pr = {x: med(paired(o, tput[(t, x)])) for x in ("ref", "floor", "spin")}
-        pb = {x: per_boot(o, lambda rs, x=x: med(paired(rs, tput[(t, x)]))) for x in ("ref", "floor", "spin")}
+        pr, pb = {}, {}
+        for x in ("ref", "floor", "spin"):
+            pr[x], pb[x] = vs(o, x)
         tgt = ">= libfuse, >= sleeping loop" + (", >= 0.8x spinning" if t == 1 else "")
         ok = None
         if pr["ref"] is not None and pr["floor"] is not None:
             ok = pr["ref"] >= 1.0 and pr["floor"] >= 1.0 and (t != 1 or pr["spin"] is None or pr["spin"] >= 0.8)
         bare_cells = ""
         if bare:
-            b = tput[(t, "bare")]
-            bare_cells = "".join(
-                f" | {fmt(med(paired(b, tput[(t, x)])), 2)} | {per_boot(b, lambda rs, x=x: med(paired(rs, tput[(t, x)])))}"
-                for x in ("floor", "spin"))
+            for x in ("floor", "spin"):
+                r, per = vs(tput[(t, "bare")], x)
+                bare_cells += f" | {fmt(r, 2)} | {per}"
         w(f"| {t} | " + " | ".join(cells)
           + f" | {fmt(pr['ref'], 2)} | {pb['ref']} | {fmt(pr['floor'], 2)} | {pb['floor']} | {fmt(pr['spin'], 2)} | {pb['spin']}"
           + bare_cells + f" | {tgt} | {verdict(ok)} |")
