@@ -22,7 +22,7 @@ mount -t tracefs none $T 2>/dev/null
 MHZ=$(dmesg | sed -n 's/.*tsc: Detected \([0-9.]*\) MHz.*/\1/p' | head -1)
 [ -n "$MHZ" ] || { echo "FAIL no TSC rate in dmesg"; exit 1; }
 # Set up once: changing the clock, the buffer or clearing it while a server spins in system
-# calls hung 6.1's ring buffer reset in one boot out of four (soft lockups on both CPUs). The
+# calls hung 6.1's ring buffer reset (soft lockups on both CPUs, in the console of a boot). The
 # servers' events are told apart by markers; the trace is read once all have run.
 echo 0 >$T/tracing_on
 echo nop >$T/current_tracer
