@@ -36,10 +36,12 @@ echo 'id == 0 && ret > 0' >$T/events/raw_syscalls/sys_exit/filter
 echo 1 >$T/events/raw_syscalls/enable
 floor_work() { case $1 in spin) echo 0 ;; spin*[!0-9]*) ;; spin?*) echo "${1#spin}" ;; esac; }
 wait_node() { i=0; while [ ! -e "/dev/$1" ]; do i=$((i+1)); [ $i -gt 200 ] && return 1; sleep 0.1; done; }
+NAMES=
 IFS=';'
 for s in $SERVERS; do
 	unset IFS
 	n=${s%%:*}; c=${s#*:}
+	NAMES="$NAMES $n"
 	W=$(floor_work "$n")
 	if [ -n "$W" ]; then cuse_floor spin "$n" "$W" >/dev/null 2>&1 & else sh -c "exec env $c" >"/tmp/$n.log" 2>&1 & fi
 	SP=$!
@@ -57,12 +59,10 @@ for s in $SERVERS; do
 	i=0; while [ -e "/dev/$n" ] && [ $i -lt 100 ]; do i=$((i+1)); sleep 0.05; done
 	IFS=';'
 done
+unset IFS
 echo 0 >$T/events/raw_syscalls/enable
 grep -v '^#' $T/trace >/tmp/turn.trace
-IFS=';'
-for s in $SERVERS; do
-	unset IFS
-	n=${s%%:*}
+for n in $NAMES; do
 	# Per thread: a read that returned a request starts a turnaround, its writev ends it; the
 	# other system calls between are counted (by number) once it ends.
 	awk -v name="$n" '/tracing_mark_write: TURN_BEGIN/ { on = ($NF == name); next } on' /tmp/turn.trace |
@@ -91,6 +91,5 @@ for s in $SERVERS; do
 			printf "TURN %s n=%d p10=%.2f p50=%.2f p90=%.2f syscalls=%.2f %s\n", name, NR,
 				g[int(NR * 0.1) + 1], g[int(NR * 0.5) + 1], g[int(NR * 0.9) + 1], o / NR, calls
 		}'
-	IFS=';'
 done
 echo DONE
