@@ -162,7 +162,10 @@ fn modules_help(modules: &[ModuleInfo]) -> String {
     }
     s += "\nStart = insmod (the node appears, no mknod); SIGINT/SIGTERM = rmmod (the node goes).\n\
           Exit status: 0 after a clean unload; 1 if it could not start, lost /dev/cuse, or a BUG \
-          or WARNING was reported (the kernel is tainted); 2 for a bad command line.";
+          or WARNING was reported (the kernel is tainted); 2 for a bad command line.\n\
+          Environment: RUST_LOG=LEVEL the log filter (as -v); DEFERRED_CLOCK=auto|tsc|monotonic \
+          the clock of the log's timestamps (auto: the TSC where clock_gettime is a system \
+          call, as in a TCG VM).";
     s
 }
 

@@ -46,9 +46,9 @@ use super::error::{Error, sys};
 use super::reply::Channel;
 use super::spin::{Pace, SpinPolicy};
 use crate::kernel::fs::FileOperations;
-use crate::kernel::jiffies;
 use crate::kernel::sched::{self, SleepHook};
 use crate::kernel::sync::ring::Doorbell;
+use crate::kernel::{clock, jiffies};
 use crate::sys::{futex, io, prio};
 
 /// The two nice values of a reader ([`Server::reader_nice`]).
@@ -870,7 +870,8 @@ fn readable_now(fd: BorrowedFd<'_>) -> bool {
 
 /// Reads a request from the non-blocking `fd` in a loop, without sleeping, until one comes
 /// (or the read fails otherwise: the caller handles the result as a blocking read's), `window`
-/// has passed since `start_ns` (`CLOCK_MONOTONIC`; `None`: now) or the pool stops (`None`).
+/// has passed since `start_ns` ([`clock::local_clock_mono`]; `None`: now) or the pool stops
+/// (`None`).
 fn spin_read(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
@@ -878,7 +879,7 @@ fn spin_read(
     window: Duration,
     stop: &AtomicBool,
 ) -> Option<nix::Result<usize>> {
-    let start = start_ns.unwrap_or_else(jiffies::monotonic_ns);
+    let start = start_ns.unwrap_or_else(clock::local_clock_mono);
     let deadline = start.saturating_add(u64::try_from(window.as_nanos()).unwrap_or(u64::MAX));
     loop {
         // The clock is read every few reads: in a VM it can cost as much as a read. No `pause`
@@ -890,7 +891,7 @@ fn spin_read(
                 r => return Some(r),
             }
         }
-        if stop.load(Ordering::Acquire) || jiffies::monotonic_ns() >= deadline {
+        if stop.load(Ordering::Acquire) || clock::local_clock_mono() >= deadline {
             return None;
         }
     }

@@ -21,8 +21,9 @@
 //! so a change in the machine or the client is seen. A batch slower than [`IDLE_NS`] per answer
 //! (a client that mostly thinks), or one in which a spin ran out ([`SpinPolicy::missed`]: the
 //! client paused), teaches nothing and is dropped. The choices are logged at debug level.
-//! Timing answers costs a clock read each (a system call where the clocksource has no vDSO, as
-//! in a TCG VM: ~0.7 us there, against round trips of 40 us and more).
+//! Timing answers costs a clock read each
+//! ([`local_clock_mono`](crate::kernel::clock::local_clock_mono): tens of nanoseconds, the TSC
+//! where `clock_gettime` would be a system call).
 //!
 //! Only a lone client's answers are counted, on a machine with a CPU to spare (the pool
 //! decides): with several clients, the paces of batches vary more from batch to batch than
@@ -239,9 +240,10 @@ impl SpinPolicy {
     }
 
     /// Times an answer to a lone client; the answer that ends a batch lets the learner choose
-    /// the next batch's mode. Returns the time of the answer (`CLOCK_MONOTONIC` ns).
+    /// the next batch's mode. Returns the time of the answer
+    /// ([`local_clock_mono`](crate::kernel::clock::local_clock_mono), ns).
     pub(super) fn answered(&self) -> u64 {
-        let now = crate::kernel::jiffies::monotonic_ns();
+        let now = crate::kernel::clock::local_clock_mono();
         let mut learner = self.learner.lock().unwrap_or_else(|e| e.into_inner());
         let mode = learner.answered(now, || self.paused.swap(false, Ordering::Relaxed));
         self.spin.store(mode == Mode::Spin, Ordering::Relaxed);

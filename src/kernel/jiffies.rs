@@ -61,7 +61,8 @@ pub fn start_ns() -> u64 {
     }
 }
 
-/// Nanoseconds since the runtime started (printk's timestamp).
+/// Nanoseconds of `CLOCK_MONOTONIC` since the runtime started (jiffies' count; printk's
+/// timestamp is [`local_clock`](crate::kernel::clock::local_clock), the same but for its cost).
 pub fn uptime_ns() -> u64 {
     let start = start_ns();
     monotonic_ns().saturating_sub(start)

@@ -8,6 +8,7 @@
 // The interrupt side: the clock, softirqs and what runs in them, and the rules of that context.
 pub mod alloc;
 pub mod bug;
+pub mod clock;
 pub mod debugobjects;
 pub mod jiffies;
 pub mod lockdep;
@@ -34,9 +35,9 @@ pub mod ioctl;
 pub mod task;
 
 /// Start the runtime (the "boot"), in the kernel's order: the panic hook (a handler's panic is
-/// an Oops, see [`panic`](mod@panic)), the printk console thread, the clock
-/// (`jiffies`), the softirq actions (the timer's and the tasklets', as `init_timers` and
-/// `softirq_init` open them), the interrupt (the timer signal's handler, the POSIX timer
+/// an Oops, see [`panic`](mod@panic)), printk's clock ([`clock::local_clock`]), the printk
+/// console thread, the clock (`jiffies`), the softirq actions (the timer's and the tasklets',
+/// as `init_timers` and `softirq_init` open them), the interrupt (the timer signal's handler, the POSIX timer
 /// behind it, `ksoftirqd/0`), then whatever was raised or armed before it, and the system
 /// workqueue (`events/N`, so timer handlers can `schedule_work`). Idempotent: every caller may
 /// call it; the first does the work. Process context.
@@ -45,6 +46,8 @@ pub fn start() -> error::Result {
     let mut booted = BOOTED.lock().unwrap_or_else(|e| e.into_inner());
     if !*booted {
         panic::install_hook();
+        let clock = clock::init();
+        log::debug!("local_clock: {clock}");
         kthread::note_kthreadd_nice();
         printk::start_console();
         jiffies::start_ns();

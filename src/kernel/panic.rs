@@ -257,7 +257,7 @@ impl Line {
             buf: [0; 512],
             len: 0,
         };
-        let (stamp, n) = printk::stamp(crate::kernel::jiffies::uptime_ns());
+        let (stamp, n) = printk::stamp(crate::kernel::clock::local_clock());
         l.bytes(&stamp[..n]);
         l.bytes(b" ");
         l

@@ -39,8 +39,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 #[doc(hidden)]
 pub mod args;
 
-use crate::kernel::jiffies;
 use crate::kernel::sync::ring::{self, Doorbell, Ring};
+use crate::kernel::{clock, jiffies};
 use crate::sys::futex;
 
 /// Longest line kept (bytes); longer lines are truncated on a character boundary.
@@ -421,7 +421,7 @@ fn push_record(fill: impl FnOnce(&mut ring::Record)) -> bool {
 
 /// Format and push one line: the body of every `pr_*!` macro. Usable from any context.
 pub fn printk(level: Level, args: fmt::Arguments<'_>) {
-    let ts = jiffies::uptime_ns();
+    let ts = clock::local_clock();
     let mut line = LineBuf::new();
     match args.as_str() {
         Some(s) => {
@@ -443,7 +443,7 @@ pub fn printk(level: Level, args: fmt::Arguments<'_>) {
 /// a string, or the line is traced (`printk:console` on: the event carries the line).
 #[doc(hidden)]
 pub fn printk_args(level: Level, template: &'static [args::Piece], vals: &[args::Val<'_>]) {
-    let ts = jiffies::uptime_ns();
+    let ts = clock::local_clock();
     if crate::kernel::trace::console_on() {
         let mut line = LineBuf::new();
         args::format_vals(template, vals, &mut line);
@@ -510,7 +510,7 @@ fn drain_ring(c: &mut Consumer, until: Option<u64>) {
             let n = dropped - c.dropped_reported;
             c.dropped_reported = dropped;
             let text = format!("** {n} printk messages dropped **");
-            c.print(Level::Warning, jiffies::uptime_ns(), text.as_bytes());
+            c.print(Level::Warning, clock::local_clock(), text.as_bytes());
         }
         if until.is_some_and(|u| RING.head() >= u) {
             return;

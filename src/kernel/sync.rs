@@ -2,8 +2,10 @@
 //!
 //! Each structure shared with signal context keeps its algorithm here, in a small type the
 //! runtime uses as is: the ring of printk and of the trace events and the console's doorbell
-//! ([`ring`]), the CPU's bottom-half word ([`bh`]), the timer base's lock ([`spin`]), the wait queues and the threads' wake-up slots ([`waitq`]), and the work
-//! items' state word and the workers' lists ([`work`]). They take their atomics, cells, spin hint and blocking primitive from this
+//! ([`ring`]), the CPU's bottom-half word ([`bh`]), the timer base's lock ([`spin`]), the
+//! anchors of `local_clock` ([`seq`]), the wait queues and the threads' wake-up slots
+//! ([`waitq`]), and the work items' state word and the workers' lists ([`work`]). They take
+//! their atomics, cells, spin hint and blocking primitive from this
 //! module, which names the standard ones (and the `futex(2)` system calls) in a normal build
 //! and loom's under `RUSTFLAGS="--cfg loom"`. That build compiles only this module (see
 //! `lib.rs`), and its unit tests are loom models that explore every interleaving of a few
@@ -13,6 +15,7 @@
 
 pub mod bh;
 pub mod ring;
+pub mod seq;
 pub mod spin;
 pub mod waitq;
 pub mod work;

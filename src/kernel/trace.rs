@@ -343,7 +343,7 @@ static CONSUMER: Mutex<()> = Mutex::new(());
 #[cold]
 #[inline(never)]
 fn record(event: Event, args: [u64; 4], text: &[&[u8]]) {
-    let ts_ns = jiffies::uptime_ns();
+    let ts_ns = crate::kernel::clock::local_clock();
     let task = sched::current();
     let preempt_count = sched::preempt_count();
     let pushed = RING.push(|r| {
