@@ -37,10 +37,10 @@ pub mod task;
 /// Start the runtime (the "boot"), in the kernel's order: the panic hook (a handler's panic is
 /// an Oops, see [`panic`](mod@panic)), printk's clock ([`clock::local_clock`]), the printk
 /// console thread, the clock (`jiffies`), the softirq actions (the timer's and the tasklets',
-/// as `init_timers` and `softirq_init` open them), the interrupt (the timer signal's handler, the POSIX timer
-/// behind it, `ksoftirqd/0`), then whatever was raised or armed before it, and the system
-/// workqueue (`events/N`, so timer handlers can `schedule_work`). Idempotent: every caller may
-/// call it; the first does the work. Process context.
+/// as `init_timers` and `softirq_init` open them), the interrupt (the timer signal's handler,
+/// the POSIX timer behind it, `ksoftirqd/0`), then whatever was raised or armed before it, and
+/// the system workqueue (`events/N`, so timer handlers can `schedule_work`). Idempotent: every
+/// caller may call it; the first does the work. Process context.
 pub fn start() -> error::Result {
     static BOOTED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut booted = BOOTED.lock().unwrap_or_else(|e| e.into_inner());
