@@ -148,6 +148,21 @@ struct Anchor {
 }
 
 impl Anchor {
+    /// The anchor of a pair read together, at `mult` (0: no rate yet, trusted for nothing),
+    /// trusted for [`ANCHOR_NS`] of its cycles.
+    fn new(tsc: u64, ns: u64, mult: u64) -> Anchor {
+        let limit = match mult {
+            0 => 0,
+            m => ((u128::from(ANCHOR_NS) << 32) / u128::from(m)) as u64,
+        };
+        Anchor {
+            tsc,
+            ns,
+            mult,
+            limit,
+        }
+    }
+
     fn words(self) -> [u64; 4] {
         [self.tsc, self.ns, self.mult, self.limit]
     }
@@ -173,12 +188,7 @@ impl Anchor {
     /// with `prev`'s while they agree within 1 %; a rate out of bounds, or a counter or clock
     /// gone backwards, starts over from the pair, without a rate.
     fn next(prev: Option<Anchor>, tsc: u64, ns: u64) -> Option<Anchor> {
-        let fresh = Anchor {
-            tsc,
-            ns,
-            mult: 0,
-            limit: 0,
-        };
+        let fresh = Anchor::new(tsc, ns, 0);
         let Some(p) = prev else {
             return Some(fresh);
         };
@@ -200,12 +210,7 @@ impl Anchor {
         } else {
             measured
         };
-        Some(Anchor {
-            tsc,
-            ns,
-            mult,
-            limit: ((u128::from(ANCHOR_NS) << 32) / u128::from(mult)) as u64,
-        })
+        Some(Anchor::new(tsc, ns, mult))
     }
 }
 
@@ -294,19 +299,10 @@ mod tests {
 
     const GHZ: u64 = 1 << 32; // 1 ns per cycle
 
-    fn calibrated(tsc: u64, ns: u64, mult: u64) -> Anchor {
-        Anchor {
-            tsc,
-            ns,
-            mult,
-            limit: ((u128::from(ANCHOR_NS) << 32) / u128::from(mult)) as u64,
-        }
-    }
-
     #[test]
     fn an_anchor_converts_cycles_at_its_rate_for_one_jiffy_only() {
         // 2 cycles a nanosecond (mult 1/2).
-        let a = calibrated(1_000, 5_000_000, GHZ / 2);
+        let a = Anchor::new(1_000, 5_000_000, GHZ / 2);
         assert_eq!(a.limit, 2 * ANCHOR_NS);
         assert_eq!(a.at(1_000), Some(5_000_000));
         assert_eq!(a.at(3_000), Some(5_001_000));
@@ -351,13 +347,8 @@ mod tests {
 
     #[test]
     fn a_counter_gone_backwards_or_an_absurd_rate_starts_over() {
-        let a = calibrated(1_000_000, 5_000_000, GHZ);
-        let fresh = |tsc, ns| Anchor {
-            tsc,
-            ns,
-            mult: 0,
-            limit: 0,
-        };
+        let a = Anchor::new(1_000_000, 5_000_000, GHZ);
+        let fresh = |tsc, ns| Anchor::new(tsc, ns, 0);
         // The counter went back (another CPU's, or reset).
         assert_eq!(
             Anchor::next(Some(a), 10, 9_000_000),
@@ -381,7 +372,7 @@ mod tests {
 
     #[test]
     fn an_interrupted_pair_is_no_anchor() {
-        let a = calibrated(0, 0, GHZ / 3); // 3 GHz
+        let a = Anchor::new(0, 0, GHZ / 3); // 3 GHz
         assert!(pair_ok(Some(a), 3 * PAIR_MAX_NS));
         assert!(!pair_ok(Some(a), 3 * PAIR_MAX_NS + 6));
         assert!(pair_ok(None, PAIR_MAX_CYCLES));
@@ -411,7 +402,7 @@ mod tests {
 
     #[test]
     fn words_round_trip_and_an_unwritten_record_is_no_anchor() {
-        let a = calibrated(7, 8, GHZ);
+        let a = Anchor::new(7, 8, GHZ);
         assert_eq!(Anchor::from_words(a.words()), Some(a));
         assert_eq!(Anchor::from_words([0; 4]), None);
     }
