@@ -216,13 +216,18 @@ fn check_log(log: &str) -> Report {
     // arming printed just after a re-arm by the handler may have lost to it (the handler's
     // mod_timer came between the ioctl's and its print): not required.
     let mut pending: Option<(u64, f64, bool)> = None;
-    // Armings replaced or cancelled while pending: they may still fire once, if they had
-    // already expired when replaced (the handler was running).
-    let mut superseded: Vec<(u64, f64)> = Vec::new();
-    // Expiries seen before their arming line (fired between mod_timer and the print).
-    let mut early: Vec<u64> = Vec::new();
+    // Armings replaced or cancelled while pending, and whether they were due then: they may
+    // still fire once, if they had already expired when replaced (the handler was running).
+    let mut superseded: Vec<(u64, f64, bool)> = Vec::new();
+    // Expiries seen before their arming line (fired between mod_timer and the print), with
+    // the time of their line.
+    let mut early: Vec<(u64, f64)> = Vec::new();
+    // Armings seen fired lately, with the time of the expiry line.
+    let mut fired: Vec<(u64, f64)> = Vec::new();
     // The time of the last re-arm by the handler (it races with ioctls).
     let mut last_rearm = f64::NEG_INFINITY;
+    // An arming due by `t` (its expiry time known to a jiffy).
+    let due = |x: f64, t: f64| x <= t + 1.0 / HZ as f64;
     for l in log.lines() {
         let Some((t, text)) = parse_line(l) else {
             continue;
@@ -237,7 +242,8 @@ fn check_log(log: &str) -> Report {
             }
             pending = None;
         }
-        superseded.retain(|&(_, x)| t <= x + LOST_AFTER);
+        superseded.retain(|&(_, x, _)| t <= x + LOST_AFTER);
+        fired.retain(|&(_, ft)| t <= ft + LOST_AFTER);
         if text.starts_with("[deferred_ioctl] Command: ") {
             r.ioctl_lines += 1;
         } else if text.starts_with("[deferred_ioctl] arg = ")
@@ -262,13 +268,30 @@ fn check_log(log: &str) -> Report {
                 };
                 (x, t - last_rearm > 0.05)
             };
-            if let Some((p, px, _)) = pending.take() {
-                superseded.push((p, px));
-            }
-            if let Some(i) = early.iter().position(|&x| x == e) {
-                early.swap_remove(i);
-                r.fires_required += 1;
+            let replaced = pending.take();
+            if let Some(i) = early.iter().position(|&(v, _)| v == e) {
+                let (_, ft) = early.swap_remove(i);
+                match replaced {
+                    // The line may as well be the replaced arming's expiry, its handler late
+                    // and reading `expires` after this arming (due at once) had changed it:
+                    // then this one fires too. Either way one of them fired: this one may
+                    // fire once more, and need not.
+                    Some((_, px, _)) if due(px, ft) => {
+                        r.fires_raced += 1;
+                        pending = Some((e, x, false));
+                    }
+                    _ => {
+                        if let Some((p, px, _)) = replaced {
+                            superseded.push((p, px, due(px, t)));
+                        }
+                        r.fires_required += 1;
+                        fired.push((e, ft));
+                    }
+                }
             } else {
+                if let Some((p, px, _)) = replaced {
+                    superseded.push((p, px, due(px, t)));
+                }
                 pending = Some((e, x, required));
             }
         } else if text.starts_with("[deferred_ioctl] cancelled")
@@ -276,7 +299,7 @@ fn check_log(log: &str) -> Report {
         {
             r.cancels += 1;
             if let Some((p, px, _)) = pending.take() {
-                superseded.push((p, px));
+                superseded.push((p, px, due(px, t)));
             }
         } else if text.starts_with("[timer_handler] expires = ") {
             r.fires += 1;
@@ -295,11 +318,20 @@ fn check_log(log: &str) -> Report {
             if pending.is_some_and(|(p, _, _)| p == e) {
                 pending = None;
                 r.fires_required += 1;
-            } else if let Some(i) = superseded.iter().position(|&(s, _)| s == e) {
+                fired.push((e, t));
+            } else if let Some(i) = superseded.iter().position(|&(s, _, _)| s == e) {
+                superseded.remove(i);
+                r.fires_raced += 1;
+            } else if fired.iter().any(|&(v, _)| v == e)
+                && let Some(i) = superseded.iter().position(|&(_, _, d)| d)
+            {
+                // A second line for an arming that fired: the first was the expiry of an
+                // arming it replaced when that was due, read after the replacement (the
+                // arming line came first).
                 superseded.remove(i);
                 r.fires_raced += 1;
             } else {
-                early.push(e);
+                early.push((e, t));
             }
         } else if let Some(rest) = text.strip_prefix("task ")
             && let Some(rest) = rest.strip_suffix(") is dead")
@@ -312,7 +344,7 @@ fn check_log(log: &str) -> Report {
             r.problems.push(format!("log: {l}"));
         }
     }
-    for e in early {
+    for (e, _) in early {
         r.problems.push(format!(
             "an expiry for {e} that no arming asked for (or a second one)"
         ));
@@ -614,6 +646,39 @@ mod tests {
         let r = check_log(&log);
         assert!(r.problems.is_empty(), "{:?}", r.problems);
         assert_eq!((r.fires_required, r.fires_raced), (1, 1));
+    }
+
+    /// The handler of arming E1, run a jiffy or more late, reads `expires` after an ioctl
+    /// re-armed the timer with n = 0 (E2, already due): its line says E2, and E2 then fires
+    /// too. Whichever of the line and the arming is printed first.
+    #[test]
+    fn a_late_handler_reading_an_immediate_rearming_is_one_fire_each() {
+        let misreport_first = arm(1.0, 1, 1000)
+            + &fire(2.02, 1255, 1255)
+            + &arm(2.021, 0, 1255)
+            + &fire(2.024, 1255, 1256)
+            + &other(5.0);
+        let arming_first = arm(1.0, 1, 1000)
+            + &arm(2.02, 0, 1255)
+            + &fire(2.021, 1255, 1255)
+            + &fire(2.024, 1255, 1256)
+            + &other(5.0);
+        for log in [misreport_first, arming_first] {
+            let r = check_log(&log);
+            assert!(r.problems.is_empty(), "{:?}\n{log}", r.problems);
+            assert_eq!((r.fires, r.fires_required + r.fires_raced), (2, 2), "{log}");
+        }
+    }
+
+    /// The same lines, but the first arming not yet due when replaced: its line is the second
+    /// arming's own early fire, and a second fire of that arming is one too many.
+    #[test]
+    fn an_immediate_rearming_fires_once() {
+        let early_fire = arm(1.0, 2, 1000) + &fire(2.004, 1250, 1251) + &arm(2.005, 0, 1250);
+        let r = check_log(&(early_fire.clone() + &other(6.0)));
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        let r = check_log(&(early_fire + &fire(2.008, 1250, 1252) + &other(6.0)));
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
     }
 
     #[test]
