@@ -151,11 +151,11 @@ impl Channel {
     }
 
     /// Enters request `unique` and returns its reply, with what [`InFlight::begin`] found.
-    pub fn begin(self: &std::sync::Arc<Self>, unique: u64) -> (Reply, Begin) {
+    pub fn begin(&self, unique: u64) -> (Reply<'_>, Begin) {
         let begin = self.update(|t| t.begin(unique));
         (
             Reply {
-                chan: self.clone(),
+                chan: self,
                 unique,
                 done: false,
             },
@@ -242,8 +242,10 @@ impl Channel {
 /// answers `EIO` and logs a bug.
 #[derive(Debug)]
 #[must_use = "a request must be answered"]
-pub struct Reply {
-    chan: std::sync::Arc<Channel>,
+pub struct Reply<'a> {
+    /// Borrowed: a request is answered before its reader reads the next (no reference count
+    /// to take and drop on every request).
+    chan: &'a Channel,
     unique: u64,
     done: bool,
 }
@@ -258,7 +260,7 @@ fn wire_error(e: Error) -> i32 {
     }
 }
 
-impl Reply {
+impl Reply<'_> {
     /// The request answered.
     pub fn unique(&self) -> u64 {
         self.unique
@@ -327,7 +329,7 @@ impl Reply {
     }
 }
 
-impl Drop for Reply {
+impl Drop for Reply<'_> {
     fn drop(&mut self) {
         if !self.done {
             log::error!(
