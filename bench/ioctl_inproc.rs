@@ -6,10 +6,10 @@
 //! CALLS (default 100000) calls of CMD (default 0x6b02 = CANCEL, the ioctl bench's command) from
 //! one thread, each call timed with the runtime's own clock (`kernel::clock::local_clock_mono`:
 //! the TSC where a `clock_gettime` is a system call, as in the two-vCPU VM, so the timing adds
-//! no system call to what it measures). Logs as the daemon does (`deferred::logging`, to stderr: send it
-//! to a file; `RUST_LOG=warn` turns the module's lines off). Prints one JSON line like the other
-//! benches, with the CPU time the console thread spent per call (formatting and writing the
-//! module's line; the caller's part is in the call's own latency).
+//! no system call to what it measures). Logs as the daemon does (`deferred::logging`, to
+//! stderr: send it to a file; `RUST_LOG=warn` turns the module's lines off). Prints one JSON
+//! line like the other benches, with the CPU time the console thread spent per call (formatting
+//! and writing the module's line; the caller's part is in the call's own latency).
 
 #[path = "common/mod.rs"]
 mod common;
