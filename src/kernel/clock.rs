@@ -244,11 +244,15 @@ fn tsc_clock() -> u64 {
         return forward(ns);
     }
     SLOW_READS.fetch_add(1, Ordering::Relaxed);
+    // No anchor of its own (a CPU beyond the table), or a writer at work on it: nothing to
+    // refresh, so no pair to read.
+    let (Some(slot), Some(prev)) = (slot, prev) else {
+        return forward(jiffies::monotonic_ns());
+    };
     let (t1, c1) = rdtscp();
     let ns = jiffies::monotonic_ns();
     let (t2, c2) = rdtscp();
-    if let (Some(slot), Some(prev)) = (slot, prev)
-        && c1 == cpu
+    if c1 == cpu
         && c2 == cpu
         && t2 >= t1
         && pair_ok(prev, t2 - t1)

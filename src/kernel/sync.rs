@@ -5,11 +5,11 @@
 //! ([`ring`]), the CPU's bottom-half word ([`bh`]), the timer base's lock ([`spin`]), the
 //! anchors of `local_clock` ([`seq`]), the wait queues and the threads' wake-up slots
 //! ([`waitq`]), and the work items' state word and the workers' lists ([`work`]). They take
-//! their atomics, cells, spin hint and blocking primitive from this
-//! module, which names the standard ones (and the `futex(2)` system calls) in a normal build
-//! and loom's under `RUSTFLAGS="--cfg loom"`. That build compiles only this module (see
-//! `lib.rs`), and its unit tests are loom models that explore every interleaving of a few
-//! threads running the real code (README, "Tests", says how to run them).
+//! their atomics, cells, spin hint and blocking primitive from this module, which names the
+//! standard ones (and the `futex(2)` system calls) in a normal build and loom's under
+//! `RUSTFLAGS="--cfg loom"`. That build compiles only this module (see `lib.rs`), and its unit
+//! tests are loom models that explore every interleaving of a few threads running the real code
+//! (README, "Tests", says how to run them).
 //!
 //! [loom]: https://docs.rs/loom
 
