@@ -221,6 +221,9 @@ fn an_allocation_in_a_tasklet_names_the_tasklet() {
 /// done; its exit tells it (`TELL`) and waits for it (`WAIT`).
 mod lab6 {
     use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::time::{Duration, Instant};
 
     use deferred::kernel::atomic::Atomic;
     use deferred::kernel::error::Result;
@@ -232,11 +235,20 @@ mod lab6 {
 
     pub const TELL: Param<bool> = Param::new("tell", true, "exit tells the thread to stop");
     pub const WAIT: Param<bool> = Param::new("wait", true, "exit waits for the thread");
+    pub const LATE: Param<bool> = Param::new(
+        "late",
+        false,
+        "the thread's first check in its wait loop lasts until the exit tells it to stop; the \
+         exit, without waiting for the thread to end, waits until the thread is held asleep",
+    );
+
+    /// The thread (late=1) is in its long check.
+    pub static IN_CHECK: AtomicBool = AtomicBool::new(false);
 
     pub const MODULE: ModuleInfo = ModuleInfo {
         name: "lab6",
         description: "exercise 6, right or broken",
-        params: &[&TELL, &WAIT],
+        params: &[&TELL, &WAIT, &LATE],
         has_device: false,
         init: load,
     };
@@ -246,18 +258,31 @@ mod lab6 {
         wq_done: WaitQueueHead,
         stop: Atomic,
         done: Atomic,
+        late: bool,
+        checks: Atomic,
+        tid: Atomic,
     }
 
     fn my_thread_f(s: Arc<Sync>) -> i32 {
         let me = current();
+        s.tid.set(me.pid());
         pr_info!(
             "[my_thread_f] Current process id is {} ({})",
             me.pid(),
             me.comm()
         );
         // (kthread_should_stop: the runtime's clean-up after the report ends it.)
-        let _ =
-            wait_event_interruptible(&s.wq_stop, || s.stop.read() != 0 || kthread_should_stop());
+        let _ = wait_event_interruptible(&s.wq_stop, || {
+            // Check 0 is the one before sleeping, check 1 the wait loop's first.
+            if s.late && s.checks.inc_return() == 2 {
+                IN_CHECK.store(true, SeqCst);
+                let t0 = Instant::now();
+                while s.stop.read() == 0 && t0.elapsed() < Duration::from_secs(10) {
+                    std::hint::spin_loop();
+                }
+            }
+            s.stop.read() != 0 || kthread_should_stop()
+        });
         s.done.set(1);
         wake_up_interruptible(&s.wq_done);
         pr_info!("[my_thread_f] Exiting");
@@ -277,6 +302,9 @@ mod lab6 {
             wq_done: WaitQueueHead::new(),
             stop: Atomic::new(0),
             done: Atomic::new(0),
+            late: p.get(&LATE),
+            checks: Atomic::new(0),
+            tid: Atomic::new(0),
         });
         kthread_run!(my_thread_f, s.clone(), "{}kthread{}", "my", 0)?;
         Ok(Box::new(Lab6 {
@@ -291,6 +319,18 @@ mod lab6 {
             if self.tell {
                 self.s.stop.set(1);
                 wake_up_interruptible(&self.s.wq_stop);
+            }
+            if self.s.late {
+                // Not the lab's wait: until the thread, told to stop, sleeps again (held until
+                // its turn) or has done (it ran on in the exit's turn).
+                let tid = self.s.tid.read();
+                let t0 = Instant::now();
+                while self.s.done.read() == 0
+                    && !super::runtime_common::in_futex(tid)
+                    && t0.elapsed() < Duration::from_secs(5)
+                {
+                    std::hint::spin_loop();
+                }
             }
             if self.wait {
                 let _ = wait_event_interruptible(&self.s.wq_done, || self.s.done.read() != 0);
@@ -374,6 +414,36 @@ fn a_kthread_not_waited_for_at_exit_is_an_oops_every_time() {
         assert!(bug::reports() > reports, "run {run}: not tainted");
         assert_eq!(bug::taint_string(), "W");
     }
+}
+
+/// A thread whose wait loop's check began before the exit started and found the condition true
+/// once the exit had made it so: it leaves its wait only in its turn, so it is still held when
+/// the exit returns without waiting.
+#[test]
+fn a_kthread_whose_check_straddles_the_exits_start_waits_for_its_turn() {
+    let _g = serial();
+    let reports = bug::reports();
+    let cap = printk::capture();
+    lab6::IN_CHECK.store(false, Ordering::SeqCst);
+    let m = lab6::MODULE
+        .load(&lab6::MODULE.parse_params(&["wait=0", "late=1"]).unwrap())
+        .unwrap();
+    assert!(runtime_common::wait_for(Duration::from_secs(5), || {
+        lab6::IN_CHECK.load(Ordering::SeqCst)
+    }));
+    lab6::MODULE.unload(m);
+    let texts = cap.texts();
+    let why = position(&texts, |t| {
+        t == "module lab6 was unloaded while its kernel thread mykthread0 still ran its code \
+              (woken from a wait of the module, about to run its code): its exit did not wait \
+              for the thread to end"
+    });
+    let exiting = wait_line(&cap, "[my_thread_f] Exiting")
+        .iter()
+        .position(|t| t == "[my_thread_f] Exiting")
+        .unwrap();
+    assert!(why < exiting, "{texts:#?}");
+    assert!(bug::reports() > reports);
 }
 
 #[test]
