@@ -273,7 +273,7 @@ mod lab6 {
         );
         // (kthread_should_stop: the runtime's clean-up after the report ends it.)
         let _ = wait_event_interruptible(&s.wq_stop, || {
-            // Check 0 is the one before sleeping, check 1 the wait loop's first.
+            // The first check is the one before sleeping, the second the wait loop's first.
             if s.late && s.checks.inc_return() == 2 {
                 IN_CHECK.store(true, SeqCst);
                 let t0 = Instant::now();
