@@ -307,11 +307,11 @@ impl Pace {
     }
 
     /// Counts an answer; the one that ends a batch (exactly one caller sees each end) reads
-    /// the clock and sets the window from the batch's pace.
+    /// the clock (as the lone client's learner does) and sets the window from the batch's pace.
     pub(super) fn answered(&self) {
         let n = self.answers.fetch_add(1, Ordering::Relaxed) + 1;
         if n.is_multiple_of(BATCH) {
-            self.batch_done(crate::kernel::jiffies::monotonic_ns());
+            self.batch_done(crate::kernel::clock::local_clock_mono());
         }
     }
 
