@@ -169,9 +169,11 @@ fn wait_common(
     }
     let slot = current_slot();
     let _registration = Registration::new(wq, slot);
-    // The turn is taken after the check that ends the wait, never before it: a check made
-    // before the exit started may find the condition true only once the exit has made it so.
+    // During a module's exit a check runs in the thread's turn, and the turn is taken again
+    // after the check that ends the wait: a check begun before the exit started may find the
+    // condition true only once the exit has made it so (the exit has the turn then).
     wq.wait_loop(|| {
+        kthread::sched_in();
         let r = check(&mut cond, slot, interruptible, deadline);
         if r.is_continue() {
             kthread::sched_out();
