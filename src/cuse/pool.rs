@@ -478,6 +478,7 @@ impl Server {
     /// `read(2)` with the stop signal until it has left (one busy with a request finishes it
     /// first), then joins them all.
     pub(super) fn stop_readers(&self) {
+        log::debug!("spin policy: {}", self.policy.summary());
         self.stop.store(true, Ordering::Release);
         self.unpark_all();
         // Once `stop` is seen under the pool's lock no reader is added: take them until

@@ -18,7 +18,10 @@
 //! The next batches spin while spinning's pace beats sleeping's by [`GAIN`] at least; now and
 //! then a batch tries the other mode, less often each time it confirms the choice
 //! ([`EXPLORE_MIN`] to [`EXPLORE_MAX`] batches apart) and soon again when the choice changes,
-//! so a change in the machine or the client is seen. A batch slower than [`IDLE_NS`] per answer
+//! so a change in the machine or the client is seen. A try is a quarter of a batch
+//! ([`TRY_BATCH`] answers): the mode not chosen is the slower one, by 3x for a sleep against a
+//! spin that catches the request, so tries of whole batches would take ~5 % of a lone client's
+//! time at the longest spacing; these take ~1 %, and still learn a median of 16 intervals. A batch slower than [`IDLE_NS`] per answer
 //! (a client that mostly thinks), or one in which a spin ran out ([`SpinPolicy::missed`]: the
 //! client paused), teaches nothing and is dropped. The choices are logged at debug level.
 //! Timing answers costs a clock read each
@@ -33,19 +36,22 @@
 //! together, and a long window would only keep a CPU from them in a lull (two clients on two
 //! CPUs served 0.75x as many calls with the 20 ms window as with 200 us).
 
+use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Answers per batch: per measurement of the pace.
 pub(super) const BATCH: u64 = 64;
+/// Answers in a batch that tries the mode not chosen.
+pub(super) const TRY_BATCH: u64 = BATCH / 4;
 /// Spinning must serve this much faster than sleeping to be chosen (its pace at most 9/10 of
 /// sleeping's): a CPU spent for less is not worth it.
 pub(super) const GAIN: (u64, u64) = (9, 10);
 /// Batches between tries of the mode not chosen: at first, and after the choice changed.
 pub(super) const EXPLORE_MIN: u32 = 2;
 /// ... and at most (the interval doubles each time a try confirms the choice). With 64 answers
-/// a batch: one in 65 answers is served the other way, while the choice holds.
+/// a batch and 16 a try: one in 257 answers is served the other way, while the choice holds.
 pub(super) const EXPLORE_MAX: u32 = 64;
 /// A batch with a longer pace than this (ns) is a client that mostly thinks: dropped.
 pub(super) const IDLE_NS: u64 = 20_000_000;
@@ -108,11 +114,16 @@ pub(super) struct Learner {
     counted: usize,
     /// The mode of the current batch.
     mode: Mode,
+    /// The current batch tries the mode not chosen ([`TRY_BATCH`] answers long).
+    trying: bool,
     /// The paces (median interval between answers, ns) of the last batches, per mode.
     paces: [Samples; 2],
     /// Batches between tries of the other mode, and batches since the last try.
     explore_every: u32,
     since_explore: u32,
+    /// Answers counted, by the mode of their batch, and of those the ones in tries.
+    served: [u64; 2],
+    tried: u64,
 }
 
 impl Learner {
@@ -122,6 +133,7 @@ impl Learner {
             intervals: [0; BATCH as usize],
             counted: 0,
             mode: Mode::Spin,
+            trying: false,
             paces: [Samples {
                 pace: [0; SAMPLES],
                 seen: 0,
@@ -129,6 +141,8 @@ impl Learner {
             }; 2],
             explore_every: EXPLORE_MIN,
             since_explore: 0,
+            served: [0; 2],
+            tried: 0,
         }
     }
 
@@ -136,6 +150,11 @@ impl Learner {
     #[cfg(test)]
     pub(super) fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// Answers in the current batch.
+    fn batch_len(&self) -> usize {
+        (if self.trying { TRY_BATCH } else { BATCH }) as usize
     }
 
     /// The pace (ns per answer: the median of its last batches' median intervals) learnt for
@@ -156,17 +175,19 @@ impl Learner {
     /// batch; the answer that ends the batch learns its pace (unless `paused()`: the client
     /// stopped for a while within it) and chooses the next batch's mode.
     pub(super) fn answered(&mut self, now_ns: u64, paused: impl FnOnce() -> bool) -> Mode {
+        self.served[self.mode as usize] += 1;
+        self.tried += u64::from(self.trying);
         let Some(last) = self.last_ns.replace(now_ns) else {
             return self.mode; // the first batch starts now
         };
         self.intervals[self.counted] = now_ns.saturating_sub(last);
         self.counted += 1;
-        if self.counted < self.intervals.len() {
+        let len = self.batch_len();
+        if self.counted < len {
             return self.mode;
         }
         self.counted = 0;
-        let mid = self.intervals.len() / 2;
-        let pace = *self.intervals.select_nth_unstable(mid).1;
+        let pace = *self.intervals[..len].select_nth_unstable(len / 2).1;
         self.batch_done(pace, paused())
     }
 
@@ -201,7 +222,36 @@ impl Learner {
         } else {
             best
         };
+        self.trying = self.mode != best;
         self.mode
+    }
+}
+
+impl fmt::Display for Learner {
+    /// What the policy did: answers per mode, tries, and the paces learnt.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} answers to a lone client spinning, {} sleeping ({} in tries of the mode not \
+             chosen); per answer: spinning {}, sleeping {}",
+            self.served[Mode::Spin as usize],
+            self.served[Mode::Sleep as usize],
+            self.tried,
+            Us(self.pace(Mode::Spin)),
+            Us(self.pace(Mode::Sleep))
+        )
+    }
+}
+
+/// A pace in microseconds, or `-` when none was learnt.
+struct Us(Option<u64>);
+
+impl fmt::Display for Us {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(ns) => write!(f, "{} us", ns / 1000),
+            None => f.write_str("-"),
+        }
     }
 }
 
@@ -248,6 +298,14 @@ impl SpinPolicy {
         let mode = learner.answered(now, || self.paused.swap(false, Ordering::Relaxed));
         self.spin.store(mode == Mode::Spin, Ordering::Relaxed);
         now
+    }
+
+    /// What the policy did so far (for the log).
+    pub(super) fn summary(&self) -> String {
+        self.learner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .to_string()
     }
 
     /// The learner, to look at.
@@ -340,8 +398,10 @@ mod tests {
         paused: bool,
     ) -> Mode {
         let mut mode = learner.mode();
-        for i in 0..BATCH {
-            *t += per_us * 1000 + if i >= BATCH - late { late_us * 1000 } else { 0 };
+        let len = learner.batch_len() as u64;
+        let late = late.min(len);
+        for i in 0..len {
+            *t += per_us * 1000 + if i >= len - late { late_us * 1000 } else { 0 };
             mode = learner.answered(*t, || paused);
         }
         mode
@@ -393,6 +453,29 @@ mod tests {
             "once confirmed, the other mode is tried rarely: {late:?}"
         );
         assert!(share(late, Mode::Sleep) > 0.0, "but still tried");
+    }
+
+    #[test]
+    fn trying_the_slower_mode_takes_about_one_percent_of_the_time() {
+        let (mut l, mut t) = started();
+        // A slow day's spinning and sleeping floors: 65 and 213 us a round trip.
+        run(&mut l, &mut t, 200, 65, 213);
+        let (mut spinning, mut sleeping) = (0, 0);
+        for _ in 0..400 {
+            let (mode, from) = (l.mode(), t);
+            run(&mut l, &mut t, 1, 65, 213);
+            match mode {
+                Mode::Spin => spinning += t - from,
+                Mode::Sleep => sleeping += t - from,
+            }
+        }
+        assert_eq!(l.best(), Mode::Spin);
+        let share = sleeping as f64 / (spinning + sleeping) as f64;
+        // Tries of whole batches took 4.8 % here.
+        assert!(
+            share > 0.0 && share < 0.015,
+            "tries took {share:.4} of the time"
+        );
     }
 
     #[test]
