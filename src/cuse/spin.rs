@@ -19,14 +19,14 @@
 //! then a batch tries the other mode, less often each time it confirms the choice
 //! ([`EXPLORE_MIN`] to [`EXPLORE_MAX`] batches apart) and soon again when the choice changes,
 //! so a change in the machine or the client is seen. A try is a quarter of a batch
-//! ([`TRY_BATCH`] answers): the mode not chosen is the slower one, by 3x for a sleep against a
-//! spin that catches the request, so tries of whole batches would take ~5 % of a lone client's
-//! time at the longest spacing; these take ~1 %, and still learn a median of 16 intervals. A batch slower than [`IDLE_NS`] per answer
-//! (a client that mostly thinks), or one in which a spin ran out ([`SpinPolicy::missed`]: the
-//! client paused), teaches nothing and is dropped. The choices are logged at debug level.
-//! Timing answers costs a clock read each
-//! ([`local_clock_mono`](crate::kernel::clock::local_clock_mono): tens of nanoseconds, the TSC
-//! where `clock_gettime` would be a system call).
+//! ([`TRY_BATCH`] answers): the mode not chosen is the slower one, 2-3x for a sleep against a
+//! spin that catches the request, so tries of whole batches took 3-4 % of a lone client's time
+//! at the longest spacing; these take ~1 %, and still learn a median of 16 intervals. A batch
+//! slower than [`IDLE_NS`] per answer (a client that mostly thinks), or one in which a spin ran
+//! out ([`SpinPolicy::missed`]: the client paused), teaches nothing and is dropped. The choices
+//! are logged at debug level, and what the policy did when the pool stops. Timing answers costs
+//! a clock read each ([`local_clock_mono`](crate::kernel::clock::local_clock_mono): tens of
+//! nanoseconds, the TSC where `clock_gettime` would be a system call).
 //!
 //! Only a lone client's answers are counted, on a machine with a CPU to spare (the pool
 //! decides): with several clients, the paces of batches vary more from batch to batch than
