@@ -80,14 +80,21 @@ fn a_timer_queueing_a_tasklet_and_work_is_traced_in_order_and_context() {
         wait_for(Duration::from_secs(5), || DEV.worked.load(SeqCst)),
         "the work ran"
     );
-    // The work's end is recorded after its handler returns.
+    // The work's end is recorded after its handler returns; the timer's and the tasklet's exits
+    // after theirs, which may come later still: the work may run on a worker before the
+    // interrupted thread (preempted, on a loaded machine) finishes the timer's softirq.
     let mut rs = Vec::new();
+    let ends = [
+        Event::WorkqueueExecuteEnd,
+        Event::TimerExpireExit,
+        Event::TaskletExit,
+    ];
     assert!(
         wait_for(Duration::from_secs(5), || {
             rs.extend(drain());
-            rs.iter().any(|r| r.event == Event::WorkqueueExecuteEnd)
+            ends.iter().all(|e| rs.iter().any(|r| r.event == *e))
         }),
-        "execute_end recorded"
+        "execute_end, timer_expire_exit and tasklet_exit recorded"
     );
     trace::set_enabled(0);
     let lines: Vec<String> = rs.iter().map(line).collect();
