@@ -19,30 +19,23 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 #include <x86intrin.h>
 
-static uint64_t now_ns(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
+#include "stats.h"
 
 static volatile uint64_t plain;
 static uint64_t word;
 static uint32_t lock_word;
 
 /* Runs `body` n times and returns the nanoseconds per run. */
-#define PER_OP(n, body)                                        \
-	({                                                     \
-		uint64_t t0_ = now_ns();                       \
-		for (long i_ = 0; i_ < (n); i_++) {            \
-			body;                                  \
-		}                                              \
-		(double)(now_ns() - t0_) / (double)(n);        \
+#define PER_OP(n, body)                                         \
+	({                                                      \
+		uint64_t t0_ = bench_now_ns();                  \
+		for (long i_ = 0; i_ < (n); i_++) {             \
+			body;                                   \
+		}                                               \
+		(double)(bench_now_ns() - t0_) / (double)(n);   \
 	})
 
 int main(int argc, char **argv)
@@ -71,7 +64,7 @@ int main(int argc, char **argv)
 			__atomic_exchange_n(&lock_word, 0, __ATOMIC_RELEASE);
 		});
 		double tsc = PER_OP(n, plain = plain + __rdtscp(&aux));
-		double clock = PER_OP(slow, plain = plain + now_ns());
+		double clock = PER_OP(slow, plain = plain + bench_now_ns());
 		double sys = PER_OP(slow, plain = plain + (uint64_t)syscall(SYS_getppid));
 
 		printf("{\"bench\":\"op_costs\",\"add_ns\":%.2f,\"xadd_ns\":%.2f,\"cas_ns\":%.2f,"
