@@ -3,7 +3,8 @@
 //!
 //! What may differ, and only that: the pids of processes, timestamps (within generous slack of
 //! the expected delays), how many once-a-second MON ticks fall into a window whose length is
-//! itself a timing matter, and which CPU's idle task a tick shows (the lab's VM has two CPUs,
+//! itself a timing matter (a tick due as the CANCEL is served may be printed after its
+//! command line, as in the kernel), and which CPU's idle task a tick shows (the lab's VM has two CPUs,
 //! so `swapper/0` or `swapper/1`; the runtime is one CPU, `swapper/0`). Everything else must
 //! match line for line, `[timer_handler] pid = 0, comm = swapper/0` included.
 
@@ -178,7 +179,6 @@ fn the_labs_session_matches_the_real_modules_transcript() {
     let mon = idx(&text_is(cmd("Monitor pid")), yawn);
     let dead_at = idx(&text_is(dead.clone()), mon);
     let cancel2 = idx(&text_is(cmd("Cancel timer")), dead_at);
-    let exit = lines.len() - 1;
 
     assert_eq!(ticks(set1, set3), 1, "SET 1 fires once\n{log}");
     let fired = idx(&is_tick, set1);
@@ -211,5 +211,18 @@ fn the_labs_session_matches_the_real_modules_transcript() {
     );
     // Two seconds between the death and the CANCEL: it keeps ticking.
     assert!(ticks(dead_at, cancel2) >= 1, "{log}");
-    assert_eq!(ticks(cancel2 + 1, exit), 0, "a tick after CANCEL\n{log}");
+    // The CANCEL comes about four seconds after the MON, when a tick is due. A tick whose
+    // handler began just before the CANCEL may be printed after its command line (the line's
+    // slot is taken after its stamp, as in the kernel's printk). The lab's CANCEL is
+    // `del_timer`, which does not wait for a running handler: that handler re-arms the timer, as
+    // it would in the kernel, and the CANCELs of the loop stop it long before it is due again.
+    // So at most that one tick after the CANCEL, due at it: stamped within half a second of it.
+    let late: Vec<&Line> = lines[cancel2 + 1..].iter().filter(|l| is_tick(l)).collect();
+    assert!(late.len() <= 1, "ticks after CANCEL\n{log}");
+    if let Some(t) = late.first() {
+        assert!(
+            (t.t - lines[cancel2].t).abs() < 0.5,
+            "a tick after CANCEL that was not due at it\n{log}"
+        );
+    }
 }
