@@ -11,11 +11,12 @@
 # the woken server before it slept, and finds its answer without sleeping.
 #   scripts/vm --smp 1 --add bench/build/cuse_ref:/usr/local/bin/cuse_ref \
 #     --add bench/build/ioctl_bench:/usr/local/bin/ioctl_bench \
-#     --add bench/vm-answer-trace.sh:/root/vm-answer-trace.sh -- sh /root/vm-answer-trace.sh
+#     --add bench/vm-answer-trace.sh:/root/vm-answer-trace.sh \
+#     --add bench/vm-lib.sh:/root/vm-lib.sh -- sh /root/vm-answer-trace.sh
 N=${1:-500}
 T=/sys/kernel/tracing
 mount -t tracefs none $T 2>/dev/null
-wait_node() { i=0; while [ ! -e "/dev/$1" ]; do i=$((i + 1)); [ $i -gt 200 ] && return 1; sleep 0.1; done; }
+. "${0%/*}/vm-lib.sh" # wait_node, floor_work
 
 # answer NAME DEV
 answer() {

@@ -13,19 +13,20 @@
 #   to the client's ioctl return (C-D), and the client's own time to its next call (D-A).
 #   scripts/vm [--smp 1] --add bench/build/cuse_floor:/usr/local/bin/cuse_floor \
 #     --add bench/build/ioctl_bench:/usr/local/bin/ioctl_bench \
-#     --add bench/vm-call-trace.sh:/root/vm-call-trace.sh \
+#     --add bench/vm-call-trace.sh:/root/vm-call-trace.sh --add bench/vm-lib.sh:/root/vm-lib.sh \
 #     --env 'SERVERS=ours:deferred --name ours --major 0;spin:' -- sh /root/vm-call-trace.sh
 # With RAW=1 (several clients' slow calls, for bench/slow_calls.py to explain): ioctl_bench's
 # JSON line as "LAT NAME {json}" and the raw trace between "TRACE NAME BEGIN" and
 # "TRACE NAME END" instead, e.g.
 #   scripts/vm --add bench/build/ioctl_bench:/usr/local/bin/ioctl_bench \
-#     --add bench/vm-call-trace.sh:/root/vm-call-trace.sh --env THREADS=2 --env RAW=1 \
+#     --add bench/vm-call-trace.sh:/root/vm-call-trace.sh --add bench/vm-lib.sh:/root/vm-lib.sh \
+#     --env THREADS=2 --env RAW=1 \
 #     --env 'SERVERS=ours:deferred --name ours --major 0' -- sh /root/vm-call-trace.sh 4000 \
 #     > /tmp/tail.log && python3 bench/slow_calls.py /tmp/tail.log
 N=${1:-2000}
 T=/sys/kernel/tracing
 mount -t tracefs none $T 2>/dev/null
-wait_node() { i=0; while [ ! -e "/dev/$1" ]; do i=$((i + 1)); [ $i -gt 200 ] && return 1; sleep 0.1; done; }
+. "${0%/*}/vm-lib.sh" # wait_node, floor_work
 # stop PID: PID and its children (the server a `sh -c` started).
 stop() {
 	for p in /proc/[0-9]*; do

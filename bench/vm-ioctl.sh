@@ -23,14 +23,7 @@
 CALLS=${1:-20000} TPUT=${2:-16000} ROUNDS=${3:-5} IDLE_S=${4:-10}
 CANCEL=0x00006b02
 
-wait_node() { # NODE PID: 0 once /dev/NODE exists, 1 if the server died or 20 s passed
-	i=0
-	while [ ! -e "/dev/$1" ]; do
-		kill -0 "$2" 2>/dev/null || return 1
-		i=$((i + 1)); [ $i -gt 200 ] && return 1
-		sleep 0.1
-	done
-}
+. "${0%/*}/vm-lib.sh" # wait_node, floor_work
 
 # ctxt switches (voluntary + nonvoluntary) summed over all threads of PID.
 switches() {

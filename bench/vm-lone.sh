@@ -10,13 +10,12 @@
 # the VM's context switches during the run, per 100 calls (200: every call sleeps once); e.g.
 #   scripts/vm --add bench/build/cuse_floor:/usr/local/bin/cuse_floor \
 #     --add bench/build/ioctl_bench:/usr/local/bin/ioctl_bench --add bench/vm-lone.sh:/root/vm-lone.sh \
+#     --add bench/vm-lib.sh:/root/vm-lib.sh \
 #     --env 'SERVERS=ours:deferred --name ours --major 0;quiet:RUST_LOG=warn deferred --name quiet --major 0;spin:' \
 #     -- sh /root/vm-lone.sh 10000 6
 CALLS=${1:-10000} ROUNDS=${2:-6}
-# The spinning floors' names: spin, or spinN.
-floor_work() { case $1 in spin) echo 0 ;; spin*[!0-9]*) ;; spin?*) echo "${1#spin}" ;; esac; }
 ctxt() { awk '/^ctxt/ { print $2 }' /proc/stat; }
-wait_node() { i=0; while [ ! -e "/dev/$1" ]; do i=$((i+1)); [ $i -gt 200 ] && return 1; sleep 0.1; done; }
+. "${0%/*}/vm-lib.sh" # wait_node, floor_work
 NAMES=
 IFS=';'
 for s in $SERVERS; do

@@ -13,7 +13,7 @@
 #   scripts/vm --add bench/build/cuse_floor:/usr/local/bin/cuse_floor \
 #     --add bench/build/ioctl_bench:/usr/local/bin/ioctl_bench \
 #     --add target/release/examples/cuse_null:/usr/local/bin/cuse_null \
-#     --add bench/vm-turnaround.sh:/root/vm-turnaround.sh \
+#     --add bench/vm-turnaround.sh:/root/vm-turnaround.sh --add bench/vm-lib.sh:/root/vm-lib.sh \
 #     --env 'SERVERS=bare:cuse_null bare;spin:;spin500:;spin1000:;ours:deferred --name ours --major 0' \
 #     -- sh /root/vm-turnaround.sh 2000
 N=${1:-2000}
@@ -34,8 +34,7 @@ echo >$T/trace
 echo 'id != 0' >$T/events/raw_syscalls/sys_enter/filter
 echo 'id == 0 && ret > 0' >$T/events/raw_syscalls/sys_exit/filter
 echo 1 >$T/events/raw_syscalls/enable
-floor_work() { case $1 in spin) echo 0 ;; spin*[!0-9]*) ;; spin?*) echo "${1#spin}" ;; esac; }
-wait_node() { i=0; while [ ! -e "/dev/$1" ]; do i=$((i+1)); [ $i -gt 200 ] && return 1; sleep 0.1; done; }
+. "${0%/*}/vm-lib.sh" # wait_node, floor_work
 NAMES=
 IFS=';'
 for s in $SERVERS; do

@@ -17,7 +17,7 @@
 CALLS=${1:-5000}
 T=/sys/kernel/tracing
 mount -t tracefs none $T 2>/dev/null
-wait_node() { i=0; while [ ! -e "/dev/$1" ]; do i=$((i + 1)); [ $i -gt 200 ] && return 1; sleep 0.1; done; }
+. "${0%/*}/vm-lib.sh" # wait_node, floor_work
 field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
 
 # measure NAME DEV: one untraced run, one traced run.

@@ -8,7 +8,8 @@ Each LOG is the output of one VM boot running bench/vm-wake-trace.sh, e.g.
     for b in 1 2 3 4; do
         scripts/vm --add bench/build/cuse_floor:/usr/local/bin/cuse_floor \\
             --add bench/build/ioctl_bench:/usr/local/bin/ioctl_bench \\
-            --add bench/vm-wake-trace.sh:/root/w.sh -- sh /root/w.sh 5000 > /tmp/wake$b.log
+            --add bench/vm-wake-trace.sh:/root/w.sh --add bench/vm-lib.sh:/root/vm-lib.sh \\
+            -- sh /root/w.sh 5000 > /tmp/wake$b.log
     done
     bench/wake_modes.py /tmp/wake*.log
 
