@@ -3,8 +3,8 @@
 //!
 //! What may differ, and only that: the pids of processes, timestamps (within generous slack of
 //! the expected delays), how many once-a-second MON ticks fall into a window whose length is
-//! itself a timing matter (a tick due as the CANCEL is served may be printed after its
-//! command line, as in the kernel), and which CPU's idle task a tick shows (the lab's VM has two CPUs,
+//! itself a timing matter (a tick due as the CANCEL is served may be printed after its command
+//! line, as in the kernel), and which CPU's idle task a tick shows (the lab's VM has two CPUs,
 //! so `swapper/0` or `swapper/1`; the runtime is one CPU, `swapper/0`). Everything else must
 //! match line for line, `[timer_handler] pid = 0, comm = swapper/0` included.
 
