@@ -123,7 +123,7 @@ pub(super) struct Learner {
     since_explore: u32,
     /// Answers counted, by the mode of their batch, and of those the ones in tries.
     served: [u64; 2],
-    tried: u64,
+    in_tries: u64,
 }
 
 impl Learner {
@@ -142,7 +142,7 @@ impl Learner {
             explore_every: EXPLORE_MIN,
             since_explore: 0,
             served: [0; 2],
-            tried: 0,
+            in_tries: 0,
         }
     }
 
@@ -176,7 +176,7 @@ impl Learner {
     /// stopped for a while within it) and chooses the next batch's mode.
     pub(super) fn answered(&mut self, now_ns: u64, paused: impl FnOnce() -> bool) -> Mode {
         self.served[self.mode as usize] += 1;
-        self.tried += u64::from(self.trying);
+        self.in_tries += u64::from(self.trying);
         let Some(last) = self.last_ns.replace(now_ns) else {
             return self.mode; // the first batch starts now
         };
@@ -236,7 +236,7 @@ impl fmt::Display for Learner {
              chosen); per answer: spinning {}, sleeping {}",
             self.served[Mode::Spin as usize],
             self.served[Mode::Sleep as usize],
-            self.tried,
+            self.in_tries,
             Us(self.pace(Mode::Spin)),
             Us(self.pace(Mode::Sleep))
         )
