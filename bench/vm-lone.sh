@@ -13,6 +13,7 @@
 #     --add bench/vm-lib.sh:/root/vm-lib.sh \
 #     --env 'SERVERS=ours:deferred --name ours --major 0;quiet:RUST_LOG=warn deferred --name quiet --major 0;spin:' \
 #     -- sh /root/vm-lone.sh 10000 6
+# The paired ratios of two servers over the rounds, from the log: bench/lone_pairs.py LOG A B.
 CALLS=${1:-10000} ROUNDS=${2:-6}
 ctxt() { awk '/^ctxt/ { print $2 }' /proc/stat; }
 . "${0%/*}/vm-lib.sh" # wait_node, floor_work
