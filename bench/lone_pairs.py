@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Summarises a bench/vm-lone.sh log: per server, the median calls/s (the range over rounds) and
 the median p50; then, for each pair A B given, the median over rounds of A / B within the same
-round (calls/s and p50), with the range of the rounds' ratios. Pairing within a round cancels
-most of the machine's drift between rounds, which is larger than the effects measured.
+round (calls/s and p50), with the range of the rounds' ratios and, for calls/s, an interval for
+that median (report.py's median_interval: distribution-free, its coverage given). Pairing within
+a round cancels most of the machine's drift between rounds, which is larger than the effects
+measured; the interval says whether the rounds resolve the effect at all.
 
     bench/lone_pairs.py LOG [A B ...]
 
@@ -12,6 +14,8 @@ import json
 import re
 import statistics
 import sys
+
+from report import median_interval
 
 
 def rounds(path):
@@ -45,8 +49,10 @@ def main(path, pairs):
             sys.exit(f"{path}: no server {a if a not in names else b} (servers: {' '.join(names)})")
         rc = [r[a]["calls_per_s"] / r[b]["calls_per_s"] for r in rs]
         rp = [r[a]["p50_us"] / r[b]["p50_us"] for r in rs]
+        lo, hi, cov = median_interval(rc)
         print(
-            f"{a} / {b}: calls/s {statistics.median(rc):.2f} (rounds {min(rc):.2f}-{max(rc):.2f}),"
+            f"{a} / {b}: calls/s {statistics.median(rc):.2f} (rounds {min(rc):.2f}-{max(rc):.2f},"
+            f" median within {lo:.2f}-{hi:.2f} at {cov:.0%}),"
             f" p50 {statistics.median(rp):.2f} (rounds {min(rp):.2f}-{max(rp):.2f}), {len(rs)} rounds"
         )
 
