@@ -160,3 +160,34 @@ fn a_ring_half_full_cuts_the_consoles_gathering_short() {
     );
     assert_eq!(printk::dropped(), dropped, "lines dropped");
 }
+
+#[test]
+fn a_flood_of_lines_goes_out_in_fewer_longer_batches() {
+    let _g = runtime_common::setup();
+    let con = register(Some(Level::Info));
+    let dropped = printk::dropped();
+    // A busy device's log: 20 lines every 5 ms (4,000 a second at most; a lone client of the
+    // daemon makes thousands), for 100 bursts.
+    let start = std::time::Instant::now();
+    for burst in 0..100u32 {
+        for i in 0..20u32 {
+            pr_info!("console: flood {burst} {i}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let elapsed = start.elapsed();
+    printk::flush();
+    let want: Vec<String> = (0..100u32)
+        .flat_map(|b| (0..20u32).map(move |i| format!("console: flood {b} {i}")))
+        .collect();
+    assert_eq!(con.messages(), want, "every line, in order");
+    assert_eq!(printk::dropped(), dropped, "lines dropped");
+    // Gathering 20 ms each time, the console would write about once per 20 ms of the flood;
+    // a flood's gatherings grow to 200 ms (20, 40, 80, 160, then 200 ms each).
+    let at_base = (elapsed.as_millis() / 20) as usize;
+    let writes = con.writes();
+    assert!(
+        writes * 2 <= at_base,
+        "{writes} writes in {elapsed:?} of flood: the gathering did not grow (20 ms: ~{at_base})"
+    );
+}
