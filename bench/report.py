@@ -324,8 +324,8 @@ def main():
         ("work", "timer handler -> work handler (host)", "pipe wake", 1.2, True),
     ]
     for case, title, refname, limit, both in lat_cases:
-        o = median_round(pick(recs, case, "ours"))
-        f = median_round(pick(recs, case, "ref"))
+        ours_rs, ref_rs = pick(recs, case, "ours"), pick(recs, case, "ref")
+        o, f = median_round(ours_rs), median_round(ref_rs)
         if not o and not f:
             continue
         od, fd = (o or {}).get("data"), (f or {}).get("data")
@@ -333,7 +333,7 @@ def main():
         # Ratios within each round (the two run back to back, alternating who goes first), their
         # median over the rounds: the machine drifts between rounds more than the two differ. The
         # shown rounds (each side's median p50) are not each other's pair.
-        pairs = {k: paired(pick(recs, case, "ours"), pick(recs, case, "ref"), k) for k in ("p50_us", "p99_us")}
+        pairs = {k: paired(ours_rs, ref_rs, k) for k in ("p50_us", "p99_us")}
         r50, r99 = med(pairs["p50_us"]), med(pairs["p99_us"])
         if r50 is None:
             r50 = ratio(od and od.get("p50_us"), fd and fd.get("p50_us"))
@@ -341,16 +341,16 @@ def main():
             r99 = ratio(od and od.get("p99_us"), fd and fd.get("p99_us"))
 
         def cell(r, xs):
-            return fmt(r, 2) + (f" [{fmt(min(xs), 2)}-{fmt(max(xs), 2)}]" if len(xs) > 1 else "")
+            return spread(xs) if len(xs) > 1 else fmt(r, 2)
 
         ok = None
         if r50 is not None:
             ok = r50 <= limit and (not both or (r99 is not None and r99 <= limit))
         tgt = f"p50{' and p99' if both else ''} <= {limit}x"
-        nr = len(pick(recs, case, "ours"))
+        nr = len(ours_rs)
         w(f"| {title} | ours{f' (median of {nr} rounds)' if nr > 1 else ''} | {fmt(od and od.get('samples'))} | "
           + " | ".join(stats_cells(od)) + f" | {cell(r50, pairs['p50_us'])} | {cell(r99, pairs['p99_us'])} | {tgt} | {verdict(ok)} |")
-        nf = len(pick(recs, case, "ref"))
+        nf = len(ref_rs)
         w(f"| | {refname}{f' (median of {nf})' if nf > 1 else ''} | {fmt(fd and fd.get('samples'))} | "
           + " | ".join(stats_cells(fd)) + " | | | | |")
         for extra, label in (("quiet", "ours, logging off (RUST_LOG=warn)"), ("alt", "ours, alternative build (--alt)")):
