@@ -315,8 +315,13 @@ def main():
     # --- latency comparisons: ours vs reference -------------------------------------------------
     if any(r["case"] == "work" for r in recs):
         w("## Latency, ours vs the reference (same run)\n")
+        # Since 2026-12-03 the two run at the same time (their records carry the round); before,
+        # one after the other, alternating who went first.
+        together = all("round" in r for r in recs if r["case"] == "work")
+        how = ("the two run at the same time, so they see the same load" if together
+               else "the two run back to back, alternating who goes first")
         w("Each side's figures: its round with the median p50. Ratios: ours / the reference within each")
-        w("round (the two run back to back, alternating who goes first), the median over the rounds")
+        w(f"round ({how}), the median over the rounds")
         w("[min-max]; the verdict takes these.\n")
         w("| benchmark | impl | samples | min | p50 | p99 | max | p50 ratio | p99 ratio | target | |")
         w("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -330,7 +335,7 @@ def main():
             continue
         od, fd = (o or {}).get("data"), (f or {}).get("data")
         extra_series = []
-        # Ratios within each round (the two run back to back, alternating who goes first), their
+        # Ratios within each round (the two run at the same time, or back to back in older runs), their
         # median over the rounds: the machine drifts between rounds more than the two differ. The
         # shown rounds (each side's median p50) are not each other's pair.
         pairs = {k: paired(ours_rs, ref_rs, k) for k in ("p50_us", "p99_us")}

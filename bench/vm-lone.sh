@@ -7,7 +7,11 @@
 # CALLS CANCEL ioctls each, the servers alternating their order every round. The name `spin`
 # (no command) is the spinning floor (bench/cuse_floor spin), started for its own runs only: it
 # burns a CPU; `spinN` (N a number) is the spinning floor answering after N ns of busy work. Prints one "LAT NAME {json}" line per run (ioctl_bench's JSON), then "CTXT NAME N":
-# the VM's context switches during the run, per 100 calls (200: every call sleeps once); e.g.
+# the VM's context switches during the runs, per 100 calls (200: every call sleeps once), and
+# "CPU NAME user=U sys=S idle=I srv_user=SU srv_sys=SS": CPU time per call in microseconds (the
+# VM's user, system (with irq and softirq) and idle time over all its CPUs, from /proc/stat; the
+# server process's own, all its threads, from /proc/PID/stat; USER_HZ ticks, so worth reading over
+# a run of a second or more); e.g.
 #   scripts/vm --add bench/build/cuse_floor:/usr/local/bin/cuse_floor \
 #     --add bench/build/ioctl_bench:/usr/local/bin/ioctl_bench --add bench/vm-lone.sh:/root/vm-lone.sh \
 #     --add bench/vm-lib.sh:/root/vm-lib.sh \
@@ -16,6 +20,13 @@
 # The paired ratios of two servers over the rounds, from the log: bench/lone_pairs.py LOG A B.
 CALLS=${1:-10000} ROUNDS=${2:-6}
 ctxt() { awk '/^ctxt/ { print $2 }' /proc/stat; }
+# vmcpu: the VM's user, system (+ irq, softirq) and idle (+ iowait) ticks; srvcpu PID: the
+# process's user and system ticks (0 0 once it is gone).
+vmcpu() { awk '/^cpu / { print $2 + $3, $4 + $7 + $8, $5 + $6 }' /proc/stat; }
+srvcpu() { awk '{ print $14, $15 }' /proc/$1/stat 2>/dev/null || echo 0 0; }
+# server PID: PID, or its child when PID is the shell that started it.
+server() { c=$(cat /proc/$1/task/$1/children 2>/dev/null); [ "$(cat /proc/$1/comm 2>/dev/null)" = sh ] && [ -n "$c" ] && echo $c || echo $1; }
+PIDS=
 . "${0%/*}/vm-lib.sh" # wait_node, floor_work
 NAMES=
 IFS=';'
@@ -23,7 +34,8 @@ for s in $SERVERS; do
 	n=${s%%:*}; c=${s#*:}
 	[ -n "$(floor_work "$n")" ] && { NAMES="$NAMES $n"; continue; }
 	sh -c "$c" >/tmp/$n.log 2>&1 &
-	wait_node $n || echo "FAIL $n did not start"
+	PIDS="$PIDS $n:$!"
+	wait_node $n $! || echo "FAIL $n did not start"
 	NAMES="$NAMES $n"
 done
 unset IFS
@@ -35,11 +47,18 @@ while [ $r -lt $ROUNDS ]; do
 		W=$(floor_work $n)
 		if [ -n "$W" ]; then cuse_floor spin $n $W >/dev/null 2>&1 & SP=$!; wait_node $n; fi
 		c0=$(ctxt)
+		P=$SP; for p in $PIDS; do [ "${p%%:*}" = "$n" ] && P=$(server ${p#*:}); done
+		set -- $(vmcpu) $(srvcpu $P)
+		u0=$1 s0=$2 i0=$3 su0=$4 ss0=$5
 		for T in ${THREADS:-1}; do
 			N=$n; [ "$T" = "${THREADS:-1}" ] || N=$n-t$T
 			echo "LAT $N $(ioctl_bench /dev/$n 0x6b02 $CALLS $T | sed 's/,"cdf_us.*//')}"
 		done
-		echo "CTXT $n $(( ($(ctxt) - c0) * 100 / CALLS ))"
+		NC=$((CALLS * $(echo ${THREADS:-1} | wc -w))) # calls over the runs of every THREADS
+		echo "CTXT $n $(( ($(ctxt) - c0) * 100 / NC ))"
+		set -- $(vmcpu) $(srvcpu $P)
+		K=$((1000000 / $(getconf CLK_TCK 2>/dev/null || echo 100))) # us per tick
+		echo "CPU $n user=$((($1 - u0) * K / NC)) sys=$((($2 - s0) * K / NC)) idle=$((($3 - i0) * K / NC)) srv_user=$((($4 - su0) * K / NC)) srv_sys=$((($5 - ss0) * K / NC)) pid=$P"
 		if [ -n "$W" ]; then kill $SP; wait $SP 2>/dev/null; while [ -e /dev/$n ]; do sleep 0.05; done; fi
 	done
 	r=$((r+1))
