@@ -26,7 +26,9 @@ vmcpu() { awk '/^cpu / { print $2 + $3, $4 + $7 + $8, $5 + $6 }' /proc/stat; }
 srvcpu() { awk '{ print $14, $15 }' /proc/$1/stat 2>/dev/null || echo 0 0; }
 # server PID: PID, or its child when PID is the shell that started it.
 server() { c=$(cat /proc/$1/task/$1/children 2>/dev/null); [ "$(cat /proc/$1/comm 2>/dev/null)" = sh ] && [ -n "$c" ] && echo $c || echo $1; }
-PIDS=
+K=$((1000000 / $(getconf CLK_TCK 2>/dev/null || echo 100))) # microseconds per tick
+NC=$((CALLS * $(echo ${THREADS:-1} | wc -w))) # calls a server makes a round: the runs of every THREADS
+PIDS= # NAME:PID of each server started once, its own process (not the shell)
 . "${0%/*}/vm-lib.sh" # wait_node, floor_work
 NAMES=
 IFS=';'
@@ -34,8 +36,8 @@ for s in $SERVERS; do
 	n=${s%%:*}; c=${s#*:}
 	[ -n "$(floor_work "$n")" ] && { NAMES="$NAMES $n"; continue; }
 	sh -c "$c" >/tmp/$n.log 2>&1 &
-	PIDS="$PIDS $n:$!"
 	wait_node $n $! || echo "FAIL $n did not start"
+	PIDS="$PIDS $n:$(server $!)"
 	NAMES="$NAMES $n"
 done
 unset IFS
@@ -47,17 +49,15 @@ while [ $r -lt $ROUNDS ]; do
 		W=$(floor_work $n)
 		if [ -n "$W" ]; then cuse_floor spin $n $W >/dev/null 2>&1 & SP=$!; wait_node $n; fi
 		c0=$(ctxt)
-		P=$SP; for p in $PIDS; do [ "${p%%:*}" = "$n" ] && P=$(server ${p#*:}); done
+		P=$SP; for p in $PIDS; do [ "${p%%:*}" = "$n" ] && P=${p#*:}; done
 		set -- $(vmcpu) $(srvcpu $P)
 		u0=$1 s0=$2 i0=$3 su0=$4 ss0=$5
 		for T in ${THREADS:-1}; do
 			N=$n; [ "$T" = "${THREADS:-1}" ] || N=$n-t$T
 			echo "LAT $N $(ioctl_bench /dev/$n 0x6b02 $CALLS $T | sed 's/,"cdf_us.*//')}"
 		done
-		NC=$((CALLS * $(echo ${THREADS:-1} | wc -w))) # calls over the runs of every THREADS
 		echo "CTXT $n $(( ($(ctxt) - c0) * 100 / NC ))"
 		set -- $(vmcpu) $(srvcpu $P)
-		K=$((1000000 / $(getconf CLK_TCK 2>/dev/null || echo 100))) # us per tick
 		echo "CPU $n user=$((($1 - u0) * K / NC)) sys=$((($2 - s0) * K / NC)) idle=$((($3 - i0) * K / NC)) srv_user=$((($4 - su0) * K / NC)) srv_sys=$((($5 - ss0) * K / NC)) pid=$P"
 		if [ -n "$W" ]; then kill $SP; wait $SP 2>/dev/null; while [ -e /dev/$n ]; do sleep 0.05; done; fi
 	done
